@@ -1,0 +1,56 @@
+"""Command line: `python -m libraries COMMAND [options]`; `python -m libraries COMMAND --help`.
+
+Each command lives in the module that owns its concept, as a pair of functions
+`add_<command>_arguments(parser)` and `run_<command>(args) -> int`; only the module of the
+command being run is imported, so `--help` of one command does not load the others.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+# command -> (module, one-line help)
+COMMANDS: dict[str, tuple[str, str]] = {
+    "demo": ("libraries.demo", "run the whole pipeline on the embedded synthetic PROBA-V set"),
+    "synth": ("libraries.synthetic", "write a synthetic PROBA-V data set folder"),
+    "prepare": ("libraries.dataset", "create training, validation and test sets from a PROBA-V folder"),
+    "convert-tf1": ("libraries.tf1_checkpoint", "convert an authors' TF1 checkpoint into a TF2 checkpoint"),
+    "fetch-weights": ("libraries.weights", "download, verify and convert the authors' checkpoints"),
+    "train": ("libraries.training", "train DeepSUM from a JSON config"),
+    "pretrain-sisrnet": ("libraries.pretraining", "pretrain SISRNet (single-frame residual SR)"),
+    "pretrain-regnet": ("libraries.pretraining", "pretrain RegNet on planted shifts"),
+    "superresolve": ("libraries.inference", "super-resolve a split and write a Kelvins submission zip"),
+    "score": ("libraries.inference", "score a submission zip against the HR images of a split"),
+}
+
+
+def _usage() -> str:
+    width = max(len(name) for name in COMMANDS)
+    lines = ["usage: python -m libraries COMMAND [options]", "", "commands:"]
+    lines += [f"  {name:<{width}}  {text}" for name, (_, text) in COMMANDS.items()]
+    lines += ["", "`python -m libraries COMMAND --help` describes a command's options."]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] in ("-h", "--help"):
+        print(_usage())
+        return 0
+    command = argv[0]
+    if command not in COMMANDS:
+        print(f"unknown command {command!r}\n\n{_usage()}", file=sys.stderr)
+        return 2
+    module_name, text = COMMANDS[command]
+    module = importlib.import_module(module_name)
+    snake = command.replace("-", "_")
+    parser = argparse.ArgumentParser(prog=f"python -m libraries {command}", description=text)
+    getattr(module, f"add_{snake}_arguments")(parser)
+    args = parser.parse_args(argv[1:])
+    return int(getattr(module, f"run_{snake}")(args) or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,230 @@
+"""Configuration: the original JSON layout read into frozen, typed dataclasses.
+
+A config file has two sections, as in the authors' repository:
+
+    {"hyperparameters": {"lr": 5e-06, "batch_size": 8},
+     "others": {"skip_step": 1000, "dataset_path": "...", ...}}
+
+Every field of the dataclass lives in one section (its `section` metadata). Fields without
+a default are required. A missing required key, an unknown (e.g. misspelt) key or a value of
+the wrong type raises one `ConfigError` naming the key and the file. Relative paths resolve
+against the repository root, so a config works from any current directory.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import types
+import typing
+from pathlib import Path
+from typing import Any, TypeVar
+
+REPOSITORY_ROOT = Path(__file__).resolve().parent.parent
+SECTIONS = ("hyperparameters", "others")
+SUB_NETWORKS = ("sisrnet", "regnet", "fusionnet")
+
+
+class ConfigError(ValueError):
+    """A config file that cannot be used as it is; the message names the file and key."""
+
+
+def _field(section: str, default: Any = dataclasses.MISSING, doc: str = "") -> Any:
+    return dataclasses.field(default=default, metadata={"section": section, "doc": doc})
+
+
+def hyper(default: Any = dataclasses.MISSING, doc: str = "") -> Any:
+    return _field("hyperparameters", default, doc)
+
+
+def other(default: Any = dataclasses.MISSING, doc: str = "") -> Any:
+    return _field("others", default, doc)
+
+
+@dataclasses.dataclass(frozen=True)
+class DeepSUMConfig:
+    """Training and inference settings of DeepSUM (`config_files/DeepSUM_config_*.json`).
+
+    The first block holds the original keys (all required); the second holds this
+    project's additions (optional, defaults shown).
+    """
+
+    lr: float = hyper(doc="Adam learning rate")
+    batch_size: int = hyper(doc="training batch size")
+    skip_step: int = other(doc="steps between checkpoint + validation")
+    dataset_path: Path = other(doc="folder written by `python -m libraries prepare`")
+    n_chunks: int = other(doc="number of training patch chunks")
+    channels: int = other(doc="channels of an input frame (1)")
+    T_in: int = other(doc="frames per network input (9)")
+    R: int = other(doc="upscaling factor (3)")
+    full: bool = other(doc="false: best-9 dataset; true: all frames, best-9 chosen at load time")
+    patch_size_HR: tuple[int, int] = other(doc="training patch size on the HR grid")
+    patch_size_LR: tuple[int, int] = other(doc="training patch size on the LR grid")
+    border: int = other(doc="largest shift searched by the loss and cPSNR (3 -> 7x7 offsets)")
+    spectral_band: str = other(doc="NIR or RED")
+    RegNet_pretrain_dir: Path = other(doc="RegNet pretraining checkpoint (TF1 or ours)")
+    SISRNet_pretrain_dir: Path = other(doc="SISRNet pretraining checkpoint (TF1 or ours)")
+    mu: float = other(doc="input and target mean")
+    sigma: float = other(doc="input scale: x = (v - mu) / sigma")
+    sigma_rescaled: float = other(doc="target/output scale: y = (v - mu) / sigma_rescaled")
+
+    base_dir: Path = other(Path("probav_data"), "PROBA-V data folder (train/, test/, norm.csv)")
+    checkpoint_dir: Path = other(Path("checkpoints/DeepSUM"), "where training writes checkpoints and logs")
+    seed: int = other(42, "seed of every random choice (shuffles, initialisation)")
+    n_features: int = other(64, "feature width F of SISRNet, RegNet and FusionNet")
+    filter_size: int = other(9, "side of RegNet's registration filters")
+    max_steps: int = other(0, "training steps of `train` (0: until interrupted)")
+    n_slide: int = other(0, "sliding-window passes at evaluation (0: best 9 only)")
+    freeze: tuple[str, ...] = other((), "sub-networks not trained: any of sisrnet, regnet, fusionnet")
+    validation_images: int = other(3, "SR images written to TensorBoard at each validation")
+    jit_compile: bool = other(False, "compile the network with XLA")
+    precision: str = other("float32", "float32, bfloat16 or float16 compute precision")
+
+    def __post_init__(self) -> None:
+        # Value checks that the type system cannot express; the loader names the file.
+        if self.spectral_band not in ("NIR", "RED"):
+            raise ConfigError(f"spectral_band: expected 'NIR' or 'RED', got {self.spectral_band!r}")
+        unknown = set(self.freeze) - set(SUB_NETWORKS)
+        if unknown:
+            raise ConfigError(f"freeze: unknown sub-network(s) {sorted(unknown)}; expected any of {SUB_NETWORKS}")
+        if self.precision not in ("float32", "bfloat16", "float16"):
+            raise ConfigError(f"precision: expected float32, bfloat16 or float16, got {self.precision!r}")
+        for name in ("lr", "sigma", "sigma_rescaled"):
+            if not getattr(self, name) > 0:
+                raise ConfigError(f"{name}: expected a positive number, got {getattr(self, name)!r}")
+        for name in ("batch_size", "skip_step", "n_chunks", "channels", "T_in", "R", "n_features", "filter_size"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"{name}: expected a positive integer, got {getattr(self, name)!r}")
+        if self.filter_size % 2 != 1:
+            raise ConfigError(f"filter_size: expected an odd number, got {self.filter_size}")
+
+    def replace(self, **changes: Any) -> "DeepSUMConfig":
+        """A copy with some fields changed (e.g. from command-line flags), validated again."""
+        return dataclasses.replace(self, **changes)
+
+    def to_json(self) -> dict[str, dict[str, Any]]:
+        return to_json(self)
+
+
+ConfigT = TypeVar("ConfigT")
+
+
+def _convert(value: Any, annotation: Any, key: str) -> Any:
+    """Check `value` (parsed JSON) against `annotation` and convert it; raise naming `key`."""
+    origin = typing.get_origin(annotation)
+    if annotation is bool:
+        if isinstance(value, bool):
+            return value
+    elif annotation is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+    elif annotation is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+    elif annotation is str:
+        if isinstance(value, str):
+            return value
+    elif annotation is Path:
+        if isinstance(value, str) and value:
+            path = Path(os.path.expanduser(value))
+            return path if path.is_absolute() else (REPOSITORY_ROOT / path)
+    elif origin is tuple:
+        items = typing.get_args(annotation)
+        if isinstance(value, list):
+            if len(items) == 2 and items[1] is Ellipsis:
+                return tuple(_convert(v, items[0], key) for v in value)
+            if len(value) == len(items):
+                return tuple(_convert(v, t, key) for v, t in zip(value, items))
+    elif origin in (typing.Union, types.UnionType):
+        for option in typing.get_args(annotation):
+            if option is type(None) and value is None:
+                return None
+            try:
+                return _convert(value, option, key)
+            except ConfigError:
+                pass
+    else:  # pragma: no cover - a field type this loader does not know is a programming error
+        raise TypeError(f"config field {key}: unsupported type {annotation!r}")
+    raise ConfigError(f"{key}: expected {_describe(annotation)}, got {json.dumps(value)}")
+
+
+def _describe(annotation: Any) -> str:
+    if typing.get_origin(annotation) is tuple:
+        items = typing.get_args(annotation)
+        if len(items) == 2 and items[1] is Ellipsis:
+            return f"a list of {_describe(items[0])}"
+        return f"a list of {len(items)} values ({', '.join(_describe(t) for t in items)})"
+    return {bool: "true or false", int: "an integer", float: "a number", str: "a string",
+            Path: "a path (string)"}.get(annotation, str(annotation))
+
+
+def from_dict(kind: type[ConfigT], content: Any, source: str = "<dict>") -> ConfigT:
+    """Build a config of dataclass `kind` from the two-section layout; errors name `source`."""
+    if not isinstance(content, dict):
+        raise ConfigError(f"{source}: expected a JSON object with sections {SECTIONS}")
+    hints = typing.get_type_hints(kind)
+    fields = {field.name: field for field in dataclasses.fields(kind)}
+    sections = {field.metadata["section"] for field in fields.values()}
+    for section in content:
+        if section not in sections:
+            raise ConfigError(f"{source}: unknown section {section!r}; expected {sorted(sections)}")
+    values: dict[str, Any] = {}
+    for section in sorted(sections):
+        given = content.get(section, {})
+        if not isinstance(given, dict):
+            raise ConfigError(f"{source}: section {section!r} must be a JSON object")
+        for key, value in given.items():
+            field = fields.get(key)
+            if field is None or field.metadata["section"] != section:
+                hint = ""
+                if field is not None:
+                    hint = f" (it belongs in {field.metadata['section']!r})"
+                else:
+                    close = [name for name in fields if name.lower() == key.lower()]
+                    hint = f" (did you mean {close[0]!r}?)" if close else ""
+                raise ConfigError(f"{source}: unknown key {section}.{key}{hint}")
+            try:
+                values[key] = _convert(value, hints[key], f"{section}.{key}")
+            except ConfigError as error:
+                raise ConfigError(f"{source}: {error}") from None
+    for name, field in fields.items():
+        required = field.default is dataclasses.MISSING and field.default_factory is dataclasses.MISSING
+        if required and name not in values:
+            raise ConfigError(f"{source}: missing key {field.metadata['section']}.{name}")
+    try:
+        return kind(**values)
+    except ConfigError as error:
+        raise ConfigError(f"{source}: {error}") from None
+
+
+def load_config(path: str | os.PathLike, kind: type[ConfigT] = DeepSUMConfig) -> ConfigT:  # type: ignore[assignment]
+    """Read a JSON config file into an immutable `kind` (DeepSUMConfig by default)."""
+    path = Path(path)
+    if not path.is_absolute() and not path.exists() and (REPOSITORY_ROOT / path).exists():
+        path = REPOSITORY_ROOT / path
+    if not path.is_file():
+        raise ConfigError(f"{path}: config file not found")
+    try:
+        content = json.loads(path.read_text())
+    except json.JSONDecodeError as error:
+        raise ConfigError(f"{path}: not valid JSON ({error})") from None
+    return from_dict(kind, content, str(path))
+
+
+def to_json(config: Any) -> dict[str, dict[str, Any]]:
+    """The two-section JSON form of a config (paths as strings), e.g. to save beside a checkpoint."""
+    out: dict[str, dict[str, Any]] = {}
+    for field in dataclasses.fields(config):
+        value = getattr(config, field.name)
+        if isinstance(value, Path):
+            value = str(value)
+        elif isinstance(value, tuple):
+            value = list(value)
+        out.setdefault(field.metadata["section"], {})[field.name] = value
+    return out
+
+
+def default_config(**changes: Any) -> DeepSUMConfig:
+    """The NIR config of the paper (`config_files/DeepSUM_config_NIR.json`), with `changes`."""
+    return load_config(REPOSITORY_ROOT / "config_files" / "DeepSUM_config_NIR.json").replace(**changes)

@@ -1,0 +1,53 @@
+"""Shared fixtures: the reference data of the authors' code and the real PROBA-V frames.
+
+Both live outside the repository (`../shared` in CI). Tests find them through
+DEEPSUM_REFERENCE_DIR and DEEPSUM_SHARED_DATA and skip, saying why, when they are absent.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+REPOSITORY_ROOT = Path(__file__).resolve().parent.parent
+
+
+def _folder_from_env(variable: str, what: str) -> Path:
+    value = os.environ.get(variable)
+    if not value:
+        pytest.skip(f"{variable} is not set: {what} is not available (CI sets it from ../shared)")
+    path = Path(value)
+    if not path.is_dir():
+        pytest.skip(f"{variable}={value} is not a folder: {what} is not available")
+    return path
+
+
+@pytest.fixture(scope="session")
+def reference_dir() -> Path:
+    """`shared/reference`: outputs and checkpoints of the authors' TF1 code."""
+    return _folder_from_env("DEEPSUM_REFERENCE_DIR", "the authors' reference data")
+
+
+@pytest.fixture(scope="session")
+def reference_case(reference_dir: Path) -> dict[str, np.ndarray]:
+    """The arrays of `deepsum_tf1_case_a/case.npz` (read without pickle)."""
+    with np.load(reference_dir / "deepsum_tf1_case_a" / "case.npz", allow_pickle=False) as data:
+        return {key: data[key] for key in data.files}
+
+
+@pytest.fixture(scope="session")
+def shared_data_dir() -> Path:
+    """`shared/data`: real PROBA-V LR frames of 8 scenes and the organisers' norm.csv."""
+    return _folder_from_env("DEEPSUM_SHARED_DATA", "the real PROBA-V sample")
+
+
+def relative_error(actual: np.ndarray, expected: np.ndarray) -> float:
+    """Relative L2 error ||actual - expected|| / ||expected|| (float64)."""
+    actual = np.asarray(actual, dtype=np.float64)
+    expected = np.asarray(expected, dtype=np.float64)
+    return float(np.linalg.norm(actual - expected) / max(np.linalg.norm(expected), 1e-30))

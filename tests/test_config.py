@@ -1,0 +1,80 @@
+import json
+from pathlib import Path
+
+import pytest
+
+from libraries import config
+
+
+def _write(tmp_path: Path, content) -> Path:
+    path = tmp_path / "bad.json"
+    path.write_text(json.dumps(content))
+    return path
+
+
+def _nir() -> dict:
+    return json.loads((config.REPOSITORY_ROOT / "config_files" / "DeepSUM_config_NIR.json").read_text())
+
+
+@pytest.mark.parametrize("band", ["NIR", "RED"])
+def test_shipped_configs_load_with_original_values(band):
+    cfg = config.load_config(config.REPOSITORY_ROOT / "config_files" / f"DeepSUM_config_{band}.json")
+    assert cfg.spectral_band == band
+    assert (cfg.lr, cfg.batch_size, cfg.T_in, cfg.R, cfg.border) == (5e-6, 8, 9, 3, 3)
+    assert (cfg.mu, cfg.sigma, cfg.sigma_rescaled) == (7754.664, 2316.3408, 596.982)
+    assert cfg.patch_size_HR == (96, 96) and cfg.patch_size_LR == (32, 32)
+    assert cfg.dataset_path.is_absolute() and cfg.dataset_path.parent == config.REPOSITORY_ROOT / "dataset_creation"
+
+
+def test_config_is_immutable():
+    cfg = config.default_config()
+    with pytest.raises(Exception):
+        cfg.lr = 1.0  # type: ignore[misc]
+    assert cfg.replace(lr=1e-3).lr == 1e-3 and cfg.lr == 5e-6
+
+
+def test_relative_paths_resolve_against_repository(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    cfg = config.load_config("config_files/DeepSUM_config_NIR.json")
+    assert cfg.SISRNet_pretrain_dir == config.REPOSITORY_ROOT / "pretraining_checkpoints" / "SISRNet"
+
+
+def test_round_trip_through_json(tmp_path):
+    cfg = config.default_config(freeze=("sisrnet",))
+    again = config.load_config(_write(tmp_path, config.to_json(cfg)))
+    assert again == cfg
+
+
+@pytest.mark.parametrize(
+    "edit, expected",
+    [
+        (lambda c: c["others"].pop("border"), "missing key others.border"),
+        (lambda c: c["others"].update(bordr=3), "unknown key others.bordr"),
+        (lambda c: c["others"].update(Border=3), "did you mean 'border'"),
+        (lambda c: c["hyperparameters"].update(skip_step=3), "it belongs in 'others'"),
+        (lambda c: c["hyperparameters"].update(lr="fast"), "hyperparameters.lr: expected a number"),
+        (lambda c: c["others"].update(T_in=9.5), "others.T_in: expected an integer"),
+        (lambda c: c["others"].update(full="no"), "others.full: expected true or false"),
+        (lambda c: c["others"].update(patch_size_HR=[96]), "others.patch_size_HR: expected a list of 2"),
+        (lambda c: c["others"].update(spectral_band="GREEN"), "spectral_band"),
+        (lambda c: c["others"].update(freeze=["sisr"]), "freeze"),
+        (lambda c: c.update(other={}), "unknown section 'other'"),
+    ],
+)
+def test_bad_config_names_key_and_file(tmp_path, edit, expected):
+    content = _nir()
+    edit(content)
+    path = _write(tmp_path, content)
+    with pytest.raises(config.ConfigError) as error:
+        config.load_config(path)
+    assert expected in str(error.value)
+    assert str(path) in str(error.value)
+
+
+def test_missing_and_malformed_files(tmp_path):
+    with pytest.raises(config.ConfigError, match="not found"):
+        config.load_config(tmp_path / "nope.json")
+    path = tmp_path / "broken.json"
+    path.write_text("{")
+    with pytest.raises(config.ConfigError, match="not valid JSON"):
+        config.load_config(path)
