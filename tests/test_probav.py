@@ -1,0 +1,202 @@
+"""Reading PROBA-V folders: bit-exact round trips, the real sample, and one error per bad input."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from libraries import probav
+
+LR_SIZE = 16
+
+
+def _random_scene(rng: np.random.Generator, frames: int = 4, size: int = LR_SIZE) -> dict[str, np.ndarray]:
+    hr_size = 3 * size
+    return {
+        "lr": (rng.integers(0, 4096, (frames, size, size)) * 16).astype(np.uint16),
+        "clear": rng.random((frames, size, size)) > 0.3,
+        "hr": rng.integers(0, 65536, (hr_size, hr_size)).astype(np.uint16),
+        "hr_clear": rng.random((hr_size, hr_size)) > 0.1,
+    }
+
+
+@pytest.fixture()
+def scene_folder(tmp_path: Path) -> tuple[Path, dict[str, np.ndarray]]:
+    arrays = _random_scene(np.random.default_rng(0))
+    folder = probav.write_scene(tmp_path / "train" / "NIR" / "imgset0007", **arrays)
+    return folder, arrays
+
+
+def test_write_read_round_trip_is_bit_exact(scene_folder):
+    folder, arrays = scene_folder
+    scene = probav.read_scene(folder)
+    assert (scene.name, scene.band, scene.split) == ("imgset0007", "NIR", "train")
+    assert scene.frame_names == ("LR000", "LR001", "LR002", "LR003")
+    assert scene.lr.dtype == np.uint16 and scene.clear.dtype == bool
+    np.testing.assert_array_equal(scene.lr, arrays["lr"])
+    np.testing.assert_array_equal(scene.clear, arrays["clear"])
+    np.testing.assert_array_equal(scene.hr, arrays["hr"])
+    np.testing.assert_array_equal(scene.hr_clear, arrays["hr_clear"])
+
+
+def test_frames_follow_lr_number_order_and_masks_in_0_1_are_accepted(tmp_path):
+    rng = np.random.default_rng(1)
+    folder = tmp_path / "test" / "RED" / "imgset0100"
+    folder.mkdir(parents=True)
+    frames = {number: (rng.integers(0, 1000, (8, 8)) * 16).astype(np.uint16) for number in (10, 2, 7)}
+    for number, frame in frames.items():
+        probav.write_png(folder / f"LR{number:03d}.png", frame)
+        Image.fromarray(np.uint8(frame > 4000)).save(folder / f"QM{number:03d}.png")  # values 0/1
+    scene = probav.read_scene(folder)
+    assert scene.frame_names == ("LR002", "LR007", "LR010") and scene.hr is None
+    np.testing.assert_array_equal(scene.lr, np.stack([frames[2], frames[7], frames[10]]))
+    np.testing.assert_array_equal(scene.clear, scene.lr > 4000)
+
+
+def test_read_split_lists_sorted_scenes(tmp_path):
+    rng = np.random.default_rng(2)
+    for name in ("imgset0003", "imgset0001", "imgset0002"):
+        probav.write_scene(tmp_path / "train" / "RED" / name, **_random_scene(rng, frames=2, size=8))
+    scenes = probav.read_split(tmp_path, "train", "RED", progress=False)
+    assert [scene.name for scene in scenes] == ["imgset0001", "imgset0002", "imgset0003"]
+    assert all(scene.band == "RED" and scene.hr.shape == (24, 24) for scene in scenes)
+
+
+def test_real_frames_read_bit_exact(shared_data_dir):
+    root = shared_data_dir / "probav_real" / "lr_only"
+    corrupt = []
+    for band in probav.BANDS:
+        for scene in probav.read_split(root, "train", band, progress=False, masks="assume_clear"):
+            assert scene.lr.shape[1:] == (128, 128) and scene.clear.all() and scene.hr is None
+            for name, frame in zip(scene.frame_names, scene.lr):
+                independent = np.array(Image.open(scene.path / f"{name}.png"))
+                assert independent.dtype == np.uint16
+                np.testing.assert_array_equal(frame, independent)
+                if (frame == 65520).any():
+                    corrupt.append(f"{band}/{scene.name}/{name}")
+    assert corrupt == [
+        "NIR/imgset0594/LR001",
+        "NIR/imgset0594/LR002",
+        "NIR/imgset0594/LR017",
+        "NIR/imgset0596/LR018",
+    ]
+
+
+def test_real_sample_needs_assume_clear(shared_data_dir):
+    folder = shared_data_dir / "probav_real" / "lr_only" / "train" / "NIR" / "imgset0595"
+    with pytest.raises(probav.ProbaVError, match=r"QM000\.png: file missing"):
+        probav.read_scene(folder)
+
+
+def test_real_norm_csv(shared_data_dir):
+    path = shared_data_dir / "probav_real" / "norm.csv"
+    assert path.read_bytes().count(b"\n") == 1449  # no newline after the last row
+    baselines = probav.read_norm(path)
+    assert len(baselines) == 1450
+    assert list(baselines)[0] == "imgset0000" and list(baselines)[-1] == "imgset1449"
+    assert baselines["imgset0000"] == pytest.approx(52.352172662454414, abs=0)
+    assert 31.44 < min(baselines.values()) < 31.45 and 59.72 < max(baselines.values()) < 59.73
+
+
+def test_norm_round_trip(tmp_path):
+    values = {"imgset0001": 41.123456789012345, "imgset0000": 55.5}
+    assert probav.read_norm(probav.write_norm(tmp_path / "norm.csv", values)) == values
+
+
+# --------------------------------------------------------------------------- errors
+
+
+def test_missing_qm(scene_folder):
+    folder, _ = scene_folder
+    (folder / "QM002.png").unlink()
+    with pytest.raises(probav.ProbaVError, match=r"QM002\.png: file missing.*LR002"):
+        probav.read_scene(folder)
+
+
+def test_truncated_png(scene_folder):
+    folder, _ = scene_folder
+    path = folder / "LR001.png"
+    path.write_bytes(path.read_bytes()[:-60])
+    with pytest.raises(probav.ProbaVError, match=r"LR001\.png: not a readable PNG"):
+        probav.read_scene(folder)
+
+
+def test_garbage_png(scene_folder):
+    folder, _ = scene_folder
+    (folder / "SM.png").write_bytes(b"not a png at all")
+    with pytest.raises(probav.ProbaVError, match=r"SM\.png: not a readable PNG"):
+        probav.read_scene(folder)
+
+
+def test_8bit_lr(scene_folder):
+    folder, arrays = scene_folder
+    Image.fromarray((arrays["lr"][3] >> 8).astype(np.uint8)).save(folder / "LR003.png")
+    with pytest.raises(probav.ProbaVError, match=r"LR003\.png: 8-bit PNG.*expected a 16-bit"):
+        probav.read_scene(folder)
+
+
+def test_wrong_hr_size(scene_folder):
+    folder, _ = scene_folder
+    probav.write_png(folder / "HR.png", np.zeros((3 * LR_SIZE, 3 * LR_SIZE - 3), np.uint16))
+    with pytest.raises(probav.ProbaVError, match=r"HR\.png: size \(48, 45\); expected \(48, 48\)"):
+        probav.read_scene(folder)
+
+
+def test_missing_hr_of_train_scene(scene_folder):
+    folder, _ = scene_folder
+    (folder / "HR.png").unlink()
+    with pytest.raises(probav.ProbaVError, match=r"HR\.png: file missing"):
+        probav.read_scene(folder)
+
+
+def test_mask_size_and_values(scene_folder):
+    folder, _ = scene_folder
+    probav.write_png(folder / "QM001.png", np.ones((LR_SIZE, LR_SIZE + 1), bool))
+    with pytest.raises(probav.ProbaVError, match=r"QM001\.png: size"):
+        probav.read_scene(folder)
+    Image.fromarray(np.full((LR_SIZE, LR_SIZE), 7, np.uint8)).save(folder / "QM001.png")
+    with pytest.raises(probav.ProbaVError, match=r"QM001\.png: mask values \[7\]"):
+        probav.read_scene(folder)
+
+
+def test_lr_frames_of_different_sizes(scene_folder):
+    folder, _ = scene_folder
+    probav.write_png(folder / "LR002.png", np.zeros((LR_SIZE + 1, LR_SIZE), np.uint16))
+    with pytest.raises(probav.ProbaVError, match=r"LR002\.png: size \(17, 16\); expected \(16, 16\)"):
+        probav.read_scene(folder)
+
+
+def test_empty_folder(tmp_path):
+    folder = tmp_path / "test" / "NIR" / "imgset0001"
+    folder.mkdir(parents=True)
+    with pytest.raises(probav.ProbaVError, match="imgset0001: empty scene folder"):
+        probav.read_scene(folder)
+
+
+def test_band_not_inferable(tmp_path):
+    probav.write_scene(tmp_path / "imgset0001", np.zeros((1, 4, 4), np.uint16), np.ones((1, 4, 4), bool))
+    with pytest.raises(probav.ProbaVError, match="band"):
+        probav.read_scene(tmp_path / "imgset0001")
+    scene = probav.read_scene(tmp_path / "imgset0001", band="RED", split="test")
+    assert (scene.band, scene.split) == ("RED", "test")
+
+
+def test_missing_or_empty_split_folder(tmp_path):
+    with pytest.raises(probav.ProbaVError, match=r"train/NIR: folder missing"):
+        probav.list_scenes(tmp_path, "train", "NIR")
+    (tmp_path / "train" / "NIR").mkdir(parents=True)
+    with pytest.raises(probav.ProbaVError, match=r"train/NIR: no imgset\* scene folders"):
+        probav.list_scenes(tmp_path, "train", "NIR")
+
+
+@pytest.mark.parametrize(
+    "line", ["imgset0002 abc", "imgset0002", "imgset0002 45.1 7", "imgset0002 nan", "imgset0000 40.0"]
+)
+def test_norm_malformed_line(tmp_path, line):
+    path = tmp_path / "norm.csv"
+    path.write_text(f"imgset0000 50.5\nimgset0001 40.25\n{line}\n")
+    with pytest.raises(probav.ProbaVError, match=r"norm\.csv, line 3"):
+        probav.read_norm(path)
