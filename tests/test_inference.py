@@ -1,0 +1,162 @@
+"""Tests of libraries.inference: sliding window, submission zip, score (tiny sizes: 96x96 HR)."""
+
+from __future__ import annotations
+
+import zipfile
+from pathlib import Path
+
+import imageio.v3 as iio
+import numpy as np
+import pytest
+
+from libraries import inference, metrics, probav
+
+LR_SIZE = 32
+HR_SIZE = 3 * LR_SIZE
+
+
+def make_scene(clear_pixels: list[int], size: int = HR_SIZE, seed: int = 0) -> dict:
+    """A scene whose frame k is constant k (so it can be traced), with exactly clear_pixels[k]
+    clear pixels and shift (k, -k)."""
+    frames = len(clear_pixels)
+    masks = np.zeros((frames, size * size), dtype=bool)
+    for index, count in enumerate(clear_pixels):
+        masks[index, :count] = True
+    order = np.random.default_rng(seed).permutation(size * size)
+    return {"name": "imgset0001",
+            "frames": np.broadcast_to(np.arange(frames, dtype=np.float32)[:, None, None], (frames, size, size)).copy(),
+            "masks": masks[:, order].reshape(frames, size, size),  # [K, H, W]
+            "shifts": np.stack([np.arange(frames), -np.arange(frames)], axis=1).astype(np.int32)}
+
+
+def test_each_frame_keeps_its_own_shift():
+    pixels = HR_SIZE * HR_SIZE
+    scene = make_scene([pixels // 2, pixels, pixels // 4, pixels * 3 // 4, pixels // 8])
+    ordered = inference.sort_frames_by_clearance(scene)
+    identity = ordered["frames"][:, 0, 0].astype(int)  # frame k holds the constant k
+    assert identity.tolist() == [1, 3, 0, 2, 4]
+    np.testing.assert_array_equal(ordered["shifts"], scene["shifts"][identity])
+    np.testing.assert_array_equal(ordered["masks"], scene["masks"][identity])
+
+
+def test_sort_is_stable_so_the_reference_stays_first():
+    pixels = HR_SIZE * HR_SIZE
+    ordered = inference.sort_frames_by_clearance(make_scene([pixels, pixels // 2, pixels, pixels]))
+    assert ordered["frames"][:, 0, 0].tolist() == [0, 2, 3, 1]
+
+
+def test_clear_threshold_is_lowered_until_enough_frames_remain():
+    pixels = HR_SIZE * HR_SIZE
+    fractions = [1.0] * 5 + [0.87] * 3 + [0.82] * 2 + [0.5]
+    scene = make_scene([int(f * pixels) for f in fractions])
+    chosen = inference.select_clear_frames(scene, 9)  # 0.90 keeps 5, 0.85 keeps 8, 0.80 keeps 10
+    assert chosen["frames"][:, 0, 0].tolist() == list(range(10))
+    chosen = inference.select_clear_frames(scene, 5)
+    assert chosen["frames"][:, 0, 0].tolist() == list(range(5))
+
+
+def test_a_scene_with_too_few_frames_reuses_its_clearest():
+    pixels = HR_SIZE * HR_SIZE
+    scene = inference.sort_frames_by_clearance(make_scene([pixels // 3, pixels, 0, pixels // 2]))
+    chosen = inference.select_clear_frames(scene, 9)
+    assert chosen["frames"][:, 0, 0].tolist() == [1, 3, 0, 2, 1, 3, 0, 2, 1]
+    np.testing.assert_array_equal(chosen["shifts"][:, 0], [1, 3, 0, 2, 1, 3, 0, 2, 1])
+
+
+def smooth_image(seed: int, size: int = HR_SIZE) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    spectrum = np.fft.fft2(rng.normal(size=(size, size)))
+    frequency = np.hypot(*np.meshgrid(np.fft.fftfreq(size), np.fft.fftfreq(size)))
+    return (np.real(np.fft.ifft2(spectrum / (1 + 40 * frequency) ** 2)) * 2000 + 8000).astype(np.float32)
+
+
+def test_fuse_windows_registers_drops_and_averages():
+    reference = smooth_image(1)
+    windows = np.stack([reference, np.roll(reference, (2, -1), axis=(0, 1)) + 10,
+                        np.roll(reference, (6, 0), axis=(0, 1))])  # [3, H, W]
+    fused, kept = inference.fuse_windows(windows)
+    assert kept.tolist() == [True, True, False]
+    np.testing.assert_allclose(fused, reference + 5, rtol=1e-6)
+
+
+# ------------------------------------------------------------------------------ submission
+
+
+@pytest.fixture(scope="module")
+def split_dir(tmp_path_factory) -> Path:
+    """A test split with two NIR scenes and one RED scene (LR 32x32, no HR)."""
+    root = tmp_path_factory.mktemp("probav") / "test"
+    rng = np.random.default_rng(3)
+    for band, name in (("NIR", "imgset1160"), ("NIR", "imgset1161"), ("RED", "imgset1300")):
+        lr = rng.integers(5000, 9000, size=(9, LR_SIZE, LR_SIZE)).astype(np.uint16)
+        probav.write_scene(root / band / name, lr, np.ones(lr.shape, dtype=bool))
+    return root
+
+
+def submission_images(names=("imgset1160", "imgset1161", "imgset1300")) -> dict:
+    return {name: smooth_image(index) for index, name in enumerate(names)}
+
+
+def test_write_submission_round_trips_16_bit_pngs(tmp_path, split_dir):
+    images = submission_images()
+    images["imgset1160"][0, :3] = [-5.0, 70000.0, 1234.6]
+    zip_path = inference.write_submission(images, tmp_path / "submission.zip")
+    assert inference.validate_submission(zip_path, split_dir) == sorted(images)
+    back = inference.read_submission(zip_path)
+    assert back["imgset1160"].dtype == np.uint16 and back["imgset1160"].shape == (HR_SIZE, HR_SIZE)
+    assert back["imgset1160"][0, :3].tolist() == [0, 65535, 1235]
+    np.testing.assert_array_equal(back["imgset1161"], np.rint(images["imgset1161"]))
+
+
+def test_write_submission_is_atomic(tmp_path):
+    images = submission_images()
+    images["imgset1161"][5, 5] = np.nan
+    with pytest.raises(inference.SubmissionError, match="imgset1161.*NaN"):
+        inference.write_submission(images, tmp_path / "submission.zip")
+    assert list(tmp_path.iterdir()) == []  # neither the zip nor a temporary file
+
+
+def write_zip(path: Path, entries: dict[str, bytes]) -> Path:
+    with zipfile.ZipFile(path, "w") as archive:
+        for name, content in entries.items():
+            archive.writestr(name, content)
+    return path
+
+
+def png(image: np.ndarray) -> bytes:
+    return iio.imwrite("<bytes>", image, extension=".png")
+
+
+def valid_entries() -> dict[str, bytes]:
+    return {f"{name}.png": inference.image_to_png(name, image) for name, image in submission_images().items()}
+
+
+@pytest.mark.parametrize("change, message", [
+    (lambda e: e.pop("imgset1161.png"), r"imgset1161: missing"),
+    (lambda e: e.update({"imgset1300.png": png(np.zeros((HR_SIZE, HR_SIZE - 1), np.uint16))}), r"imgset1300: wrong size 96x95, expected 96x96"),
+    (lambda e: e.update({"imgset1160.png": png(np.zeros((HR_SIZE, HR_SIZE), np.uint8))}), r"imgset1160: wrong dtype uint8"),
+    (lambda e: e.update({"imgset1160.png": png(np.zeros((HR_SIZE, HR_SIZE, 3), np.uint8))}), r"imgset1160: wrong dtype uint8.*\n.*imgset1160: wrong size 96x96x3"),
+    (lambda e: e.update({"imgset9999.png": e["imgset1160.png"]}), r"imgset9999.png: unexpected file"),
+    (lambda e: e.update({"imgset1161.png": b"not a png"}), r"imgset1161: imgset1161.png is not a readable PNG"),
+])
+def test_validate_submission_names_the_bad_scene(tmp_path, split_dir, change, message):
+    entries = valid_entries()
+    change(entries)
+    zip_path = write_zip(tmp_path / "submission.zip", entries)
+    with pytest.raises(inference.SubmissionError, match=message):
+        inference.validate_submission(zip_path, split_dir)
+
+
+def test_validate_submission_rejects_a_duplicate(tmp_path, split_dir):
+    zip_path = write_zip(tmp_path / "submission.zip", valid_entries())
+    with zipfile.ZipFile(zip_path, "a") as archive, pytest.warns(UserWarning, match="Duplicate"):
+        archive.writestr("imgset1300.png", inference.image_to_png("imgset1300", smooth_image(7)))
+    with pytest.raises(inference.SubmissionError, match="imgset1300: 2 copies"):
+        inference.validate_submission(zip_path, split_dir)
+
+
+def test_validate_submission_of_one_band(tmp_path, split_dir):
+    zip_path = inference.write_submission(submission_images(("imgset1300",)), tmp_path / "red.zip")
+    assert inference.validate_submission(zip_path, split_dir, bands=["RED"]) == ["imgset1300"]
+    with pytest.raises(inference.SubmissionError, match="imgset1160: missing"):
+        inference.validate_submission(zip_path, split_dir)
