@@ -211,6 +211,22 @@ def superresolve_split(model: Any, scenes: Any, config: config_module.DeepSUMCon
                               disable=not progress)}
 
 
+def superresolve_folder(model: Any, data_dir: str | Path, split: str, bands: Iterable[str],
+                        config: config_module.DeepSUMConfig, n_slide: int = 0, windows_per_call: int = 3,
+                        progress: bool = True) -> dict[str, np.ndarray]:
+    """Super-resolve the scenes of a PROBA-V folder (`data_dir/split/band/imgset*`), doing the
+    test-time preprocessing (`dataset.prepare_test_scene`) per scene: name -> `[H, W]` DN."""
+    from libraries import dataset, probav
+
+    images = {}
+    for band in bands:
+        for folder in tqdm(probav.list_scenes(data_dir, split, band), desc=f"super-resolving {split}/{band}",
+                           unit="scene", disable=not progress):
+            scene = dataset.prepare_test_scene(probav.read_scene(folder, band=band, split=split))
+            images[folder.name] = superresolve_scene(model, scene, config, n_slide, windows_per_call)
+    return images
+
+
 def bicubic_baseline(scene: Mapping[str, Any]) -> np.ndarray:
     """The organisers' baseline: the mean of the frames with the most clear pixels, upsampled
     bicubically. The frames are already bicubic-upsampled, and bicubic upsampling is linear, so
@@ -223,14 +239,12 @@ def bicubic_baseline(scene: Mapping[str, Any]) -> np.ndarray:
 def load_model(config: config_module.DeepSUMConfig, checkpoint: str | Path | None = None) -> Any:
     """A DeepSUM model with its variables created; weights from `checkpoint` (ours or the authors'
     TF1) when given, freshly initialised (seeded by `config.seed`) otherwise."""
-    from libraries import checkpoints, model as model_module
+    from libraries import model as model_module
 
-    tf.keras.utils.set_random_seed(config.seed)
-    model = model_module.DeepSUM(config)
-    size = 4 * config.filter_size  # any size > the reflect padding creates the variables
-    dummy = tf.zeros([1, config.T_in, size, size, 1])
-    model(dummy, tf.ones_like(dummy), training=False)
+    model = model_module.DeepSUM(config)  # variables are created (seeded) here
     if checkpoint is not None:
+        from libraries import checkpoints
+
         checkpoints.restore_weights(model, checkpoint)
     return model
 
@@ -296,18 +310,22 @@ def plot_sliding_window(rows: Iterable[Mapping[str, Any]]) -> Any:
     return figure
 
 
-def plot_comparison(lr: np.ndarray, bicubic: np.ndarray, sr: np.ndarray, title: str = "") -> Any:
-    """One LR frame `[h, w]`, the bicubic baseline and the SR image `[H, W]` side by side, on
-    one grey scale (2nd-98th percentile of the SR image). Returns the figure."""
+def plot_scene(folder: str | Path, sr: np.ndarray) -> Any:
+    """The clearest LR frame `[h, w]` of a scene folder, its bicubic baseline and the SR image
+    `[H, W]` side by side on one grey scale (2nd-98th percentile of SR). Returns the figure."""
     import matplotlib.pyplot as plt
+    from libraries import dataset, probav
 
+    scene = probav.read_scene(folder)
+    lr = scene.lr[np.argmax(scene.clear.sum(axis=(1, 2)))]
+    bicubic = bicubic_baseline(dataset.prepare_test_scene(scene))
     low, high = np.percentile(sr, [2, 98])
     figure, axes = plt.subplots(1, 3, figsize=(12, 4.3))
-    for axis, image, label in zip(axes, (lr, bicubic, sr), ("LR frame", "bicubic baseline", "DeepSUM")):
+    for axis, image, label in zip(axes, (lr, bicubic, sr), ("clearest LR frame", "bicubic baseline", "DeepSUM")):
         axis.imshow(image, cmap="gray", vmin=low, vmax=high, interpolation="nearest")
         axis.set_title(f"{label} {image.shape[0]}x{image.shape[1]}")
         axis.set_axis_off()
-    figure.suptitle(title)
+    figure.suptitle(f"{scene.name} ({scene.band})")
     figure.tight_layout()
     return figure
 
@@ -472,18 +490,11 @@ def add_superresolve_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run_superresolve(args: argparse.Namespace) -> int:
-    from libraries import dataset, probav
-
     config = config_module.load_config(args.config)
     n_slide = config.n_slide if args.n_slide is None else args.n_slide
     model = load_model(config, args.checkpoint)
     bands = BANDS if args.band == "all" else (args.band,)
-    images = {}
-    for band in bands:
-        scenes = probav.read_split(args.data, args.split, band, progress=True)
-        for scene in tqdm(scenes, desc=f"super-resolving {args.split}/{band}"):
-            prepared = dataset.prepare_test_scene(scene)
-            images[scene.name] = superresolve_scene(model, prepared, config, n_slide, args.windows_per_call)
+    images = superresolve_folder(model, args.data, args.split, bands, config, n_slide, args.windows_per_call)
     write_submission(images, args.out)
     validate_submission(args.out, Path(args.data) / args.split, bands)
     print(f"wrote {args.out}: {len(images)} scenes ({', '.join(bands)}), n_slide {n_slide}, validated")

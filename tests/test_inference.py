@@ -8,8 +8,10 @@ from pathlib import Path
 import imageio.v3 as iio
 import numpy as np
 import pytest
+import tensorflow as tf
 
-from libraries import inference, metrics, probav
+from libraries import inference, metrics, preprocessing, probav
+from libraries.config import default_config
 
 LR_SIZE = 32
 HR_SIZE = 3 * LR_SIZE
@@ -160,3 +162,76 @@ def test_validate_submission_of_one_band(tmp_path, split_dir):
     assert inference.validate_submission(zip_path, split_dir, bands=["RED"]) == ["imgset1300"]
     with pytest.raises(inference.SubmissionError, match="imgset1160: missing"):
         inference.validate_submission(zip_path, split_dir)
+
+
+# ------------------------------------------------------------------------------ the network on scenes
+
+
+@pytest.fixture(scope="module")
+def tiny_config():
+    return default_config(n_features=8)
+
+
+@pytest.fixture(scope="module")
+def tiny_model(tiny_config):
+    return inference.load_model(tiny_config)
+
+
+class MeanModel:
+    """Stand-in network whose output, de-normalised, is the mean of its input frames."""
+
+    def __init__(self, config):
+        self.scale = config.sigma / config.sigma_rescaled
+
+    def __call__(self, x, masks, training=False):
+        return {"sr": tf.reduce_mean(x, axis=1, keepdims=True) * self.scale}  # [b, 1, H, W, 1]
+
+
+def textured_scene(frames: int, seed: int = 0, clear_share: float = 0.97) -> dict:
+    """Frames = one texture + 100 * k (frame k), each a bit less clear than the one before."""
+    rng = np.random.default_rng(seed)
+    texture = smooth_image(seed)
+    masks = rng.uniform(size=(frames, HR_SIZE, HR_SIZE)) < (clear_share - 0.01 * np.arange(frames))[:, None, None]
+    return {"name": "imgset0002", "frames": texture + 100 * np.arange(frames, dtype=np.float32)[:, None, None],
+            "masks": masks, "shifts": rng.integers(-3, 4, size=(frames, 2)).astype(np.int32)}
+
+
+def test_window_inputs_register_each_mask_with_its_own_shift(tiny_config):
+    scene = textured_scene(11)
+    permutation = np.random.default_rng(1).permutation(11)
+    shuffled = {**scene, **{key: scene[key][permutation] for key in ("frames", "masks", "shifts")}}
+    x, masks = inference.window_inputs(shuffled, tiny_config, n_slide=2)
+    assert x.shape == masks.shape == (3, 9, HR_SIZE, HR_SIZE, 1)
+    registered = preprocessing.translate_masks(scene["masks"], scene["shifts"])  # frames already in clear order
+    for window in range(3):
+        np.testing.assert_array_equal(masks[window, :, :, :, 0], registered[window:window + 9])
+        np.testing.assert_allclose(x[window, :, :, :, 0] * tiny_config.sigma + tiny_config.mu,
+                                   scene["frames"][window:window + 9], rtol=1e-5)
+
+
+def test_sliding_window_averages_three_windows(tiny_config):
+    scene = textured_scene(12)
+    images = inference.window_images(MeanModel(tiny_config), scene, tiny_config, n_slide=2)
+    assert images.shape == (3, HR_SIZE, HR_SIZE)
+    for window in range(3):  # window n averages frames n..n+8
+        np.testing.assert_allclose(images[window], scene["frames"][window:window + 9].mean(axis=0), rtol=1e-5)
+    sr = inference.superresolve_scene(MeanModel(tiny_config), scene, tiny_config, n_slide=2)
+    np.testing.assert_allclose(sr, images.mean(axis=0), rtol=1e-6)  # the windows differ by a constant: no shift
+    assert inference.window_images(MeanModel(tiny_config), scene, tiny_config, n_slide=7).shape[0] == 4  # K - 9 + 1
+
+
+def test_network_runs_batched_windows_and_traces_once(tiny_config, tiny_model):
+    scene = textured_scene(11)
+    images = inference.window_images(tiny_model, scene, tiny_config, n_slide=2)
+    one_by_one = inference.window_images(tiny_model, scene, tiny_config, n_slide=2, windows_per_call=1)
+    assert images.shape == (3, HR_SIZE, HR_SIZE) and np.all(np.isfinite(images))
+    np.testing.assert_allclose(images, one_by_one, rtol=1e-4, atol=1e-2)
+    sr = inference.superresolve_scene(tiny_model, scene, tiny_config, n_slide=2)
+    np.testing.assert_allclose(sr, inference.fuse_windows(images)[0], rtol=1e-6)
+    inference.superresolve_scene(tiny_model, textured_scene(9, seed=3), tiny_config)  # another size of batch
+    assert inference.network_call(tiny_model, tiny_config).experimental_get_tracing_count() == 1
+
+
+def test_a_scene_with_fewer_than_9_frames_is_superresolved(tiny_config, tiny_model):
+    sr = inference.superresolve_scene(tiny_model, textured_scene(5), tiny_config, n_slide=2)
+    assert sr.shape == (HR_SIZE, HR_SIZE) and sr.dtype == np.float32 and np.all(np.isfinite(sr))
