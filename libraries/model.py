@@ -1,0 +1,324 @@
+"""The DeepSUM network: SISRNet -> RegNet -> dynamic registration -> fill -> FusionNet + residual.
+
+Read top to bottom: the building blocks (a convolution's weights, InstanceNorm), the three
+sub-networks, the two parameter-free steps between them (`register_frames`, `fill_masked`),
+and `DeepSUM`, which composes them.
+
+Shapes are `[batch, frames, height, width, channels]` (T = 9 frames, F = 64 features). Every
+variable has exactly the shape it had in the authors' TF1 graph (conv kernels
+`[kt, kh, kw, in, out]`) and is listed under its TF1 name by `tf1_variables()`, so an authors'
+checkpoint is a name-by-name copy (`libraries.tf1_checkpoint`).
+
+For speed, the 1x3x3 convolutions of SISRNet and RegNet run as 2-D convolutions over
+`batch * frames` images, RegNet's first (2x3x3, temporal stride 2) layer convolves the
+reference frame once and broadcasts it, and FusionNet uses 3-D convolutions.
+"""
+
+from __future__ import annotations
+
+import zlib
+
+import numpy as np
+import tensorflow as tf
+
+from libraries.config import DeepSUMConfig, default_config
+
+LEAKY_SLOPE = 0.2  # tf.nn.leaky_relu's default, as in the original
+NORM_EPSILON = 1e-3  # the original InstanceNorm's epsilon
+
+
+class InputError(ValueError):
+    """An input tensor of the wrong rank, shape or dtype, or with NaN/Inf values."""
+
+
+# --------------------------------------------------------------------------- building blocks
+
+
+def _seed(seed: int, name: str) -> int:
+    """A per-variable seed: the same model seed gives the same weights whatever the build order."""
+    return (seed * 1_000_003 + zlib.crc32(name.encode())) % (2**31 - 1)
+
+
+class Conv(tf.Module):
+    """The weights of one TF1 `Conv3D` layer: kernel `W` `[kt, kh, kw, in, out]` and bias `b` `[out]`."""
+
+    def __init__(self, tf1_name: str, shape: list[int], seed: int):
+        super().__init__(name=tf1_name)
+        self.tf1_name = tf1_name
+        initializer = tf.keras.initializers.GlorotNormal(seed=_seed(seed, tf1_name))
+        self.W = tf.Variable(initializer(shape, dtype=tf.float32), name=f"{tf1_name}/W")
+        self.b = tf.Variable(tf.zeros([shape[-1]], tf.float32), name=f"{tf1_name}/b")
+
+    def tf1_variables(self) -> dict[str, tf.Variable]:
+        return {f"{self.tf1_name}/W": self.W, f"{self.tf1_name}/b": self.b}
+
+    def spatial(self, images: tf.Tensor, tap: int = 0) -> tf.Tensor:
+        """Time slice `tap` of the kernel as a 3x3 "same" convolution with REFLECT padding.
+
+        images: `[n, H, W, in]` -> `[n, H, W, out]` (bias NOT added: RegNet sums two taps first).
+        """
+        padded = tf.pad(images, [[0, 0], [1, 1], [1, 1], [0, 0]], mode="REFLECT")
+        return tf.nn.conv2d(padded, self.W[tap], strides=1, padding="VALID")
+
+
+class InstanceNorm(tf.Module):
+    """Normalise every (image, channel) over height and width, then scale by gamma, shift by beta."""
+
+    def __init__(self, tf1_name: str, channels: int):
+        super().__init__(name=tf1_name)
+        self.tf1_name = tf1_name
+        self.gamma = tf.Variable(tf.ones([channels], tf.float32), name=f"{tf1_name}/gamma")
+        self.beta = tf.Variable(tf.zeros([channels], tf.float32), name=f"{tf1_name}/beta")
+
+    def tf1_variables(self) -> dict[str, tf.Variable]:
+        return {f"{self.tf1_name}/gamma": self.gamma, f"{self.tf1_name}/beta": self.beta}
+
+    def __call__(self, values: tf.Tensor, axes: list[int]) -> tf.Tensor:
+        # The original's exact formula: biased moments, then tf.nn.batch_normalization.
+        mean, variance = tf.nn.moments(values, axes, keepdims=True)
+        return tf.nn.batch_normalization(values, mean, variance, self.beta, self.gamma, NORM_EPSILON)
+
+
+class Network(tf.Module):
+    """A sub-network: `tf1_variables()` gathers its layers' variables under their TF1 names."""
+
+    def tf1_variables(self) -> dict[str, tf.Variable]:
+        layers = [m for m in self.submodules if isinstance(m, (Conv, InstanceNorm))]
+        named = {name: v for layer in layers for name, v in layer.tf1_variables().items()}
+        return dict(sorted(named.items()))
+
+
+def _leaky_relu(values: tf.Tensor) -> tf.Tensor:
+    return tf.nn.leaky_relu(values, alpha=LEAKY_SLOPE)
+
+
+def _frames_as_images(values: tf.Tensor) -> tf.Tensor:
+    """`[b, T, H, W, C]` -> `[b*T, H, W, C]`."""
+    shape = tf.shape(values)
+    return tf.reshape(values, tf.concat([[-1], shape[2:]], axis=0))  # [b*T, H, W, C]
+
+
+def _images_as_frames(images: tf.Tensor, batch: tf.Tensor) -> tf.Tensor:
+    """`[b*T, H, W, C]` -> `[b, T, H, W, C]`."""
+    shape = tf.shape(images)
+    return tf.reshape(images, tf.concat([[batch, -1], shape[1:]], axis=0))  # [b, T, H, W, C]
+
+
+# --------------------------------------------------------------------------- the sub-networks
+
+
+class SISRNet(Network):
+    """Single-image feature extractor, shared over frames: 8 x (1x3x3 conv, InstanceNorm, leaky ReLU).
+
+    `sisrnet(x)`: x `[batch, frames, H, W, channels]` -> features `[batch, frames, H, W, n_features]`.
+    """
+
+    LAYERS = 8
+
+    def __init__(self, n_features: int = 64, channels: int = 1, seed: int = 42):
+        super().__init__(name="SISRNet")
+        widths = [channels] + [n_features] * self.LAYERS
+        self.convs = [
+            Conv(f"conv_up_{k}", [1, 3, 3, widths[k], widths[k + 1]], seed) for k in range(self.LAYERS)
+        ]
+        self.norms = [InstanceNorm(f"inst_norm_up_{k}", n_features) for k in range(self.LAYERS)]
+
+    def __call__(self, x: tf.Tensor) -> tf.Tensor:
+        images = _frames_as_images(x)  # [b*T, H, W, C]
+        for conv, norm in zip(self.convs, self.norms):
+            images = _leaky_relu(norm(conv.spatial(images) + conv.b, axes=[1, 2]))
+        return _images_as_frames(images, tf.shape(x)[0])  # [b, T, H, W, F]
+
+
+class RegNet(Network):
+    """Estimates one `filter_size` x `filter_size` registration filter for each frame 1..T-1.
+
+    Every frame t >= 1 is paired with the reference frame 0; `Rconv1b` (2x3x3, temporal stride
+    2) sees the pair (f_t, f_0), i.e. `conv(f_t, W[0]) + conv(f_0, W[1])`; then 1x3x3 layers
+    `Rconv2b`, `Rconv3b`, `Rconv4b` (leaky ReLU) and `Rconv7_b` (no activation, one output per
+    filter tap), averaged over height and width. No normalisation.
+
+    `regnet(features)`: `[batch, T, H, W, F]` -> (filters `[batch, T-1, k, k]` (softmax, row-major
+    taps), logits `[batch, T-1, k*k]`).
+    """
+
+    def __init__(self, n_features: int = 64, filter_size: int = 9, seed: int = 42):
+        super().__init__(name="RegNet")
+        F = n_features
+        self.filter_size = filter_size
+        self.pair = Conv("Rconv1b", [2, 3, 3, F, 2 * F], seed)
+        self.convs = [
+            Conv("Rconv2b", [1, 3, 3, 2 * F, F], seed),
+            Conv("Rconv3b", [1, 3, 3, F, F], seed),
+            Conv("Rconv4b", [1, 3, 3, F, F], seed),
+        ]
+        self.taps = Conv("Rconv7_b", [1, 3, 3, F, filter_size**2], seed)
+
+    def __call__(self, features: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
+        batch = tf.shape(features)[0]
+        others = _frames_as_images(features[:, 1:])  # [b*(T-1), H, W, F]
+        # Same sum as the original's conv3d over the interleaved (f_t, f_0) slices, without
+        # building them: the reference's half is computed once per scene and broadcast.
+        moving = _images_as_frames(self.pair.spatial(others, tap=0), batch)  # [b, T-1, H, W, 2F]
+        reference = self.pair.spatial(features[:, 0], tap=1)[:, None]  # [b, 1, H, W, 2F]
+        images = _leaky_relu(_frames_as_images(moving + reference + self.pair.b))  # [b*(T-1), H, W, 2F]
+        for conv in self.convs:
+            images = _leaky_relu(conv.spatial(images) + conv.b)
+        taps = self.taps.spatial(images) + self.taps.b  # [b*(T-1), H, W, k*k]
+        logits = tf.reshape(tf.reduce_mean(taps, axis=[1, 2]), [batch, -1, self.filter_size**2])  # [b, T-1, k*k]
+        filters = tf.reshape(
+            tf.nn.softmax(logits, axis=-1), [batch, -1, self.filter_size, self.filter_size]
+        )  # [b, T-1, k, k]
+        return filters, logits
+
+
+class FusionNet(Network):
+    """Fuses the registered frames: 4 x (3x3x3 conv VALID in time, InstanceNorm, leaky ReLU) and a
+    1x1x1 conv to one channel, so T = 9 -> 7 -> 5 -> 3 -> 1.
+
+    `fusionnet(features)`: `[batch, 9, H, W, F]` -> `[batch, 1, H, W, 1]` (before the residual).
+    """
+
+    LAYERS = 4
+
+    def __init__(self, n_features: int = 64, seed: int = 42):
+        super().__init__(name="FusionNet")
+        F = n_features
+        self.convs = [Conv(f"conv_fuse_{k}", [3, 3, 3, F, F], seed) for k in range(self.LAYERS)]
+        self.norms = [InstanceNorm(f"inst_norm_fuse_{k}", F) for k in range(self.LAYERS)]
+        self.output_conv = Conv(f"conv_fuse_{self.LAYERS}", [1, 1, 1, F, 1], seed)
+
+    def __call__(self, features: tf.Tensor) -> tf.Tensor:
+        values = features
+        for conv, norm in zip(self.convs, self.norms):
+            padded = tf.pad(values, [[0, 0], [0, 0], [1, 1], [1, 1], [0, 0]], mode="REFLECT")
+            values = tf.nn.conv3d(padded, conv.W, strides=[1] * 5, padding="VALID") + conv.b
+            values = _leaky_relu(norm(values, axes=[2, 3]))  # [b, T-2, H, W, F]
+        # 1x1x1 convolution = a matrix product over the feature axis
+        return tf.tensordot(values, self.output_conv.W[0, 0, 0], axes=1) + self.output_conv.b  # [b, T-8, H, W, 1]
+
+
+# --------------------------------------------------------------------------- parameter-free steps
+
+
+def register_frames(values: tf.Tensor, filters: tf.Tensor) -> tf.Tensor:
+    """Filter frames 1..T-1 with their own registration filter; frame 0 passes unchanged.
+
+    values: `[batch, T, H, W, C]`; filters: `[batch, T-1, k, k]`. Returns `[batch, T, H, W, C]`.
+    Each frame is padded by k//2 with REFLECT and cross-correlated with its filter, the same
+    filter for every channel: `out[y, x] = sum_ij f[i, j] * in[y + i - k//2, x + j - k//2]`.
+    So a one-hot filter at tap `(dy + k//2, dx + k//2)` (flat index `k*(dy+k//2) + dx+k//2`, i.e.
+    `9*(dy+4) + (dx+4)` for k = 9) gives `out[y, x] = in[y + dy, x + dx]`: the content moves by
+    `(-dy, -dx)`, as the original's masks translated with `fourier_shift(mask, -shift)`.
+
+    Implementation: a depthwise convolution with the (batch, frame) pairs as channels and the
+    feature channels as the batch, so every filter is used as it is (no tiling over channels).
+    Measured at batch 2, 8 x 96x96x64 on 2 CPU cores: 0.33 s forward / 0.92 s forward+backward,
+    against 0.32 / 3.9 s for the original layout (channels tiled) and 2.9 / 18 s for a sum of
+    81 shifted slices.
+    """
+    k = filters.shape[-1]
+    pad = k // 2
+    shape = tf.shape(values)
+    batch, frames, height, width, channels = shape[0], shape[1] - 1, shape[2], shape[3], shape[4]
+    padded = tf.pad(values[:, 1:], [[0, 0], [0, 0], [pad, pad], [pad, pad], [0, 0]], mode="REFLECT")
+    padded = tf.transpose(padded, [4, 2, 3, 0, 1])  # [C, H+2p, W+2p, b, T-1]
+    padded = tf.reshape(padded, [channels, height + 2 * pad, width + 2 * pad, batch * frames])  # [C, H+2p, W+2p, b*(T-1)]
+    kernel = tf.transpose(filters, [2, 3, 0, 1])  # [k, k, b, T-1]
+    kernel = tf.reshape(kernel, [k, k, batch * frames, 1])  # [k, k, b*(T-1), 1]
+    moved = tf.nn.depthwise_conv2d(padded, kernel, strides=[1, 1, 1, 1], padding="VALID")  # [C, H, W, b*(T-1)]
+    moved = tf.reshape(moved, [channels, height, width, batch, frames])  # [C, H, W, b, T-1]
+    moved = tf.transpose(moved, [3, 4, 1, 2, 0])  # [b, T-1, H, W, C]
+    return tf.concat([values[:, :1], moved], axis=1)
+
+
+def fill_masked(values: tf.Tensor, masks: tf.Tensor) -> tf.Tensor:
+    """Replace the cloudy pixels of each frame by the value of the lowest-index clear frame.
+
+    values: `[batch, T, H, W, C]`; masks: `[batch, T, H, W, 1]` bool, true = clear.
+    Frame t keeps its value where it is clear; elsewhere it takes the value of the lowest-index
+    frame clear at that pixel; where no frame is clear it keeps its own value (the original's
+    `fill_coeff` rule, `libraries.preprocessing.fill_coefficients`). Two selects, no gather and
+    no `[b, T, T, ...]` tensor.
+    """
+    clear = tf.cast(masks, tf.bool)
+    clear_so_far = tf.cumsum(tf.cast(clear, tf.int32), axis=1)  # [b, T, H, W, 1]
+    first_clear = clear & tf.equal(clear_so_far, 1)  # one-hot over T (all false if none clear)
+    # A sum of one value and exact zeros: the first clear frame's value, bit for bit.
+    first_value = tf.reduce_sum(tf.where(first_clear, values, tf.zeros_like(values)), axis=1, keepdims=True)
+    keep_own = clear | tf.equal(clear_so_far[:, -1:], 0)  # [b, T, H, W, 1]
+    return tf.where(keep_own, values, first_value)  # [b, T, H, W, C]
+
+
+# --------------------------------------------------------------------------- the whole network
+
+
+class DeepSUM(Network):
+    """DeepSUM: `model(x, masks) -> {"sr", "filters", "filter_logits", "x_registered"}`.
+
+    config: a `DeepSUMConfig` (None: `default_config()`); uses `n_features`, `T_in`, `channels`,
+    `filter_size`, `sigma`, `sigma_rescaled` and `seed` (initialisation).
+    """
+
+    def __init__(self, config: DeepSUMConfig | None = None):
+        super().__init__(name="DeepSUM")
+        self.config = default_config() if config is None else config
+        c = self.config
+        self.sisrnet = SISRNet(c.n_features, c.channels, c.seed)
+        self.regnet = RegNet(c.n_features, c.filter_size, c.seed)
+        self.fusionnet = FusionNet(c.n_features, c.seed)
+        self.residual_scale = float(c.sigma / c.sigma_rescaled)  # x scale -> output scale
+
+    def __call__(self, x, masks, training: bool = False) -> dict[str, tf.Tensor]:
+        """Super-resolve a batch of scenes.
+
+        x: `[batch, T, H, W, 1]` float32 bicubic frames `(v - mu) / sigma`, frame 0 the reference.
+        masks: `[batch, T, H, W, 1]` bool or 0/1, registered clear masks (true = clear).
+        training: accepted for a Keras-like call; the network has no training-only layers.
+        Returns `sr` `[batch, 1, H, W, 1]` (`(v - mu) / sigma_rescaled`), `filters`
+        `[batch, T-1, k, k]`, `filter_logits` `[batch, T-1, k*k]`, `x_registered`
+        `[batch, T, H, W, 1]` (registered and filled inputs).
+        """
+        del training  # same computation in training and inference
+        x, clear = self.check_inputs(x, masks)
+        features = self.sisrnet(x)  # [b, T, H, W, F]
+        filters, logits = self.regnet(features)
+        features = fill_masked(register_frames(features, filters), clear)
+        x_registered = fill_masked(register_frames(x, filters), clear)  # [b, T, H, W, 1]
+        residual = tf.reduce_mean(x_registered, axis=1, keepdims=True) * self.residual_scale
+        sr = self.fusionnet(features) + residual  # [b, 1, H, W, 1]
+        return {"sr": sr, "filters": filters, "filter_logits": logits, "x_registered": x_registered}
+
+    def check_inputs(self, x, masks) -> tuple[tf.Tensor, tf.Tensor]:
+        """Validate `x` and `masks`; return x as float32 and masks as bool. Raises `InputError`."""
+        c = self.config
+        expected = f"[batch, {c.T_in}, height, width, {c.channels}]"
+        min_side = c.filter_size
+        for name, value in (("x", x), ("masks", masks)):
+            shape = tf.TensorShape(value.shape)
+            if shape.rank != 5 or shape[1] not in (None, c.T_in) or shape[4] not in (None, c.channels):
+                raise InputError(f"{name}: expected shape {expected}, got {shape}")
+            for side in shape[2:4]:
+                if side is not None and side < min_side:
+                    raise InputError(f"{name}: expected height and width >= {min_side}, got shape {shape}")
+        if tf.as_dtype(x.dtype) != tf.float32:
+            raise InputError(f"x: expected dtype float32, got {tf.as_dtype(x.dtype).name}")
+        if not tf.TensorShape(x.shape).is_compatible_with(masks.shape):
+            raise InputError(f"masks: expected the shape of x {tuple(x.shape)}, got {tuple(masks.shape)}")
+        mask_dtype = tf.as_dtype(masks.dtype)
+        if not (mask_dtype == tf.bool or mask_dtype.is_integer or mask_dtype.is_floating):
+            raise InputError(f"masks: expected dtype bool or 0/1 numbers, got {mask_dtype.name}")
+        x = tf.convert_to_tensor(x, tf.float32)
+        masks = tf.convert_to_tensor(masks)
+        clear = masks if mask_dtype == tf.bool else tf.not_equal(masks, 0)
+        if tf.executing_eagerly():
+            if not bool(tf.reduce_all(tf.math.is_finite(x))):
+                raise InputError("x: contains NaN or Inf values; expected finite normalised frames")
+        else:
+            x = tf.debugging.assert_all_finite(x, "x: contains NaN or Inf values; expected finite normalised frames")
+        return x, clear
+
+
+def count_parameters(module: tf.Module) -> int:
+    """Number of trainable scalars of a (sub-)network."""
+    return int(sum(np.prod(v.shape) for v in module.trainable_variables))

@@ -1,0 +1,206 @@
+"""The network: equivalence with the authors' TF1 graph, the fill and registration steps,
+shapes, errors and variables."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from conftest import relative_error
+from libraries import model as model_lib
+from libraries import preprocessing, tf1_checkpoint
+from libraries.config import default_config
+
+SMALL = default_config(n_features=8)
+
+
+@pytest.fixture(scope="module")
+def reference_run(reference_dir, reference_case):
+    """DeepSUM with the case's TF1 checkpoint, its outputs, and the sub-step intermediates."""
+    model = model_lib.DeepSUM()
+    tf1_checkpoint.load_tf1_checkpoint(model, reference_dir / "deepsum_tf1_case_a" / "checkpoint_tf1")
+    x, masks = reference_case["x"], reference_case["masks_lr"]
+    out = model(x, masks)
+    features = model.sisrnet(x)
+    filled = model_lib.fill_masked(model_lib.register_frames(features, out["filters"]), masks)
+    fusion_out = model.fusionnet(filled)
+    extra = {
+        "fusion_out": fusion_out,
+        "residual": out["sr"] - fusion_out,
+        "x_registered_unfilled": model_lib.register_frames(x, out["filters"]),
+    }
+    return model, out, extra
+
+
+def test_equivalence_with_the_authors_graph(reference_run, reference_case, record_property):
+    _, out, extra = reference_run
+    pairs = {
+        "sr vs logits": (out["sr"], reference_case["logits"]),
+        "filters": (out["filters"], reference_case["filters"]),
+        "filter_logits vs logits_filters": (out["filter_logits"], reference_case["logits_filters"]),
+        "x_registered": (out["x_registered"], reference_case["x_registered"]),
+        "fusion_out": (extra["fusion_out"], reference_case["fusion_out"]),
+        "residual": (extra["residual"], reference_case["residual"]),
+        "x_registered_unfilled": (extra["x_registered_unfilled"], reference_case["x_registered_unfilled"]),
+    }
+    errors, worst = {}, {}
+    for name, (actual, expected) in pairs.items():
+        assert tuple(actual.shape) == expected.shape, name
+        errors[name] = relative_error(actual.numpy(), expected)
+        worst[name] = float(np.max(np.abs(actual.numpy() - expected)) / np.max(np.abs(expected)))
+    print("relative L2 errors vs the TF1 graph:", json.dumps({k: f"{v:.2e}" for k, v in errors.items()}))
+    print("max |error| / max |reference|:", json.dumps({k: f"{v:.2e}" for k, v in worst.items()}))
+    record_property("relative_errors", errors)
+    assert max(worst.values()) < 1e-4, worst
+    assert max(errors.values()) < 1e-4, errors
+
+
+def test_features_match_the_reference_intermediates(reference_run, reference_dir, reference_case):
+    model, _, _ = reference_run
+    with np.load(reference_dir / "deepsum_tf1_case_a" / "intermediates.npz", allow_pickle=False) as data:
+        expected = data["sisr_features_b0_f01"]  # [1, 2, 64, 64, 64]
+    features = model.sisrnet(reference_case["x"][:1, :2]).numpy()
+    assert relative_error(features, expected) < 1e-4
+
+
+def test_fill_on_hand_made_masks():
+    # 3 frames, 1x4 pixels: pixel 0 all clear, 1 only frame 2 clear, 2 none clear, 3 frames 1 and 2 clear
+    clear = np.array([[1, 0, 0, 0], [1, 0, 0, 1], [1, 1, 0, 1]], bool).reshape(1, 3, 1, 4, 1)
+    values = (10 * np.arange(1, 4, dtype=np.float32)).reshape(1, 3, 1, 1, 1) + np.arange(4, dtype=np.float32).reshape(1, 1, 1, 4, 1)
+    filled = model_lib.fill_masked(values, clear).numpy()[0, :, 0, :, 0]
+    expected = np.array([[10, 31, 12, 23], [20, 31, 22, 23], [30, 31, 32, 33]], np.float32)
+    np.testing.assert_array_equal(filled, expected)
+
+
+def test_fill_agrees_with_the_fill_coefficients():
+    rng = np.random.default_rng(0)
+    masks = rng.random((2, 9, 12, 12, 1)) < 0.3  # many pixels with no clear frame too
+    values = rng.normal(size=(2, 9, 12, 12, 5)).astype(np.float32)
+    coefficients = preprocessing.fill_coefficients(masks)  # [b, t, s, H, W, 1]
+    expected = np.sum(coefficients * values[:, None], axis=2)  # [b, t, H, W, 5]
+    np.testing.assert_array_equal(model_lib.fill_masked(values, masks).numpy(), expected)
+
+
+def test_fill_agrees_with_the_reference_coefficients(reference_case):
+    unfilled = reference_case["x_registered_unfilled"]
+    expected = np.sum(reference_case["fill_coeff"] * unfilled[:, None], axis=2)
+    np.testing.assert_array_equal(model_lib.fill_masked(unfilled, reference_case["masks_lr"]).numpy(), expected)
+
+
+@pytest.mark.parametrize("dy, dx", [(0, 0), (2, -3), (-4, 4), (1, 0)])
+def test_one_hot_filter_moves_the_image_by_its_tap(dy, dx):
+    rng = np.random.default_rng(1)
+    image = rng.normal(size=(1, 2, 24, 24, 3)).astype(np.float32)
+    taps = np.zeros((1, 1, 81), np.float32)
+    taps[0, 0, 9 * (dy + 4) + (dx + 4)] = 1
+    moved = model_lib.register_frames(image, taps.reshape(1, 1, 9, 9)).numpy()
+    np.testing.assert_array_equal(moved[:, 0], image[:, 0])  # the reference frame is untouched
+    inner = slice(4, 20)  # away from the reflected border
+    shifted = image[:, 1, 4 + dy : 20 + dy, 4 + dx : 20 + dx]  # out[y, x] = in[y + dy, x + dx]
+    np.testing.assert_allclose(moved[:, 1, inner, inner], shifted, rtol=0, atol=1e-6)
+
+
+def _inputs(batch, size, seed=0):
+    rng = np.random.default_rng(seed)
+    x = rng.normal(size=(batch, 9, size, size, 1)).astype(np.float32)
+    masks = rng.random((batch, 9, size, size, 1)) < 0.8
+    return x, masks
+
+
+@pytest.mark.parametrize("batch, size", [(1, 16), (3, 40)])
+def test_shapes_eager_and_in_tf_function(batch, size):
+    model = model_lib.DeepSUM(SMALL)
+    x, masks = _inputs(batch, size)
+    eager = model(x, masks)
+    assert eager["sr"].shape == (batch, 1, size, size, 1)
+    assert eager["filters"].shape == (batch, 8, 9, 9)
+    assert eager["filter_logits"].shape == (batch, 8, 81)
+    assert eager["x_registered"].shape == (batch, 9, size, size, 1)
+    np.testing.assert_allclose(tf.reduce_sum(eager["filters"], axis=[2, 3]), 1.0, rtol=1e-5)
+    spec = tf.TensorSpec([None, 9, None, None, 1])
+    step = tf.function(lambda x, m: model(x, m, training=True), input_signature=[spec, tf.TensorSpec(spec.shape, tf.bool)])
+    traced = step(x, masks)
+    np.testing.assert_allclose(traced["sr"], eager["sr"], rtol=1e-5, atol=1e-5)
+
+
+def test_masks_may_be_zero_one_numbers():
+    model = model_lib.DeepSUM(SMALL)
+    x, masks = _inputs(1, 16)
+    np.testing.assert_array_equal(model(x, masks)["sr"], model(x, masks.astype(np.float32))["sr"])
+
+
+def test_gradients_reach_every_variable():
+    model = model_lib.DeepSUM(SMALL)
+    x, masks = _inputs(2, 16)
+    with tf.GradientTape() as tape:
+        loss = tf.reduce_mean(tf.square(model(x, masks, training=True)["sr"]))
+    gradients = tape.gradient(loss, model.trainable_variables)
+    assert all(g is not None and np.isfinite(g.numpy()).all() for g in gradients)
+
+
+@pytest.mark.parametrize(
+    "x_shape, dtype, words",
+    [
+        ((1, 8, 16, 16, 1), np.float32, ["x", "[batch, 9, height, width, 1]"]),
+        ((9, 16, 16, 1), np.float32, ["x", "[batch, 9, height, width, 1]"]),
+        ((1, 9, 16, 16, 2), np.float32, ["x", "[batch, 9, height, width, 1]"]),
+        ((1, 9, 16, 16, 1), np.float64, ["x", "float32"]),
+        ((1, 9, 4, 4, 1), np.float32, ["x", "height and width"]),
+    ],
+)
+def test_bad_inputs_raise_clear_errors(x_shape, dtype, words):
+    model = model_lib.DeepSUM(SMALL)
+    with pytest.raises(ValueError) as error:
+        model(np.zeros(x_shape, dtype), np.ones(x_shape, bool))
+    assert all(word in str(error.value) for word in words), str(error.value)
+
+
+def test_masks_of_another_shape_are_refused():
+    model = model_lib.DeepSUM(SMALL)
+    x, masks = _inputs(1, 16)
+    with pytest.raises(ValueError, match="masks"):
+        model(x, masks[:, :, :8])
+
+
+def test_nan_input_raises_eager_and_in_tf_function():
+    model = model_lib.DeepSUM(SMALL)
+    x, masks = _inputs(1, 16)
+    x[0, 3, 5, 5, 0] = np.nan
+    with pytest.raises(ValueError, match="NaN"):
+        model(x, masks)
+    with pytest.raises(tf.errors.InvalidArgumentError, match="NaN"):
+        tf.function(model)(tf.constant(x), tf.constant(masks))
+
+
+def test_variables_have_tf1_names_shapes_and_groups():
+    model = model_lib.DeepSUM()
+    variables = model.tf1_variables()
+    assert len(variables) == 60
+    assert variables["conv_up_0/W"].shape == (1, 3, 3, 1, 64)
+    assert variables["conv_up_7/W"].shape == (1, 3, 3, 64, 64)
+    assert variables["Rconv1b/W"].shape == (2, 3, 3, 64, 128)
+    assert variables["Rconv7_b/W"].shape == (1, 3, 3, 64, 81)
+    assert variables["conv_fuse_3/W"].shape == (3, 3, 3, 64, 64)
+    assert variables["conv_fuse_4/W"].shape == (1, 1, 1, 64, 1)
+    assert variables["inst_norm_fuse_3/gamma"].shape == (64,)
+    groups = {name: len(getattr(model, name).trainable_variables) for name in ("sisrnet", "regnet", "fusionnet")}
+    assert groups == {"sisrnet": 32, "regnet": 10, "fusionnet": 18}
+    assert set(model.sisrnet.tf1_variables()) == {n for n in variables if "_up_" in n}
+    assert len(model.trainable_variables) == 60
+
+
+def test_initialisation_is_seeded_glorot_with_zero_biases():
+    first, again, other = (model_lib.DeepSUM(default_config(seed=s)) for s in (1, 1, 2))
+    a, b, c = first.tf1_variables(), again.tf1_variables(), other.tf1_variables()
+    for name in a:
+        np.testing.assert_array_equal(a[name], b[name])
+    assert not np.array_equal(a["conv_up_3/W"], c["conv_up_3/W"])
+    assert not np.array_equal(a["conv_up_3/W"], a["conv_up_4/W"])
+    np.testing.assert_array_equal(a["conv_up_3/b"], 0)
+    np.testing.assert_array_equal(a["inst_norm_up_3/gamma"], 1)
+    np.testing.assert_array_equal(a["inst_norm_up_3/beta"], 0)
+    std = float(np.std(a["conv_up_3/W"]))
+    assert 0.8 < std / np.sqrt(2 / (9 * 64 + 9 * 64)) < 1.2  # Glorot: 2 / (fan_in + fan_out)
