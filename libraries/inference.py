@@ -40,6 +40,7 @@ BANDS = ("NIR", "RED")
 CLEAR_START = 0.90  # first clear-fraction threshold of the frame selection
 CLEAR_STEP = 0.05  # lowered by this until enough frames pass
 MAX_SR_SHIFT = 4  # window outputs shifted further than this from the first are dropped
+PER_FRAME = ("frames", "masks", "shifts", "frame_names")  # scene arrays with one row per frame
 SCENE_NAME = re.compile(r"imgset\d{4}")
 PNG_NAME = re.compile(r"imgset\d{4}\.png")
 
@@ -59,7 +60,7 @@ def scene_at(data: Mapping[str, np.ndarray], index: int) -> dict[str, Any]:
     (`names`, `hr`, `hr_clear`, `baseline`) are indexed. Returns a scene dict (module docstring).
     """
     start, stop = int(data["offsets"][index]), int(data["offsets"][index + 1])
-    scene: dict[str, Any] = {key: data[key][start:stop] for key in ("frames", "masks", "shifts")}
+    scene: dict[str, Any] = {key: data[key][start:stop] for key in PER_FRAME if key in data}
     scene["name"] = str(data["names"][index])
     for key in ("hr", "hr_clear", "baseline"):
         if key in data:
@@ -92,7 +93,7 @@ def sort_frames_by_clearance(scene: Mapping[str, Any]) -> dict[str, Any]:
     """
     clear_pixels = np.asarray(scene["masks"]).sum(axis=(1, 2))  # [K]
     order = np.argsort(-clear_pixels, kind="stable")
-    return {**scene, **{key: np.asarray(scene[key])[order] for key in ("frames", "masks", "shifts")}}
+    return _take_frames(scene, order)
 
 
 def select_clear_frames(scene: Mapping[str, Any], frames_needed: int = 9) -> dict[str, Any]:
@@ -113,7 +114,12 @@ def select_clear_frames(scene: Mapping[str, Any], frames_needed: int = 9) -> dic
     keep = np.flatnonzero(clear_fraction > threshold)
     if keep.size < frames_needed:
         keep = np.resize(keep, frames_needed)  # [frames_needed]: 0..K-1, 0, 1, ...
-    return {**scene, **{key: np.asarray(scene[key])[keep] for key in ("frames", "masks", "shifts")}}
+    return _take_frames(scene, keep)
+
+
+def _take_frames(scene: Mapping[str, Any], index: np.ndarray) -> dict[str, Any]:
+    """The scene with every per-frame array indexed by `index` `[n]` (the others unchanged)."""
+    return {**scene, **{key: np.asarray(scene[key])[index] for key in PER_FRAME if key in scene}}
 
 
 def window_inputs(scene: Mapping[str, Any], config: config_module.DeepSUMConfig, n_slide: int = 0) -> tuple[np.ndarray, np.ndarray]:
@@ -310,13 +316,17 @@ def plot_sliding_window(rows: Iterable[Mapping[str, Any]]) -> Any:
     return figure
 
 
-def plot_scene(folder: str | Path, sr: np.ndarray) -> Any:
-    """The clearest LR frame `[h, w]` of a scene folder, its bicubic baseline and the SR image
-    `[H, W]` side by side on one grey scale (2nd-98th percentile of SR). Returns the figure."""
+def plot_scene(data_dir: str | Path, split: str, name: str, sr: np.ndarray) -> Any:
+    """The clearest LR frame `[h, w]` of scene `name` (either band) of `data_dir/split`, its bicubic
+    baseline and the SR image `[H, W]` side by side on one grey scale (2nd-98th percentile of SR).
+    Returns the figure."""
     import matplotlib.pyplot as plt
     from libraries import dataset, probav
 
-    scene = probav.read_scene(folder)
+    folders = [Path(data_dir) / split / band / name for band in BANDS if (Path(data_dir) / split / band / name).is_dir()]
+    if not folders:
+        raise probav.ProbaVError(f"{Path(data_dir) / split}: no scene folder {name} under {' or '.join(BANDS)}")
+    scene = probav.read_scene(folders[0])
     lr = scene.lr[np.argmax(scene.clear.sum(axis=(1, 2)))]
     bicubic = bicubic_baseline(dataset.prepare_test_scene(scene))
     low, high = np.percentile(sr, [2, 98])
@@ -479,8 +489,11 @@ def score_submission(zip_path: str | Path, data_dir: str | Path, band: str = "al
 
 
 def add_superresolve_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--config", required=True, help="DeepSUM JSON config (config_files/DeepSUM_config_NIR.json)")
-    parser.add_argument("--checkpoint", required=True, help="our checkpoint or an authors' TF1 checkpoint (folder or prefix)")
+    per_band = "; give it once for every band, or once per band as BAND=PATH (e.g. NIR=... RED=...)"
+    parser.add_argument("--config", required=True, action="append",
+                        help="DeepSUM JSON config (config_files/DeepSUM_config_NIR.json)" + per_band)
+    parser.add_argument("--checkpoint", required=True, action="append",
+                        help="our checkpoint or an authors' TF1 checkpoint (folder or prefix)" + per_band)
     parser.add_argument("--data", required=True, help="PROBA-V folder (as downloaded, or written by `synth`)")
     parser.add_argument("--split", choices=("train", "test"), default="test")
     parser.add_argument("--band", choices=(*BANDS, "all"), default="all", help="'all': both bands in one zip")
@@ -489,15 +502,36 @@ def add_superresolve_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--windows-per-call", type=int, default=3, help="windows per network call (memory)")
 
 
+def paths_per_band(values: list[str], bands: Iterable[str], option: str) -> dict[str, str]:
+    """`--option PATH` (every band) or `--option NIR=PATH --option RED=PATH` -> {band: path}."""
+    if len(values) == 1 and values[0].partition("=")[0] not in BANDS:
+        return {band: values[0] for band in bands}
+    paths = {}
+    for value in values:
+        band, separator, path = value.partition("=")
+        if not separator or band not in BANDS or not path:
+            raise ValueError(f"{option} {value!r}: expected one PATH for every band, or BAND=PATH with BAND in {BANDS}")
+        paths[band] = path
+    missing = [band for band in bands if band not in paths]
+    if missing:
+        raise ValueError(f"{option}: no path for band {', '.join(missing)} (give {missing[0]}=PATH)")
+    return paths
+
+
 def run_superresolve(args: argparse.Namespace) -> int:
-    config = config_module.load_config(args.config)
-    n_slide = config.n_slide if args.n_slide is None else args.n_slide
-    model = load_model(config, args.checkpoint)
     bands = BANDS if args.band == "all" else (args.band,)
-    images = superresolve_folder(model, args.data, args.split, bands, config, n_slide, args.windows_per_call)
+    config_paths = paths_per_band(args.config, bands, "--config")
+    checkpoint_paths = paths_per_band(args.checkpoint, bands, "--checkpoint")
+    images = {}
+    for band in bands:  # the authors trained one model per band (RED fine-tuned from NIR)
+        config = config_module.load_config(config_paths[band])
+        n_slide = config.n_slide if args.n_slide is None else args.n_slide
+        model = load_model(config, checkpoint_paths[band])
+        images.update(superresolve_folder(model, args.data, args.split, [band], config, n_slide, args.windows_per_call))
+        print(f"{band}: {checkpoint_paths[band]}, n_slide {n_slide}", file=sys.stderr)
     write_submission(images, args.out)
     validate_submission(args.out, Path(args.data) / args.split, bands)
-    print(f"wrote {args.out}: {len(images)} scenes ({', '.join(bands)}), n_slide {n_slide}, validated")
+    print(f"wrote {args.out}: {len(images)} scenes ({', '.join(bands)}), validated")
     return 0
 
 

@@ -10,8 +10,9 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from libraries import inference, metrics, preprocessing, probav
-from libraries.config import default_config
+from libraries import checkpoints, dataset, fileio, inference, metrics, preprocessing, probav, synthetic
+from libraries.__main__ import main
+from libraries.config import default_config, to_json
 
 LR_SIZE = 32
 HR_SIZE = 3 * LR_SIZE
@@ -235,3 +236,71 @@ def test_network_runs_batched_windows_and_traces_once(tiny_config, tiny_model):
 def test_a_scene_with_fewer_than_9_frames_is_superresolved(tiny_config, tiny_model):
     sr = inference.superresolve_scene(tiny_model, textured_scene(5), tiny_config, n_slide=2)
     assert sr.shape == (HR_SIZE, HR_SIZE) and sr.dtype == np.float32 and np.all(np.isfinite(sr))
+
+
+# ------------------------------------------------------------------------------ commands on a PROBA-V folder
+
+
+@pytest.fixture(scope="module")
+def synthetic_dir(tmp_path_factory) -> Path:
+    """Synthetic PROBA-V folder: 3 train and 2 test scenes per band, LR 32x32 (one short test scene per band)."""
+    out = tmp_path_factory.mktemp("synthetic")
+    synthetic.write_dataset(out, seed=7, n_scenes=3, n_test_scenes=2, lr_size=LR_SIZE, progress=False)
+    return out
+
+
+@pytest.fixture(scope="module")
+def tiny_files(tmp_path_factory, tiny_config, tiny_model) -> tuple[Path, Path]:
+    """(config JSON, checkpoint folder) of the tiny model, for the command line."""
+    folder = tmp_path_factory.mktemp("tiny_model")
+    config_path = fileio.save_json(folder / "config.json", to_json(tiny_config))
+    return config_path, checkpoints.save_model_checkpoint(tiny_model, folder / "checkpoint", tiny_config)
+
+
+def test_score_command_agrees_with_kelvins_score(tmp_path, synthetic_dir, capsys):
+    rng = np.random.default_rng(5)
+    folders = probav.list_scenes(synthetic_dir, "train", "NIR")
+    hr = {folder.name: probav.read_image_png(folder / "HR.png") for folder in folders}
+    images = {name: image + rng.normal(0, 30, image.shape) + 200 for name, image in hr.items()}
+    zip_path = inference.write_submission(images, tmp_path / "train_nir.zip")
+    csv_path = tmp_path / "scores.csv"
+    assert main(["score", "--data", str(synthetic_dir), "--band", "NIR", "--submission", str(zip_path),
+                 "--csv", str(csv_path)]) == 0
+    printed = float(capsys.readouterr().out.strip())
+    norm = probav.read_norm(synthetic_dir / "norm.csv")
+    expected = [metrics.kelvins_score(np.clip(np.rint(images[folder.name]), 0, 65535), hr[folder.name],
+                                      probav.read_mask_png(folder / "SM.png"), norm[folder.name]) for folder in folders]
+    assert printed == pytest.approx(np.mean(expected), abs=2e-6)
+    lines = csv_path.read_text().splitlines()
+    assert lines[0] == "scene,band,cpsnr,baseline,score" and len(lines) == 1 + len(folders)
+
+
+def test_score_refuses_a_zip_without_train_scenes(tmp_path, synthetic_dir):
+    names = [folder.name for folder in probav.list_scenes(synthetic_dir, "test", "NIR")]
+    zip_path = inference.write_submission({name: smooth_image(0) for name in names}, tmp_path / "test.zip")
+    with pytest.raises(inference.SubmissionError, match="no scene of the zip has an HR image"):
+        inference.score_submission(zip_path, synthetic_dir, "NIR")
+
+
+def test_superresolve_command_writes_a_valid_submission(tmp_path, synthetic_dir, tiny_files, tiny_config, tiny_model):
+    config_path, checkpoint = tiny_files
+    zip_path = tmp_path / "submission.zip"
+    assert main(["superresolve", "--config", str(config_path), "--checkpoint", str(checkpoint),
+                 "--data", str(synthetic_dir), "--split", "test", "--band", "all", "--out", str(zip_path),
+                 "--n-slide", "1"]) == 0
+    names = inference.validate_submission(zip_path, synthetic_dir / "test")
+    assert len(names) == 4  # both bands, including the scenes with fewer than 9 usable frames
+    images = inference.read_submission(zip_path)
+    folder = synthetic_dir / "test" / "NIR" / names[-1]
+    expected = inference.superresolve_scene(
+        tiny_model, dataset.prepare_test_scene(probav.read_scene(folder)), tiny_config, n_slide=1)
+    np.testing.assert_array_equal(images[names[-1]], np.clip(np.rint(expected), 0, 65535).astype(np.uint16))
+
+
+def test_checkpoints_and_configs_per_band():
+    assert inference.paths_per_band(["a/b=c"], ["NIR", "RED"], "--config") == {"NIR": "a/b=c", "RED": "a/b=c"}
+    assert inference.paths_per_band(["RED=r", "NIR=n"], ["NIR", "RED"], "--checkpoint") == {"NIR": "n", "RED": "r"}
+    with pytest.raises(ValueError, match="--checkpoint: no path for band RED"):
+        inference.paths_per_band(["NIR=n"], ["NIR", "RED"], "--checkpoint")
+    with pytest.raises(ValueError, match="BAND=PATH"):
+        inference.paths_per_band(["NIR=n", "other"], ["NIR"], "--checkpoint")

@@ -1,0 +1,51 @@
+"""The two evaluation notebooks run top to bottom on a tiny synthetic set (LR 32x32, 8 features)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from libraries import dataset, inference, synthetic
+from notebooks import notebook_code_cells_are_short, run_notebook
+
+REPOSITORY_ROOT = Path(__file__).resolve().parent.parent
+NOTEBOOKS = ("Sliding_window_evaluation.ipynb", "DeepSUM_superresolve_testdata.ipynb")
+TINY = {"n_features": 8}
+
+
+@pytest.fixture(scope="module")
+def synthetic_dir(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("synthetic")
+    synthetic.write_dataset(out, seed=11, n_scenes=4, n_test_scenes=2, lr_size=32, progress=False)
+    return out
+
+
+def outputs(notebook) -> str:
+    return "\n".join(output.get("text", "") for cell in notebook.cells if cell.cell_type == "code"
+                     for output in cell.get("outputs", []))
+
+
+@pytest.mark.parametrize("name", NOTEBOOKS)
+def test_notebook_cells_are_short_and_tagged(name):
+    assert notebook_code_cells_are_short(REPOSITORY_ROOT / name, 15) == []
+
+
+def test_sliding_window_notebook_runs(synthetic_dir, tmp_path):
+    prepared = tmp_path / "prepared"
+    dataset.prepare(synthetic_dir, prepared, bands=["NIR"], n_chunks=1, patches_per_scene=1, patch_size=48,
+                    processes=1, progress=False)
+    notebook = run_notebook(REPOSITORY_ROOT / NOTEBOOKS[0], {"dataset_path": str(prepared), "n_slides": [0, 1],
+                                                            "config_changes": TINY}, timeout=300)
+    text = outputs(notebook)
+    assert "freshly initialised" in text and "bicubic" in text
+    assert [line.split()[:2] for line in text.splitlines() if line.startswith("DeepSUM")] == [["DeepSUM", "0"], ["DeepSUM", "1"]]
+
+
+def test_superresolve_notebook_writes_a_valid_zip(synthetic_dir, tmp_path):
+    out_zip = tmp_path / "submission.zip"
+    notebook = run_notebook(REPOSITORY_ROOT / NOTEBOOKS[1], {"data_dir": str(synthetic_dir), "out_zip": str(out_zip),
+                                                            "config_changes": TINY}, timeout=300)
+    assert "4 scenes, valid" in outputs(notebook)
+    assert len(inference.validate_submission(out_zip, synthetic_dir / "test")) == 4
+    assert any("image/png" in output.get("data", {}) for output in notebook.cells[-1].outputs)  # the figure
