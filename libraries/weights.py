@@ -361,7 +361,7 @@ def run_fetch_weights(args: argparse.Namespace) -> int:
     which = (args.only,) if args.only else GROUPS
     try:
         fetched = fetch_weights(args.dest, args.url_base, which, convert=not args.no_convert)
-    except WeightsError as error:
+    except ValueError as error:  # WeightsError, or a CheckpointError of the conversion
         print(f"fetch-weights: {error}", file=sys.stderr)
         return 1
     for name, result in fetched.items():

@@ -315,5 +315,14 @@ def test_challenge_conversion_with_the_real_converter(reference_dir, tmp_path, m
     with _serve(root) as (url, _):
         fetched = weights.fetch_weights(tmp_path / "repo", url, which=("challenge",))
     converted = fetched["DeepSUM_NIR"].converted
-    assert converted is not None and converted.exists()
-    assert converted == tmp_path / "repo/checkpoints/DeepSUM_NIR_challenge" or tmp_path / "repo" / "checkpoints" in converted.parents
+    assert converted == tmp_path / "repo/checkpoints/DeepSUM_NIR_challenge"
+
+    from libraries import checkpoints, model
+
+    network = model.DeepSUM(config.default_config())
+    frames = tf.zeros([1, 9, 36, 36, 1])
+    network(frames, tf.ones_like(frames), training=False)  # creates the variables
+    assert checkpoints.restore_weights(network, converted) == "tf2"
+    expected = tf.train.load_checkpoint(str(reference_dir / "deepsum_tf1_case_a" / "checkpoint_tf1"))
+    for name, variable in network.tf1_variables().items():
+        np.testing.assert_array_equal(variable.numpy(), expected.get_tensor(name), err_msg=name)
