@@ -275,11 +275,13 @@ def test_score_command_agrees_with_kelvins_score(tmp_path, synthetic_dir, capsys
     assert lines[0] == "scene,band,cpsnr,baseline,score" and len(lines) == 1 + len(folders)
 
 
-def test_score_refuses_a_zip_without_train_scenes(tmp_path, synthetic_dir):
+def test_score_refuses_a_zip_without_train_scenes(tmp_path, synthetic_dir, capsys):
     names = [folder.name for folder in probav.list_scenes(synthetic_dir, "test", "NIR")]
     zip_path = inference.write_submission({name: smooth_image(0) for name in names}, tmp_path / "test.zip")
     with pytest.raises(inference.SubmissionError, match="no scene of the zip has an HR image"):
         inference.score_submission(zip_path, synthetic_dir, "NIR")
+    assert main(["score", "--data", str(synthetic_dir), "--submission", str(tmp_path / "missing.zip")]) == 1
+    assert "missing.zip: not a readable zip file" in capsys.readouterr().err
 
 
 def test_superresolve_command_writes_a_valid_submission(tmp_path, synthetic_dir, tiny_files, tiny_config, tiny_model):
@@ -304,3 +306,21 @@ def test_checkpoints_and_configs_per_band():
         inference.paths_per_band(["NIR=n"], ["NIR", "RED"], "--checkpoint")
     with pytest.raises(ValueError, match="BAND=PATH"):
         inference.paths_per_band(["NIR=n", "other"], ["NIR"], "--checkpoint")
+
+
+def test_evaluate_sliding_window_matches_superresolve_per_n_slide(tiny_config, tiny_model):
+    scenes = [textured_scene(11, seed=4), textured_scene(9, seed=5)]
+    ragged = {key: np.concatenate([scene[key] for scene in scenes]) for key in ("frames", "masks", "shifts")}
+    ragged.update(offsets=np.array([0, 11, 20]), names=np.array(["imgset0004", "imgset0005"]),
+                  hr=np.stack([smooth_image(4) + smooth_image(14) / 20, smooth_image(5) + smooth_image(15) / 20]), hr_clear=np.ones((2, HR_SIZE, HR_SIZE), bool),
+                  baseline=np.array([40.0, 42.0], np.float32))
+    rows = inference.evaluate_sliding_window(tiny_model, ragged, tiny_config, n_slides=(0, 2), progress=False)
+    assert [(row["method"], row["n_slide"]) for row in rows] == [("bicubic", None), ("DeepSUM", 0), ("DeepSUM", 2)]
+    for row in rows:
+        images = [inference.bicubic_baseline(inference.scene_at(ragged, index)) if row["n_slide"] is None else
+                  inference.superresolve_scene(tiny_model, inference.scene_at(ragged, index), tiny_config, row["n_slide"])
+                  for index in range(2)]
+        scores = [metrics.kelvins_score(image, ragged["hr"][index], ragged["hr_clear"][index], ragged["baseline"][index])
+                  for index, image in enumerate(images)]
+        assert row["score"] == pytest.approx(np.mean(scores), rel=1e-6) and row["scenes"] == 2
+    assert inference.format_table(rows).splitlines()[3].split()[:2] == ["DeepSUM", "2"]
