@@ -118,7 +118,8 @@ def write_png(path: str | os.PathLike, image: np.ndarray) -> Path:
         image = image.astype(np.uint8) * np.uint8(255)
     elif image.dtype != np.uint16:
         raise ValueError(f"{path}: expected uint16 image or bool mask, got dtype {image.dtype}")
-    return fileio.save_bytes(path, iio.imwrite("<bytes>", image, extension=".png"))
+    # zlib level 1: files ~5% larger than the default level, encoded several times faster
+    return fileio.save_bytes(path, iio.imwrite("<bytes>", image, extension=".png", compress_level=1))
 
 
 # --------------------------------------------------------------------------- scenes

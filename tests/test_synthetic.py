@@ -1,0 +1,195 @@
+"""The synthetic PROBA-V set: layout, determinism, realism constraints, truth and baselines."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from scipy import ndimage
+from skimage.registration import phase_cross_correlation
+from skimage.transform import resize
+
+from libraries import metrics, probav, synthetic
+from libraries.__main__ import main
+
+SEED = 3
+N_TRAIN, N_TEST, LR_SIZE = 3, 4, 32
+
+
+@pytest.fixture(scope="module")
+def synthetic_set(tmp_path_factory) -> tuple[Path, dict]:
+    out = tmp_path_factory.mktemp("synthetic") / "probav"
+    summary = synthetic.write_dataset(out, SEED, n_scenes=N_TRAIN, n_test_scenes=N_TEST, lr_size=LR_SIZE,
+                                      progress=False)
+    return out, summary
+
+
+@pytest.fixture(scope="module")
+def scenes(synthetic_set) -> list[probav.Scene]:
+    out, _ = synthetic_set
+    return [scene for split in probav.SPLITS for band in probav.BANDS
+            for scene in probav.read_split(out, split, band, progress=False)]
+
+
+@pytest.fixture(scope="module")
+def truth(synthetic_set) -> dict:
+    return synthetic.read_truth(synthetic_set[0])["scenes"]
+
+
+def _files(folder: Path) -> dict[str, bytes]:
+    return {str(path.relative_to(folder)): path.read_bytes() for path in sorted(folder.rglob("*")) if path.is_file()}
+
+
+def test_deterministic_for_a_seed(synthetic_set, tmp_path):
+    out, _ = synthetic_set
+    synthetic.write_dataset(tmp_path / "again", SEED, n_scenes=N_TRAIN, n_test_scenes=N_TEST, lr_size=LR_SIZE,
+                            progress=False)
+    assert _files(tmp_path / "again") == _files(out)
+    synthetic.write_dataset(tmp_path / "other", SEED + 1, n_scenes=1, n_test_scenes=0, lr_size=LR_SIZE,
+                            progress=False)
+    other = probav.read_scene(tmp_path / "other" / "train" / "RED" / "imgset0000")
+    first = probav.read_scene(out / "train" / "RED" / "imgset0000")
+    assert other.lr.shape != first.lr.shape or not np.array_equal(other.lr, first.lr)
+
+
+def test_layout_names_and_truth_outside_scene_folders(synthetic_set, scenes, truth):
+    out, summary = synthetic_set
+    assert summary["scenes"] == {"train": {"NIR": N_TRAIN, "RED": N_TRAIN}, "test": {"NIR": N_TEST, "RED": N_TEST}}
+    names = [scene.name for scene in scenes]
+    assert len(names) == len(set(names)) == 2 * (N_TRAIN + N_TEST)
+    assert sorted(names) == sorted(truth) == sorted(probav.read_norm(out / "norm.csv"))
+    assert (out / synthetic.TRUTH_FILE).is_file()
+    assert not [path for path in out.rglob("*") if path.is_file() and path.suffix != ".png"
+                and path.parent != out]  # scene folders hold PNGs only
+    for scene in scenes:
+        files = {path.name for path in scene.path.iterdir()}
+        assert ({"HR.png", "SM.png"} <= files) == (scene.split == "train")
+        assert (scene.hr is not None) == (scene.split == "train")
+        assert scene.lr.shape[1:] == (LR_SIZE, LR_SIZE)
+        assert (truth[scene.name]["split"], truth[scene.name]["band"]) == (scene.split, scene.band)
+        assert tuple(truth[scene.name]["frame_names"]) == scene.frame_names
+
+
+def test_scene_round_trip_is_bit_exact(tmp_path):
+    arrays = synthetic.make_scene(np.random.default_rng(5), "NIR", 24, frames=10, corrupt=1)
+    scene = probav.read_scene(probav.write_scene(tmp_path / "train" / "NIR" / "imgset0042", arrays["lr"],
+                                                 arrays["clear"], arrays["hr"], arrays["hr_clear"]))
+    for key in ("lr", "clear", "hr", "hr_clear"):
+        assert getattr(scene, key).dtype == arrays[key].dtype
+        np.testing.assert_array_equal(getattr(scene, key), arrays[key])
+
+
+def test_frame_counts_and_usable_frames(scenes, truth):
+    usable = {}
+    for scene in scenes:
+        assert 9 <= scene.n_frames <= 35
+        corrupt = scene.lr.max(axis=(1, 2)) > synthetic.CORRUPT_THRESHOLD
+        np.testing.assert_array_equal(corrupt, truth[scene.name]["corrupt"])
+        usable[scene.name] = (scene.split, int((~corrupt).sum()))
+    assert all(count >= 9 for split, count in usable.values() if split == "train")
+    short = [name for name, (split, count) in usable.items() if split == "test" and count < 9]
+    assert 1 <= len(short) < 2 * N_TEST  # a few, not all
+
+
+def test_corrupt_frames_hold_65520_wedges(scenes):
+    corrupt = [frame for scene in scenes for frame in scene.lr if frame.max() > synthetic.CORRUPT_THRESHOLD]
+    assert len(corrupt) >= 3
+    for frame in corrupt:
+        bad = frame > synthetic.CORRUPT_THRESHOLD
+        assert np.all(frame[bad] == synthetic.CORRUPT_VALUE) and 0 < bad.mean() < 0.5
+        assert bad[[0, 0, -1, -1], [0, -1, 0, -1]].any()  # cut off a corner, like the real ones
+
+
+def test_values_are_14_bit_like_multiples_of_16(scenes):
+    for scene in scenes:
+        good = scene.lr[scene.lr.max(axis=(1, 2)) <= synthetic.CORRUPT_THRESHOLD]
+        assert np.all(good % 16 == 0) and good.max() < 40000
+        clear_values = good[scene.clear[scene.lr.max(axis=(1, 2)) <= synthetic.CORRUPT_THRESHOLD]]
+        assert 1000 < np.median(clear_values) < 16384
+        if scene.hr is not None:
+            assert scene.hr.max() <= 16383 and 1000 < np.median(scene.hr) < 16384
+    medians = {band: np.median([np.median(s.lr) for s in scenes if s.band == band]) for band in probav.BANDS}
+    assert 3000 < medians["RED"] < medians["NIR"] < 15000
+
+
+def test_cloud_masks(scenes):
+    fractions = np.concatenate([scene.clear.mean(axis=(1, 2)) for scene in scenes])
+    assert fractions.min() >= 0.35  # clouds and shadows cover at most ~60% of a frame
+    assert (fractions == 1).mean() > 0.2 and (fractions < 0.9).any()
+    hr_fractions = [scene.hr_clear.mean() for scene in scenes if scene.hr_clear is not None]
+    assert min(hr_fractions) > 0.8
+
+
+def test_shifts_truth(truth):
+    shifts = np.concatenate([np.asarray(scene["shifts"]) for scene in truth.values()])  # [frames, 2]
+    assert shifts.shape[1] == 2 and np.abs(shifts).max() <= synthetic.MAX_SHIFT
+    integer = np.all(shifts == np.round(shifts), axis=1)
+    assert 0.5 < integer.mean() < 0.95  # mostly integer, some sub-pixel
+    assert np.abs(shifts).max() >= 2
+
+
+def test_render_follows_the_shift_convention():
+    rng = np.random.default_rng(0)
+    canvas = rng.normal(5000, 500, (30 + 2 * synthetic.PAD,) * 2).astype(np.float32)
+    shifted = synthetic.render_frames(canvas, np.array([[3.0, -2.0]]), 0.8, 30)
+    expected = synthetic.render_frames(ndimage.shift(canvas, (3, -2), order=0, mode="wrap"),
+                                       np.zeros((1, 2)), 0.8, 30)
+    np.testing.assert_allclose(shifted, expected, atol=0.5)  # float32 FFT rounding; DN step is 16
+
+
+def test_registration_recovers_planted_integer_shifts():
+    """Cross-correlation of bicubic frames (the authors' skimage register_translation, i.e.
+    phase_cross_correlation with normalization=None) finds the planted integer shifts."""
+    hits = []
+    for seed in range(3):  # very flat scenes (contrast 0.1) can fail; these three are typical
+        scene = synthetic.make_scene(np.random.default_rng(seed), "NIR", 64, frames=24, corrupt=0)
+        shifts = scene["shifts"]
+        clear = scene["clear"].all(axis=(1, 2)) & np.all(shifts == np.round(shifts), axis=1)
+        frames = resize(scene["lr"][clear].astype(np.float64), (clear.sum(), 192, 192), order=3,
+                        mode="edge", anti_aliasing=False, preserve_range=True)
+        found = np.array([phase_cross_correlation(frames[0], frame, normalization=None)[0]
+                          for frame in frames[1:]])
+        expected = shifts[clear][0] - shifts[clear][1:]  # moves each frame back onto frame 0
+        hits.extend(np.all(found == expected, axis=1))
+        assert np.any(expected != 0)
+    assert len(hits) >= 12 and np.mean(hits) >= 0.8
+
+
+def test_norm_is_the_bicubic_of_mean_baseline(synthetic_set, scenes, truth):
+    out, _ = synthetic_set
+    norm = probav.read_norm(out / "norm.csv")
+    for scene in scenes:
+        assert norm[scene.name] == truth[scene.name]["baseline_cpsnr"]
+        assert 25 < norm[scene.name] < 70
+        if scene.split == "test":
+            continue
+        usable = scene.lr.max(axis=(1, 2)) <= 60000
+        counts = np.where(usable, scene.clear.sum(axis=(1, 2)), -1)
+        mean = scene.lr[counts == counts.max()].mean(axis=0)
+        sr = resize(mean, scene.hr.shape, order=3, mode="edge", anti_aliasing=False, preserve_range=True)
+        assert metrics.kelvins_cpsnr(sr, scene.hr, scene.hr_clear) == pytest.approx(norm[scene.name], abs=1e-9)
+
+
+def test_frame_statistics_on_known_signals():
+    rng = np.random.default_rng(0)
+    white = 8000 + 100 * rng.standard_normal((4, 128, 128))
+    stats = synthetic.frame_statistics(white)
+    assert stats["noise_std"] == pytest.approx(100, rel=0.05) and abs(stats["psd_slope"]) < 0.2
+    assert stats["p50"] == pytest.approx(8000, abs=5)
+    fractal = 8000 + 1000 * synthetic.fractal_field(rng, (4, 128, 128), 2.0)
+    assert synthetic.frame_statistics(fractal)["psd_slope"] == pytest.approx(-2.0, abs=0.3)
+    corrupt = np.concatenate([white, np.full((1, 128, 128), 65520.0)])
+    assert synthetic.frame_statistics(corrupt)["p50"] == stats["p50"]  # corrupt frames left out
+    table = synthetic.statistics_table({"a": [white], "b": [white, fractal]})
+    assert table.count("\n") == 1 + len(synthetic.STATISTICS) and "| noise_std |" in table
+
+
+def test_command_line(tmp_path, capsys):
+    out = tmp_path / "cli"
+    assert main(["synth", "--out", str(out), "--seed", "1", "--scenes", "1", "--test-scenes", "1",
+                 "--lr-size", "16"]) == 0
+    assert "wrote" in capsys.readouterr().out
+    assert len(probav.read_norm(out / "norm.csv")) == 4
+    assert json.loads((out / synthetic.TRUTH_FILE).read_text())["lr_size"] == 16
