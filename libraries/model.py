@@ -292,6 +292,7 @@ class DeepSUM(Network):
     def check_inputs(self, x, masks) -> tuple[tf.Tensor, tf.Tensor]:
         """Validate `x` and `masks`; return x as float32 and masks as bool. Raises `InputError`."""
         c = self.config
+        x, masks = (v if tf.is_tensor(v) else np.asarray(v) for v in (x, masks))
         expected = f"[batch, {c.T_in}, height, width, {c.channels}]"
         min_side = c.filter_size
         for name, value in (("x", x), ("masks", masks)):
