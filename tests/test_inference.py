@@ -324,3 +324,15 @@ def test_evaluate_sliding_window_matches_superresolve_per_n_slide(tiny_config, t
                   for index, image in enumerate(images)]
         assert row["score"] == pytest.approx(np.mean(scores), rel=1e-6) and row["scenes"] == 2
     assert inference.format_table(rows).splitlines()[3].split()[:2] == ["DeepSUM", "2"]
+
+
+def test_a_real_probav_scene_with_corrupt_frames_gives_a_valid_384_submission(tmp_path, shared_data_dir, tiny_config, tiny_model):
+    source = shared_data_dir / "probav_real" / "lr_only" / "train" / "NIR" / "imgset0594"  # 21 frames, 3 corrupt
+    scene = dataset.prepare_test_scene(probav.read_scene(source, masks="assume_clear"))
+    sr = inference.superresolve_scene(tiny_model, scene, tiny_config)
+    assert sr.shape == (384, 384) and np.all(np.isfinite(sr))
+    split_dir = tmp_path / "test"
+    (split_dir / "NIR").mkdir(parents=True)
+    (split_dir / "NIR" / "imgset0594").symlink_to(source)
+    zip_path = inference.write_submission({"imgset0594": sr}, tmp_path / "real.zip")
+    assert inference.validate_submission(zip_path, split_dir) == ["imgset0594"]
