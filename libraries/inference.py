@@ -168,8 +168,8 @@ def window_images(model: Any, scene: Mapping[str, Any], config: config_module.De
     """The network's output for every sliding window of a scene, de-normalised to DN.
 
     Returns float32 `[windows, H, W]`. Windows go through the network `windows_per_call` at a
-    time (memory grows linearly with it: about 1.4 GB per 384x384 window at 64 features, extrapolated from
-    96 and 192 px runs on CPU).
+    time; memory grows linearly with it, about 1.4 GB per 384x384 window at 64 features
+    (extrapolated from 96 and 192 px runs on CPU).
     """
     x, masks = window_inputs(scene, config, n_slide)
     call = network_call(model, config)
