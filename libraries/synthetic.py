@@ -455,7 +455,8 @@ def statistics_table(groups: Mapping[str, Sequence[np.ndarray]]) -> str:
     rows = [header, "|---" * (len(groups) + 1) + "|"]
     table = {label: [frame_statistics(frames) for frames in scenes] for label, scenes in groups.items()}
     for key in STATISTICS:
-        cells = [f"{np.median([s[key] for s in stats]):.3g}" for stats in table.values()]
+        medians = [float(np.median([s[key] for s in stats])) for stats in table.values()]
+        cells = [f"{value:.0f}" if abs(value) >= 100 else f"{value:.3g}" for value in medians]
         rows.append(f"| {key} | " + " | ".join(cells) + " |")
     return "\n".join(rows)
 
