@@ -732,3 +732,18 @@ def run_pretrain_regnet(args: argparse.Namespace) -> int:
         print(f"step {history['eval_step'][-1]}: held-out tap accuracy {history['heldout_accuracy'][-1]:.3f}; "
               f"checkpoints in {config.checkpoint_dir}")
     return 0
+
+
+def plot_history(history: Mapping[str, list], keys: tuple[str, ...], title: str = "") -> Any:
+    """A matplotlib figure of history curves: training `keys` per step, `eval_` ones per evaluation."""
+    import matplotlib.pyplot as plt
+
+    figure, axis = plt.subplots(figsize=(7, 3.5))
+    for key in keys:
+        steps = history["eval_step"] if key.startswith("heldout") else history["step"]
+        axis.plot(steps, history[key], marker="o" if key.startswith("heldout") else None, label=key)
+    axis.set_xlabel("step")
+    axis.set_title(title)
+    axis.legend()
+    axis.grid(alpha=0.3)
+    return figure
