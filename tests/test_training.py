@@ -1,0 +1,345 @@
+"""Tests of `libraries.training` on a tiny prepared synthetic data set.
+
+Tiny preset: 8 features, 48x48 patches, batch 2, 2 chunks of 12 patches, 2 validation scenes
+of 96x96 (synthetic LR frames of 32x32), built once per module with `libraries.synthetic`
+and `libraries.dataset.prepare`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from libraries import config as config_module
+from libraries import dataset, fileio, model, synthetic, training
+
+REPOSITORY_ROOT = Path(__file__).resolve().parent.parent
+SKIP_STEP = 3
+FIRST_STEPS = 6
+
+
+def prepare_tiny_dataset(folder: Path) -> Path:
+    """A prepared NIR data set: 2 chunks of 12 patches of 48x48, 2 validation scenes of 96x96."""
+    synthetic.write_dataset(folder / "probav", seed=0, n_scenes=6, n_test_scenes=1, lr_size=32, progress=False)
+    dataset.prepare(folder / "probav", folder / "prepared", bands=("NIR",), n_chunks=2, patches_per_scene=3,
+                    patch_size=48, processes=1, progress=False)
+    return folder / "prepared"
+
+
+def tiny_config(folder: Path, dataset_path: Path, **changes) -> config_module.DeepSUMConfig:
+    """The NIR config shrunk to the tiny preset; no pretraining checkpoints (random start)."""
+    values = dict(n_features=8, patch_size_HR=(48, 48), patch_size_LR=(16, 16), batch_size=2, n_chunks=2,
+                  lr=1e-3, skip_step=SKIP_STEP, dataset_path=dataset_path, checkpoint_dir=folder / "checkpoints",
+                  SISRNet_pretrain_dir=folder / "no_sisrnet", RegNet_pretrain_dir=folder / "no_regnet",
+                  validation_images=1)
+    values.update(changes)
+    return config_module.default_config(**values)
+
+
+def write_config(config: config_module.DeepSUMConfig, path: Path) -> Path:
+    fileio.save_json(path, config_module.to_json(config))
+    return path
+
+
+def subprocess_env() -> dict[str, str]:
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", PYTHONPATH=str(REPOSITORY_ROOT))
+    env.pop("TF_CONFIG", None)
+    return env
+
+
+def weights(module: tf.Module) -> dict[str, np.ndarray]:
+    return {name: variable.numpy() for name, variable in module.tf1_variables().items()}
+
+
+@pytest.fixture(scope="module")
+def data_path(tmp_path_factory) -> Path:
+    return prepare_tiny_dataset(tmp_path_factory.mktemp("training_data"))
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory, data_path):
+    """A Trainer run for FIRST_STEPS steps (validation + checkpoint every SKIP_STEP steps)."""
+    folder = tmp_path_factory.mktemp("trained")
+    config = tiny_config(folder, data_path)
+    trainer = training.Trainer(config, progress=False)
+    history = trainer.train(FIRST_STEPS)
+    return trainer, history
+
+
+# --------------------------------------------------------------------------- data
+
+
+def test_batch_plan_visits_every_patch_once_per_epoch_in_a_seeded_order():
+    plan = training.BatchPlan([7, 5], batch_size=2, seed=3)
+    assert plan.steps_per_epoch == 3 + 2  # remainders dropped, as the authors' loop
+    seen = [plan.rows(step) for step in range(plan.steps_per_epoch)]
+    for chunk, size in enumerate([7, 5]):
+        rows = np.concatenate([r for c, r in seen if c == chunk])
+        assert len(rows) == len(set(rows.tolist())) == 2 * (size // 2)
+    again = training.BatchPlan([7, 5], batch_size=2, seed=3)
+    assert all(np.array_equal(plan.rows(s)[1], again.rows(s)[1]) for s in range(12))
+    next_epoch = [plan.rows(step) for step in range(plan.steps_per_epoch, 2 * plan.steps_per_epoch)]
+    assert any(not np.array_equal(a[1], b[1]) for a, b in zip(seen, next_epoch))
+    other_seed = training.BatchPlan([7, 5], batch_size=2, seed=4)
+    assert any(not np.array_equal(plan.rows(s)[1], other_seed.rows(s)[1]) for s in range(5))
+
+
+def test_training_batches_are_the_normalised_chunk_rows_and_resume_at_any_step(tmp_path, data_path):
+    config = tiny_config(tmp_path, data_path)
+    batches = list(training.make_training_dataset(config).take(3))
+    x, masks, y, y_mask = batches[0]
+    assert x.shape == (2, 9, 48, 48, 1) and x.dtype == tf.float32
+    assert masks.shape == (2, 9, 48, 48, 1) and masks.dtype == tf.bool
+    assert y.shape == y_mask.shape == (2, 1, 48, 48, 1) and y_mask.dtype == tf.float32
+    chunks = [dataset.load_training_chunk(data_path, "NIR", c) for c in range(2)]
+    plan = training.BatchPlan([len(c["frames"]) for c in chunks], config.batch_size, config.seed)
+    for step, batch in enumerate(batches):
+        chunk, rows = plan.rows(step)
+        rows = np.sort(rows)
+        arrays = chunks[chunk]
+        np.testing.assert_allclose(batch[0].numpy()[..., 0], (arrays["frames"][rows] - config.mu) / config.sigma, rtol=1e-6)
+        np.testing.assert_array_equal(batch[1].numpy()[..., 0], arrays["masks"][rows])
+        np.testing.assert_allclose(batch[2].numpy()[:, 0, :, :, 0], (arrays["hr"][rows] - config.mu) / config.sigma_rescaled,
+                                   rtol=1e-6)
+        np.testing.assert_array_equal(batch[3].numpy()[:, 0, :, :, 0], arrays["hr_clear"][rows])
+    resumed = next(iter(training.make_training_dataset(config, start_step=2)))
+    for a, b in zip(resumed, batches[2]):
+        np.testing.assert_array_equal(a.numpy(), b.numpy())
+
+
+def test_validation_dataset_gives_whole_scenes_with_baseline_and_shifts(tmp_path, data_path):
+    config = tiny_config(tmp_path, data_path)
+    scenes = list(training.make_validation_dataset(config))
+    arrays = dataset.load_validation(data_path, "NIR")
+    assert len(scenes) == len(arrays["names"]) == 2
+    x, masks, y, y_mask, baseline, shifts = scenes[1]
+    assert x.shape == masks.shape == (1, 9, 96, 96, 1) and y.shape == y_mask.shape == (1, 1, 96, 96, 1)
+    np.testing.assert_allclose(baseline.numpy(), arrays["baseline"][1:2])
+    np.testing.assert_array_equal(shifts.numpy(), arrays["shifts"][1:2])
+
+
+def test_nan_in_the_inputs_is_an_error_naming_chunk_and_scene(tmp_path, data_path):
+    config = tiny_config(tmp_path, data_path)
+    chunk = {key: np.array(value) for key, value in dataset.load_training_chunk(data_path, "NIR", 1).items()}
+    chunk["frames"][5, 3, 10, 10] = np.nan
+    with pytest.raises(training.TrainingDataError, match=r"chunk #0.*frames holds NaN or Inf.*rows \[5\].*scene"):
+        training.make_training_dataset(config, chunks=[chunk])
+    validation = {key: np.array(value) for key, value in dataset.load_validation(data_path, "NIR").items()}
+    validation["hr"][1, 0, 0] = np.inf
+    with pytest.raises(training.TrainingDataError, match=rf"hr holds NaN or Inf.*{validation['names'][1]}"):
+        training.make_validation_dataset(config, validation)
+
+
+def test_a_chunk_of_the_wrong_patch_size_is_an_error(tmp_path, data_path):
+    config = tiny_config(tmp_path, data_path, patch_size_HR=(96, 96), patch_size_LR=(32, 32))
+    with pytest.raises(training.TrainingDataError, match="patches are 48x48, the config's patch_size_HR is 96x96"):
+        training.make_training_dataset(config)
+
+
+# --------------------------------------------------------------------------- training
+
+
+def test_a_few_steps_lower_the_loss(trained):
+    trainer, history = trained
+    assert history["step"] == list(range(1, FIRST_STEPS + 1))
+    assert np.all(np.isfinite(history["loss"]))
+    # Batch losses vary with the patches drawn; the validation set is fixed.
+    validation_losses = [results["loss"] for results in history["validation"]]
+    assert validation_losses[-1] < validation_losses[0], validation_losses
+    assert int(trainer.step) == FIRST_STEPS and int(trainer.optimizer.iterations) == FIRST_STEPS
+
+
+def test_validation_metrics_are_finite_and_accuracy_is_a_share(trained):
+    trainer, history = trained
+    assert [v["step"] for v in history["validation"]] == [3, 6]
+    for results in history["validation"]:
+        for name in ("loss", "cpsnr", "score", "baseline_cpsnr"):
+            assert np.isfinite(results[name]), (name, results)
+        assert 0.0 <= results["regnet_accuracy"] <= 1.0
+        assert results["scenes"] == 2
+    assert float(trainer.best_score) == min(v["score"] for v in history["validation"])
+    again = training.evaluate(trainer.model, trainer.config, progress=False)
+    assert again["loss"] == pytest.approx(history["validation"][-1]["loss"], rel=1e-5)
+
+
+def test_checkpoints_config_and_tensorboard_logs_are_written(trained):
+    trainer, _ = trained
+    folder = Path(trainer.config.checkpoint_dir)
+    assert tf.train.latest_checkpoint(str(folder)).endswith(f"ckpt-{FIRST_STEPS}")
+    assert tf.train.latest_checkpoint(str(folder / "best")) is not None
+    assert config_module.load_config(folder / "config.json") == trainer.config
+    tags = {}
+    for split in ("train", "validation"):
+        files = list((folder / "logs" / split).glob("events.out.tfevents.*"))
+        assert files, split
+        tags[split] = {value.tag for file in files for event in tf.compat.v1.train.summary_iterator(str(file))
+                       for value in event.summary.value}
+    assert "loss" in tags["train"]
+    assert {"loss", "cpsnr", "score", "regnet_accuracy", "baseline_cpsnr", "sr", "hr", "filters"} <= tags["validation"]
+
+
+def test_freezing_keeps_those_weights_unchanged(tmp_path, data_path):
+    config = tiny_config(tmp_path, data_path, freeze=("sisrnet", "regnet"), skip_step=100)
+    trainer = training.Trainer(config, progress=False)
+    before = {part: weights(getattr(trainer.model, part)) for part in ("sisrnet", "regnet", "fusionnet")}
+    assert len(trainer.variables) == len(trainer.model.fusionnet.trainable_variables)
+    trainer.train(2)
+    after = {part: weights(getattr(trainer.model, part)) for part in before}
+    for part in ("sisrnet", "regnet"):
+        for name in before[part]:
+            np.testing.assert_array_equal(after[part][name], before[part][name], err_msg=name)
+    assert any(not np.array_equal(after["fusionnet"][n], before["fusionnet"][n]) for n in before["fusionnet"])
+
+
+def test_a_run_killed_during_training_resumes_from_its_last_checkpoint(tmp_path, data_path, trained):
+    reference, reference_history = trained
+    config = reference.config.replace(checkpoint_dir=tmp_path / "killed")
+    config_file = write_config(config, tmp_path / "config.json")
+    command = [sys.executable, "-m", "libraries", "train", "--config", str(config_file), "--steps", "1000",
+               "--no-progress"]
+    process = subprocess.Popen(command, cwd=tmp_path, env=subprocess_env(), stdout=subprocess.PIPE,
+                               stderr=subprocess.STDOUT)
+    try:
+        deadline = time.monotonic() + 150
+        while not (tmp_path / "killed" / "checkpoint").exists():
+            assert process.poll() is None, process.stdout.read().decode()
+            assert time.monotonic() < deadline, "no checkpoint written in time"
+            time.sleep(0.05)
+        process.send_signal(signal.SIGKILL)
+    finally:
+        process.kill()
+        process.wait()
+    assert process.returncode == -signal.SIGKILL
+    killed_at = tf.train.latest_checkpoint(str(tmp_path / "killed"))
+    step = int(killed_at.rsplit("-", 1)[1])
+    assert step % SKIP_STEP == 0 and step >= SKIP_STEP
+    # The uninterrupted run (same config, same data order) up to two steps past the kill.
+    losses = dict(zip(reference_history["step"], reference_history["loss"]))
+    if step + 2 > int(reference.step):
+        more = reference.train(step + 2)
+        losses.update(zip(more["step"], more["loss"]))
+    # The killed run's checkpoint holds the uninterrupted run's state (weights, Adam, step).
+    ours = tf.train.load_checkpoint(killed_at)
+    theirs = tf.train.load_checkpoint(str(Path(reference.config.checkpoint_dir) / f"ckpt-{step}"))
+    keys = [key for key, dtype in ours.get_variable_to_dtype_map().items()
+            if dtype != tf.string and "save_counter" not in key and "best_score" not in key]
+    assert any("optimizer" in key for key in keys)
+    for key in keys:
+        np.testing.assert_allclose(ours.get_tensor(key), theirs.get_tensor(key), rtol=1e-5, atol=1e-7, err_msg=key)
+    resumed = training.Trainer(config, progress=False)
+    assert resumed.resumed_from == killed_at and not resumed.pretrained
+    assert int(resumed.step) == step and int(resumed.optimizer.iterations) == step
+    history = resumed.train(step + 2)
+    assert history["step"] == [step + 1, step + 2]
+    np.testing.assert_allclose(history["loss"], [losses[step + 1], losses[step + 2]], rtol=1e-5)
+
+
+MIRRORED_SCRIPT = """
+import json, sys
+import numpy as np
+import tensorflow as tf
+cpu = tf.config.list_physical_devices("CPU")[0]
+tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
+from libraries import config as config_module, training
+config = config_module.load_config(sys.argv[1])
+runs = {}
+for name, strategy in (("one", tf.distribute.OneDeviceStrategy("/cpu:0")),
+                       ("two", tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"]))):
+    trainer = training.Trainer(config.replace(checkpoint_dir=config.checkpoint_dir / name), strategy, progress=False)
+    loss = trainer.train(1)["loss"][0]
+    names = {id(variable): key for key, variable in trainer.model.tf1_variables().items()}
+    # After one Adam step the first moment is (1 - beta_1) * gradient.
+    gradients = {names[id(v)]: m.numpy() / (1 - trainer.optimizer.beta_1)
+                 for v, m in zip(trainer.variables, trainer.optimizer._momentums)}
+    weights = {key: v.numpy() for key, v in trainer.model.tf1_variables().items()}
+    runs[name] = {"loss": loss, "gradients": gradients, "weights": weights, "replicas": strategy.num_replicas_in_sync}
+    if name == "two":
+        replica_gap = max(float(np.abs(v.values[0].numpy() - v.values[1].numpy()).max())
+                          for v in trainer.model.tf1_variables().values())
+one, two = runs["one"], runs["two"]
+scale = max(float(np.abs(g).max()) for g in one["gradients"].values())
+print(json.dumps({
+    "loss_one": one["loss"], "loss_two": two["loss"], "replicas": two["replicas"], "replica_gap": replica_gap,
+    "gradient_gap": max(float(np.abs(two["gradients"][k] - g).max()) for k, g in one["gradients"].items()) / scale,
+    "weight_gap": {k: float(np.abs(two["weights"][k] - w).max()) for k, w in one["weights"].items()}}))
+"""
+
+# Biases whose gradient is zero in exact arithmetic: InstanceNorm removes a per-channel constant
+# (conv_up_0..7, conv_fuse_0..3) and cL2's brightness correction removes a constant output offset
+# (conv_fuse_4). Their gradient is round-off, which Adam's first step (about lr * sign(g))
+# turns into lr-sized updates that differ with the summation order.
+ROUND_OFF_GRADIENT = tuple(f"conv_up_{k}/b" for k in range(8)) + tuple(f"conv_fuse_{k}/b" for k in range(5))
+
+
+def test_one_step_on_two_mirrored_devices_equals_one_device(tmp_path, data_path):
+    config_file = write_config(tiny_config(tmp_path, data_path, skip_step=100), tmp_path / "config.json")
+    result = subprocess.run([sys.executable, "-c", MIRRORED_SCRIPT, str(config_file)], cwd=tmp_path,
+                            env=subprocess_env(), capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    numbers = json.loads(result.stdout.strip().splitlines()[-1])
+    assert numbers["replicas"] == 2 and numbers["replica_gap"] == 0.0
+    assert numbers["loss_two"] == pytest.approx(numbers["loss_one"], rel=1e-5)
+    assert numbers["gradient_gap"] < 1e-5  # relative to the largest gradient
+    compared = {name: gap for name, gap in numbers["weight_gap"].items() if name not in ROUND_OFF_GRADIENT}
+    assert len(compared) == len(numbers["weight_gap"]) - len(ROUND_OFF_GRADIENT)
+    assert max(compared.values()) < 1e-5, compared
+
+
+# --------------------------------------------------------------------------- pretrained weights, CLI, taps
+
+
+def test_missing_pretraining_folders_warn_or_raise(tmp_path, data_path, caplog):
+    config = tiny_config(tmp_path, data_path)
+    network = model.DeepSUM(config)
+    with caplog.at_level("WARNING", logger="libraries.training"):
+        assert training.load_pretrained(network, config) == {}
+    assert "no sisrnet pretraining checkpoint" in caplog.text and "no regnet pretraining checkpoint" in caplog.text
+    with pytest.raises(FileNotFoundError, match="no sisrnet pretraining checkpoint in .*no_sisrnet"):
+        training.load_pretrained(network, config, required=True)
+
+
+def test_authors_pretraining_checkpoints_are_loaded(tmp_path, data_path, reference_dir):
+    folder = reference_dir / "pretraining_checkpoints"
+    config = tiny_config(tmp_path, data_path, n_features=64, SISRNet_pretrain_dir=folder / "SISRNet",
+                         RegNet_pretrain_dir=folder / "RegNet")
+    network = model.DeepSUM(config)
+    loaded = training.load_pretrained(network, config, required=True)
+    assert sorted(loaded["sisrnet"]) == sorted(network.sisrnet.tf1_variables())
+    assert sorted(loaded["regnet"]) == sorted(network.regnet.tf1_variables())
+    for part, sub in (("sisrnet", "SISRNet"), ("regnet", "RegNet")):
+        reader = tf.train.load_checkpoint(str(folder / sub))
+        for name, variable in getattr(network, part).tf1_variables().items():
+            np.testing.assert_array_equal(variable.numpy(), reader.get_tensor(name), err_msg=name)
+
+
+def test_registration_taps_follow_the_authors_labels():
+    shifts = np.array([[0, 0], [-4, -4], [4, 4], [1, -2], [-3, 2]])
+    # The authors' label: a one-hot 9x9 filter at [dy + 4, dx + 4], flattened row-major.
+    one_hot = np.zeros((len(shifts), 9, 9))
+    one_hot[np.arange(len(shifts)), shifts[:, 0] + 4, shifts[:, 1] + 4] = 1
+    expected = one_hot.reshape(len(shifts), 81).argmax(axis=1)  # [n,9,9] -> [n,81]
+    np.testing.assert_array_equal(training.registration_taps(shifts).numpy(), expected)
+    assert training.registration_taps(shifts).numpy().tolist() == [40, 0, 80, 47, 15]
+
+
+def test_command_line_overrides_the_config(tmp_path, data_path):
+    import argparse
+
+    parser = argparse.ArgumentParser()
+    training.add_train_arguments(parser)
+    config_file = write_config(tiny_config(tmp_path, data_path), tmp_path / "config.json")
+    args = parser.parse_args(["--config", str(config_file), "--steps", "7", "--checkpoint-dir", "here",
+                              "--skip-step", "3", "--freeze", "regnet", "--lr", "0.5"])
+    config = training.config_from_arguments(args)
+    assert args.steps == 7
+    assert config.checkpoint_dir == Path("here").absolute() and config.skip_step == 3
+    assert config.freeze == ("regnet",) and config.lr == 0.5 and config.n_features == 8
