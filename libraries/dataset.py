@@ -561,6 +561,7 @@ def save_best9(band_dir: str | os.PathLike, progress: bool = True) -> dict[str, 
     if not chunks or not patch_size:
         raise DatasetError(f"{band_dir / 'train'}: no chunk_* folders (run create_patch_chunks first)")
     section: dict[str, Any] = {"chunks": []}
+    start = time.perf_counter()
     with _atomic_folder(band_dir / BEST9) as folder:
         for path in tqdm(chunks, desc=f"best-9 {band_dir.name}", unit="chunk", disable=not progress):
             chunk = _load_arrays(path, ["corners", "scene"], mmap=False)
@@ -573,6 +574,7 @@ def save_best9(band_dir: str | os.PathLike, progress: bool = True) -> dict[str, 
         scene, corners, size = _validation_windows(validation)
         section["validation"] = _write_best9(folder / "validation", best9_windows(validation, scene, corners, size))
         fileio.save_npy(folder / "validation" / "names.npy", np.asarray(validation["names"]))
+    section["seconds"] = time.perf_counter() - start
     _update_manifest(band_dir, "best9", section)
     return section
 

@@ -277,10 +277,8 @@ def cut_windows(images: np.ndarray, corners: np.ndarray, size: int) -> np.ndarra
 
     images: `[..., H, W]`; corners: `[n, 2]` (row, col). Returns `[n, ..., size, size]`.
     """
-    images = np.asarray(images)
-    offsets = np.arange(size)
-    rows = np.asarray(corners)[:, 0, None] + offsets  # [n, size]
-    cols = np.asarray(corners)[:, 1, None] + offsets  # [n, size]
-    moved = np.moveaxis(images, (-2, -1), (0, 1))  # [H, W, ...]
-    windows = moved[rows[:, :, None], cols[:, None, :]]  # [n, size, size, ...]
-    return np.moveaxis(windows, (1, 2), (-2, -1))  # [n, ..., size, size]
+    corners = np.asarray(corners)
+    # a strided view of every window (no copy), [..., H-size+1, W-size+1, size, size]
+    windows = np.lib.stride_tricks.sliding_window_view(np.asarray(images), (size, size), axis=(-2, -1))
+    chosen = windows[..., corners[:, 0], corners[:, 1], :, :]  # [..., n, size, size]
+    return np.moveaxis(chosen, -3, 0)  # [n, ..., size, size]
