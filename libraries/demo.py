@@ -1,0 +1,330 @@
+"""The main job: the whole DeepSUM pipeline, end to end, in one command.
+
+`python -m libraries demo` (what `bash run.sh demo` runs) does, on the embedded synthetic
+PROBA-V set (generated when absent):
+
+1. data        `synthetic.write_dataset` -> a PROBA-V folder (train/, test/, norm.csv)
+2. prepare     `dataset.prepare`: split, filters, upsampling, registration, patches, best-9
+3. pretrain    SISRNet, then RegNet on planted shifts (`libraries.pretraining`)
+4. train       DeepSUM on NIR, then RED fine-tuned from NIR, as the authors did
+5. validate    sliding-window evaluation against the bicubic baseline (`libraries.inference`)
+6. submit      the test split super-resolved into a Kelvins zip, validated
+7. report      figures and a final table: validation cPSNR and score of bicubic and DeepSUM
+
+With `--data DIR` (a real PROBA-V folder) the same steps run with the paper's configs
+(`config_files/DeepSUM_config_{NIR,RED}.json` and the two pretraining configs); pretraining is
+skipped where the configured pretraining folder already holds a checkpoint (e.g. the
+authors', see `python -m libraries fetch-weights`). Every step that finds its output already
+complete skips or resumes, so the command can be rerun after an interruption.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from libraries import config as config_module
+from libraries.config import REPOSITORY_ROOT
+
+BANDS = ("NIR", "RED")
+DEMO_OUT = REPOSITORY_ROOT / "outputs" / "demo"
+DEMO_CONFIGS = REPOSITORY_ROOT / "config_files" / "demo"
+PAPER_CONFIGS = REPOSITORY_ROOT / "config_files"
+
+
+@dataclasses.dataclass(frozen=True)
+class DemoPlan:
+    """Where every step reads and writes, and the configs it runs with."""
+
+    out_dir: Path
+    data_dir: Path
+    dataset_dir: Path
+    synthetic: bool
+    deepsum: dict[str, config_module.DeepSUMConfig]  # band -> config
+    sisrnet: Any  # pretraining.SISRNetPretrainConfig
+    regnet: Any  # pretraining.RegNetPretrainConfig
+    patch_size: int
+    n_chunks: int
+    seed: int
+
+
+def make_plan(out_dir: str | Path = DEMO_OUT, data_dir: str | Path | None = None, seed: int = 0,
+              steps: int | None = None, pretrain_steps: int | None = None, patch_size: int | None = None,
+              n_features: int | None = None) -> DemoPlan:
+    """Resolve the configs of a run: the demo presets (synthetic data) or the paper's (`data_dir`).
+
+    Every output path is redirected into `out_dir`; `steps`, `pretrain_steps`, `patch_size` and
+    `n_features` override the configs (tests use tiny values).
+    """
+    from libraries import pretraining
+
+    out_dir = Path(out_dir).absolute()
+    synthetic = data_dir is None
+    folder = DEMO_CONFIGS if synthetic else PAPER_CONFIGS
+    suffix = "_demo" if synthetic else ""
+    dataset_dir = out_dir / "dataset"
+    sisrnet_dir, regnet_dir = out_dir / "pretraining" / "SISRNet", out_dir / "pretraining" / "RegNet"
+    deepsum = {}
+    for band in BANDS:
+        name = f"DeepSUM_config_demo_{band}.json" if synthetic else f"DeepSUM_config_{band}.json"
+        cfg = config_module.load_config(folder / name)
+        changes: dict[str, Any] = dict(dataset_path=dataset_dir, checkpoint_dir=out_dir / "checkpoints" / f"DeepSUM_{band}",
+                                       spectral_band=band)
+        if synthetic:
+            changes.update(SISRNet_pretrain_dir=sisrnet_dir, RegNet_pretrain_dir=regnet_dir,
+                           base_dir=out_dir / "probav_data")
+        else:
+            changes["base_dir"] = Path(data_dir).absolute()
+        if steps is not None:
+            changes["max_steps"] = steps if band == "NIR" else max(1, steps // 2)
+            changes["skip_step"] = min(cfg.skip_step, changes["max_steps"])
+        if patch_size is not None:
+            changes.update(patch_size_HR=(patch_size, patch_size), patch_size_LR=(patch_size // 3, patch_size // 3))
+        if n_features is not None:
+            changes["n_features"] = n_features
+        deepsum[band] = cfg.replace(**changes)
+    nir = deepsum["NIR"]
+    pretrain_changes: dict[str, Any] = dict(dataset_path=dataset_dir, spectral_band="NIR")
+    if n_features is not None:
+        pretrain_changes["n_features"] = n_features
+    sisrnet = config_module.load_config(folder / f"SISRNet_pretrain_config{suffix}.json", pretraining.SISRNetPretrainConfig)
+    regnet = config_module.load_config(folder / f"RegNet_pretrain_config{suffix}.json", pretraining.RegNetPretrainConfig)
+    # Pretraining writes where DeepSUM's configs look for it, whatever the pretraining configs say.
+    sisrnet = sisrnet.replace(checkpoint_dir=nir.SISRNet_pretrain_dir, **pretrain_changes)
+    regnet = regnet.replace(checkpoint_dir=nir.RegNet_pretrain_dir, SISRNet_pretrain_dir=nir.SISRNet_pretrain_dir,
+                            **pretrain_changes)
+    if pretrain_steps is not None:
+        sisrnet = sisrnet.replace(steps=pretrain_steps, skip_step=pretrain_steps)
+        regnet = regnet.replace(steps=pretrain_steps, skip_step=pretrain_steps)
+    if patch_size is not None:
+        sisrnet = sisrnet.replace(patch_size=min(sisrnet.patch_size, patch_size))
+        regnet = regnet.replace(patch_size=min(regnet.patch_size, patch_size))
+    return DemoPlan(out_dir=out_dir, data_dir=out_dir / "probav_data" if synthetic else Path(data_dir).absolute(),
+                    dataset_dir=dataset_dir, synthetic=synthetic, deepsum=deepsum, sisrnet=sisrnet, regnet=regnet,
+                    patch_size=nir.patch_size_HR[0], n_chunks=nir.n_chunks, seed=seed)
+
+
+# --------------------------------------------------------------------------- the steps
+
+
+def make_data(plan: DemoPlan, n_scenes: int = 10, n_test_scenes: int = 4, lr_size: int = 128,
+              progress: bool = True) -> str:
+    """Write the synthetic PROBA-V set unless it (or a real folder) is already there."""
+    if not plan.synthetic or (plan.data_dir / "norm.csv").is_file():
+        return f"using {plan.data_dir}"
+    from libraries import synthetic
+
+    synthetic.write_dataset(plan.data_dir, plan.seed, n_scenes=n_scenes, n_test_scenes=n_test_scenes, lr_size=lr_size,
+                             progress=progress)
+    return f"wrote {n_scenes} train + {n_test_scenes} test synthetic scenes per band ({lr_size}x{lr_size} LR) to {plan.data_dir}"
+
+
+def prepare_data(plan: DemoPlan, progress: bool = True) -> str:
+    """Create the training, validation and test sets unless every band's manifest exists."""
+    from libraries import dataset
+
+    if all((plan.dataset_dir / band / "manifest.json").is_file() for band in BANDS):
+        return f"using {plan.dataset_dir}"
+    manifests = dataset.prepare(plan.data_dir, plan.dataset_dir, bands=BANDS, seed=plan.seed, n_chunks=plan.n_chunks,
+                                patch_size=plan.patch_size, progress=progress)
+    return f"prepared {', '.join(manifests)} into {plan.dataset_dir}"
+
+
+def _has_checkpoint(folder: Path) -> bool:
+    return (Path(folder) / "checkpoint").is_file()
+
+
+def pretrain(plan: DemoPlan) -> dict[str, float]:
+    """Pretrain SISRNet then RegNet where the configured folder holds no finished run.
+
+    A folder with a checkpoint resumes to the configured step count (a finished run returns
+    at once); the authors' checkpoints, if put there, are used as they are (real data only).
+    """
+    from libraries import pretraining
+
+    results: dict[str, float] = {}
+    if plan.synthetic or not _has_checkpoint(plan.sisrnet.checkpoint_dir):
+        history = pretraining.pretrain_sisrnet(plan.sisrnet)
+        if history.get("loss"):
+            results["sisrnet_loss"] = float(np.mean(history["loss"][-10:]))
+            results["sisrnet_bicubic_loss"] = float(np.mean(history["bicubic_loss"][-10:]))
+    if plan.synthetic or not _has_checkpoint(plan.regnet.checkpoint_dir):
+        history = pretraining.pretrain_regnet(plan.regnet)
+        if history.get("heldout_accuracy"):
+            results["regnet_heldout_accuracy"] = float(history["heldout_accuracy"][-1])
+    return results
+
+
+def train(plan: DemoPlan, progress: bool = True) -> dict[str, Any]:
+    """Train NIR from the pretrained SISRNet and RegNet, then RED fine-tuned from NIR."""
+    from libraries import training
+
+    results = {}
+    for band in BANDS:
+        cfg = plan.deepsum[band]
+        init_from = None
+        if band == "RED" and not _has_checkpoint(cfg.checkpoint_dir):
+            init_from = plan.deepsum["NIR"].checkpoint_dir  # the authors fine-tuned RED from NIR
+        trainer = training.Trainer(cfg, init_from=init_from, progress=progress)
+        history = trainer.train(cfg.max_steps)
+        results[band] = {"history": history, "steps": int(trainer.step)}
+    return results
+
+
+def best_checkpoint(cfg: config_module.DeepSUMConfig) -> Path:
+    """The checkpoint with the best validation score, else the latest one."""
+    best = Path(cfg.checkpoint_dir) / "best"
+    return best if _has_checkpoint(best) else Path(cfg.checkpoint_dir)
+
+
+def validate(plan: DemoPlan, n_slides: tuple[int, ...] = (0, 1, 2), progress: bool = True) -> list[dict[str, Any]]:
+    """Sliding-window evaluation of each band's best model on its validation scenes."""
+    from libraries import dataset, inference
+
+    rows = []
+    for band in BANDS:
+        cfg = plan.deepsum[band]
+        model = inference.load_model(cfg, best_checkpoint(cfg))
+        scenes = dataset.load_scenes(plan.dataset_dir, band, "validation")
+        for row in inference.evaluate_sliding_window(model, scenes, cfg, n_slides, progress=progress):
+            rows.append({"band": band, **row})
+    return rows
+
+
+def submit(plan: DemoPlan, n_slide: int = 0, progress: bool = True) -> tuple[Path, dict[str, np.ndarray]]:
+    """Super-resolve the test split of both bands into a validated Kelvins zip."""
+    from libraries import inference
+
+    images: dict[str, np.ndarray] = {}
+    for band in BANDS:
+        cfg = plan.deepsum[band]
+        model = inference.load_model(cfg, best_checkpoint(cfg))
+        images.update(inference.superresolve_folder(model, plan.data_dir, "test", [band], cfg, n_slide,
+                                                    progress=progress))
+    zip_path = inference.write_submission(images, plan.out_dir / "submission.zip")
+    inference.validate_submission(zip_path, plan.data_dir / "test", bands=BANDS)
+    return zip_path, images
+
+
+def save_figures(plan: DemoPlan, rows: list[dict[str, Any]], trained: dict[str, Any],
+                 images: dict[str, np.ndarray]) -> list[Path]:
+    """Training curves, the sliding-window plot and LR / bicubic / SR of one test scene, as PNG."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from libraries import inference, training
+
+    folder = plan.out_dir / "figures"
+    folder.mkdir(parents=True, exist_ok=True)
+    written = []
+    figure, axes = plt.subplots(1, len(trained), figsize=(6 * len(trained), 4))
+    for axis, (band, result) in zip(np.atleast_1d(axes), trained.items()):
+        if result["history"]["step"]:
+            training.plot_history(result["history"], ax=axis)
+        axis.set_title(f"DeepSUM training, {band}")
+    written.append(_save(figure, folder / "training.png"))
+    for band in BANDS:
+        band_rows = [row for row in rows if row["band"] == band]
+        figure = inference.plot_sliding_window(band_rows)
+        figure.suptitle(f"validation, {band}")
+        written.append(_save(figure, folder / f"sliding_window_{band}.png"))
+    name = sorted(images)[0]
+    written.append(_save(inference.plot_scene(plan.data_dir, "test", name, images[name]), folder / f"test_{name}.png"))
+    plt.close("all")
+    return written
+
+
+def _save(figure, path: Path) -> Path:
+    from libraries import fileio
+
+    with fileio.atomic_path(path, suffix=".png") as temporary:
+        figure.savefig(temporary, dpi=90, bbox_inches="tight")
+    return path
+
+
+def final_table(rows: list[dict[str, Any]]) -> tuple[str, dict[str, bool]]:
+    """The validation table (band, method, n_slide, cPSNR, score) and, per band, whether the best
+    DeepSUM row beat the bicubic baseline's score (lower is better)."""
+    lines = [f"{'band':<5} {'method':<9} {'n_slide':>7} {'cPSNR (dB)':>11} {'score':>8} {'scenes':>6}"]
+    for row in rows:
+        n_slide = "-" if row["method"] == "bicubic" else str(row["n_slide"])
+        lines.append(f"{row['band']:<5} {row['method']:<9} {n_slide:>7} {row['cpsnr']:>11.3f} {row['score']:>8.4f} "
+                     f"{row['scenes']:>6}")
+    verdict = {}
+    for band in BANDS:
+        band_rows = [row for row in rows if row["band"] == band]
+        bicubic = [row["score"] for row in band_rows if row["method"] == "bicubic"]
+        deepsum = [row["score"] for row in band_rows if row["method"] != "bicubic"]
+        if bicubic and deepsum:
+            verdict[band] = min(deepsum) < bicubic[0]
+    return "\n".join(lines), verdict
+
+
+def run_pipeline(plan: DemoPlan, n_scenes: int = 10, n_test_scenes: int = 4, lr_size: int = 128,
+             n_slides: tuple[int, ...] = (0, 1, 2), progress: bool = True) -> dict[str, Any]:
+    """Run every step, printing what each did and its wall time; return the results."""
+    timings: dict[str, float] = {}
+    started = time.perf_counter()
+
+    def step(name: str, function, *args, **kwargs):
+        print(f"\n== {name} ==", flush=True)
+        begin = time.perf_counter()
+        result = function(*args, **kwargs)
+        timings[name] = time.perf_counter() - begin
+        if isinstance(result, str):
+            print(result)
+        print(f"   ({timings[name]:.0f} s)", flush=True)
+        return result
+
+    step("data", make_data, plan, n_scenes, n_test_scenes, lr_size, progress)
+    step("prepare", prepare_data, plan, progress)
+    pretrained = step("pretrain", pretrain, plan)
+    for key, value in pretrained.items():
+        print(f"   {key}: {value:.4f}")
+    trained = step("train", train, plan, progress)
+    rows = step("validate", validate, plan, n_slides, progress)
+    zip_path, images = step("submit", submit, plan, max(n_slides), progress)
+    print(f"   {zip_path}: {len(images)} test scenes, validated")
+    figures = step("figures", save_figures, plan, rows, trained, images)
+    table, verdict = final_table(rows)
+    total = time.perf_counter() - started
+    print(f"\n== validation: DeepSUM against the bicubic baseline (score: lower is better) ==\n{table}")
+    for band, better in verdict.items():
+        word = "beat" if better else "did NOT beat"
+        print(f"DeepSUM {word} the bicubic baseline on {band} validation "
+              f"({'synthetic demo data, short CPU training' if plan.synthetic else str(plan.data_dir)}).")
+    print(f"submission: {zip_path}\nfigures: {', '.join(str(path) for path in figures)}\nwall time: {total:.0f} s")
+    return {"rows": rows, "verdict": verdict, "submission": zip_path, "figures": figures, "timings": timings,
+            "pretrained": pretrained, "seconds": total}
+
+
+# --------------------------------------------------------------------------- command line
+
+
+def add_demo_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--out", type=Path, default=DEMO_OUT, help="output folder (default outputs/demo)")
+    parser.add_argument("--data", type=Path, help="a real PROBA-V folder: run with the paper's configs instead")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the synthetic set and the split")
+    parser.add_argument("--scenes", type=int, default=10, help="synthetic train scenes per band")
+    parser.add_argument("--test-scenes", type=int, default=4, help="synthetic test scenes per band")
+    parser.add_argument("--lr-size", type=int, default=128, help="synthetic LR frame size (HR is 3x)")
+    parser.add_argument("--steps", type=int, help="DeepSUM training steps for NIR (RED gets half)")
+    parser.add_argument("--pretrain-steps", type=int, help="steps of each pretraining")
+    parser.add_argument("--patch-size", type=int, help="training patch size on the HR grid")
+    parser.add_argument("--features", type=int, help="feature width of every sub-network")
+    parser.add_argument("--n-slide", type=int, default=2, help="largest sliding-window n_slide evaluated")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bars")
+
+
+def run_demo(args: argparse.Namespace) -> int:
+    plan = make_plan(args.out, args.data, args.seed, args.steps, args.pretrain_steps, args.patch_size, args.features)
+    run_pipeline(plan, args.scenes, args.test_scenes, args.lr_size, tuple(range(args.n_slide + 1)), not args.no_progress)
+    return 0
+
