@@ -58,6 +58,7 @@ MIN_CLEAR_FRACTION = 0.5  # single-frame samples with fewer clear target pixels 
 KEEP_CHECKPOINTS = 3
 ADAM_BETAS = (0.9, 0.999)
 ADAM_EPSILON = 1e-8  # TF1 AdamOptimizer's default (the authors'); Keras' is 1e-7
+PROBAV_SIGMA = 2316.3408  # input scale of the authors' configs (both bands)
 
 
 class PretrainingError(ValueError):
@@ -665,7 +666,7 @@ def pretrain_regnet(config: RegNetPretrainConfig, steps: int | None = None,
 
 
 def read_real_frames(data_dir: str | os.PathLike, size: int = 96, frames_per_scene: int = 4,
-                     mu: float = metrics.PROBAV_MU, sigma: float = 2316.3408) -> tuple[np.ndarray, list[str]]:
+                     mu: float = metrics.PROBAV_MU, sigma: float = PROBAV_SIGMA) -> tuple[np.ndarray, list[str]]:
     """Central `size` x `size` windows of bicubic-upsampled real PROBA-V LR frames, normalised.
 
     data_dir: a PROBA-V folder (`train/{NIR,RED}/imgsetNNNN/LR*.png`; QM files not needed).
