@@ -281,7 +281,27 @@ class DeepSUM(Network):
         """
         del training  # same computation in training and inference
         x, clear = self.check_inputs(x, masks)
-        features = self.sisrnet(x)  # [b, T, H, W, F]
+        return self._forward(self.sisrnet(x), x, clear)
+
+    def sisrnet_features(self, x) -> tf.Tensor:
+        """SISRNet's features of every frame: x `[batch, frames, H, W, 1]` (any number of frames,
+        normalised as for `__call__`) -> `[batch, frames, H, W, F]`.
+
+        SISRNet sees one frame at a time, so sliding-window inference can compute each frame's
+        features once per scene and gather the windows' frames from them
+        (`forward_from_features`) instead of recomputing them for every window.
+        """
+        x, _ = self.check_inputs(x, x, any_frames=True)  # no masks: x stands in for them
+        return self.sisrnet(x)
+
+    def forward_from_features(self, features, x, masks) -> dict[str, tf.Tensor]:
+        """`__call__` from precomputed SISRNet features `[batch, T, H, W, F]` (`sisrnet_features`
+        of the same frames x); x, masks as for `__call__`. Same outputs, same values."""
+        x, clear = self.check_inputs(x, masks)
+        return self._forward(tf.convert_to_tensor(features, tf.float32), x, clear)
+
+    def _forward(self, features: tf.Tensor, x: tf.Tensor, clear: tf.Tensor) -> dict[str, tf.Tensor]:
+        """RegNet, registration, fill, FusionNet and the residual on SISRNet's `features`."""
         filters, logits = self.regnet(features)
         features = fill_masked(register_frames(features, filters), clear)
         x_registered = fill_masked(register_frames(x, filters), clear)  # [b, T, H, W, 1]
@@ -289,15 +309,17 @@ class DeepSUM(Network):
         sr = self.fusionnet(features) + residual  # [b, 1, H, W, 1]
         return {"sr": sr, "filters": filters, "filter_logits": logits, "x_registered": x_registered}
 
-    def check_inputs(self, x, masks) -> tuple[tf.Tensor, tf.Tensor]:
-        """Validate `x` and `masks`; return x as float32 and masks as bool. Raises `InputError`."""
+    def check_inputs(self, x, masks, any_frames: bool = False) -> tuple[tf.Tensor, tf.Tensor]:
+        """Validate `x` and `masks`; return x as float32 and masks as bool. Raises `InputError`.
+        any_frames: accept any number of frames (SISRNet alone), not only `T_in`."""
         c = self.config
         x, masks = (v if tf.is_tensor(v) else np.asarray(v) for v in (x, masks))
-        expected = f"[batch, {c.T_in}, height, width, {c.channels}]"
+        expected = f"[batch, {'frames' if any_frames else c.T_in}, height, width, {c.channels}]"
         min_side = c.filter_size
         for name, value in (("x", x), ("masks", masks)):
             shape = tf.TensorShape(value.shape)
-            if shape.rank != 5 or shape[1] not in (None, c.T_in) or shape[4] not in (None, c.channels):
+            frames_ok = any_frames or shape.rank != 5 or shape[1] in (None, c.T_in)
+            if shape.rank != 5 or not frames_ok or shape[4] not in (None, c.channels):
                 raise InputError(f"{name}: expected shape {expected}, got {shape}")
             for side in shape[2:4]:
                 if side is not None and side < min_side:

@@ -1,0 +1,116 @@
+"""Forward-pass benchmark: ours (`libraries.model`) against the naive baseline (the authors'
+formulation, `naive_deepsum.py`) on a whole scene (batch 1, 9x384x384) and on a training
+batch (8x9x96x96), with the machine's 3x3-convolution ceiling measured in the same process,
+peak memory of a fresh process per configuration, and whole-test-set throughput.
+
+    .venv/bin/python bench/forward.py [--repeats 3] [--quick]
+
+Prints tables and writes `bench/results/forward.json` (`forward_quick.json` with --quick:
+tiny sizes and 16 features, for the test suite). Timings are medians over interleaved
+repeats after a warm-up; compare them only within one run (as ratios): the machine is shared.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+import conv_ceiling
+import harness
+import runners
+import tensorflow as tf
+
+TEST_SCENES = 290  # PROBA-V test set: 146 NIR + 144 RED scenes
+FULL = {"features": 64, "configs": {"scene": (1, 384), "training batch": (8, 96)}, "ceiling_size": 192}
+QUICK = {"features": 16, "configs": {"scene": (1, 48)}, "ceiling_size": 48}  # one config: few processes
+
+
+def test_set_throughput(model, size: int, repeats: int, naive_forward_s: float) -> dict:
+    """Scenes per hour for sliding-window inference with n_slide = 0 and 2 (1 and 3 windows of
+    T frames): ours computes SISRNet once per frame of the scene (T + n_slide frames) and the
+    rest once per window; the naive graph runs whole forward passes per window."""
+    T = model.config.T_in
+    data = runners.inputs(1, size)
+    features_fn = tf.function(model.sisrnet_features)
+    features = features_fn(data["x"])
+    rest_fn = tf.function(lambda f, x, m: model.forward_from_features(f, x, m)["sr"])
+    timing = harness.interleaved_medians({"sisrnet": lambda: features_fn(data["x"]).numpy(),
+                                          "rest": lambda: rest_fn(features, data["x"], data["masks"]).numpy()},
+                                         repeats, progress=False)
+    per_frame = timing["sisrnet"]["median_s"] / T
+    result = {"sisrnet_per_frame_s": per_frame, "rest_per_window_s": timing["rest"]["median_s"]}
+    for n_slide in (0, 2):
+        ours = per_frame * (T + n_slide) + timing["rest"]["median_s"] * (n_slide + 1)
+        naive = naive_forward_s * (n_slide + 1)
+        result[f"n_slide={n_slide}"] = {"ours_s_per_scene": ours, "ours_scenes_per_hour": 3600 / ours,
+                                        "naive_scenes_per_hour": 3600 / naive,
+                                        "ours_test_set_hours": TEST_SCENES * ours / 3600,
+                                        "naive_test_set_hours": TEST_SCENES * naive / 3600}
+    return result
+
+
+def measure(setup: dict, repeats: int) -> dict:
+    model = runners.make_model(setup["features"])
+    results = {"n_features": setup["features"], "configs": {}}
+    for name, (batch, size) in setup["configs"].items():
+        data = runners.inputs(batch, size)
+        runs = {impl: runners.make_forward(impl, model, data) for impl in runners.IMPLEMENTATIONS}
+        print(f"{name}: batch {batch}, 9x{size}x{size}", file=sys.stderr, flush=True)
+        timing = harness.interleaved_medians(runs, repeats)
+        flops = harness.deepsum_flops(batch, size, size, setup["features"])["total"]
+        memory = {impl: harness.run_child(__file__, {"impl": impl, "mode": "forward", "batch": batch, "size": size,
+                                                     "n_features": setup["features"]})
+                  for impl in runners.IMPLEMENTATIONS}
+        results["configs"][name] = {"batch": batch, "size": size, "flops": flops, "timing": timing, "memory": memory}
+    results["ceiling"] = conv_ceiling.measure_ceiling(size=setup["ceiling_size"])
+    scene_batch, scene_size = setup["configs"]["scene"]
+    naive_scene_s = results["configs"]["scene"]["timing"]["naive"]["median_s"]
+    results["test_set"] = test_set_throughput(model, scene_size, repeats, naive_scene_s)
+    results["machine"] = harness.machine()
+    return results
+
+
+def report(results: dict) -> None:
+    ceiling = results["ceiling"]["gflops"]
+    rows = []
+    for name, config in results["configs"].items():
+        for impl in runners.IMPLEMENTATIONS:
+            seconds = config["timing"][impl]["median_s"]
+            memory = config["memory"][impl]
+            gflops = config["flops"] / seconds / 1e9
+            rows.append([name, impl, seconds, gflops, f"{gflops / ceiling:.0%}",
+                         f"{memory['peak_rss_bytes'] / harness.GIB:.2f}",
+                         f"{(memory['peak_rss_bytes'] - memory['base_rss_bytes']) / harness.GIB:.2f}"])
+        timing, memory = config["timing"], config["memory"]
+        config["speedup"] = timing["naive"]["median_s"] / timing["ours"]["median_s"]
+        config["memory_ratio"] = memory["ours"]["peak_rss_bytes"] / memory["naive"]["peak_rss_bytes"]
+        config["ceiling_fraction"] = config["flops"] / timing["ours"]["median_s"] / 1e9 / ceiling
+    harness.print_table(f"forward pass ({results['n_features']} features; conv ceiling {ceiling:.1f} GFLOP/s)",
+                        ["config", "impl", "median s", "GFLOP/s", "of ceiling", "peak GiB", "run GiB"], rows)
+    harness.print_table("ours vs naive", ["config", "speed-up", "peak memory ratio", "ours of ceiling"],
+                        [[n, f"{c['speedup']:.2f}x", f"{c['memory_ratio']:.2f}", f"{c['ceiling_fraction']:.0%}"]
+                         for n, c in results["configs"].items()])
+    test_set = results["test_set"]
+    harness.print_table("whole test set (290 scenes), sliding windows",
+                        ["n_slide", "ours scenes/h", "naive scenes/h", "ours hours", "naive hours"],
+                        [[n, test_set[f"n_slide={n}"]["ours_scenes_per_hour"], test_set[f"n_slide={n}"]["naive_scenes_per_hour"],
+                          test_set[f"n_slide={n}"]["ours_test_set_hours"], test_set[f"n_slide={n}"]["naive_test_set_hours"]]
+                         for n in (0, 2)])
+
+
+def main(argv: list[str] | None = None) -> int:
+    if harness.child_main(runners.memory_child):
+        return 0
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--quick", action="store_true", help="tiny sizes, 16 features, 2 repeats (for tests)")
+    args = parser.parse_args(argv)
+    results = measure(QUICK if args.quick else FULL, 2 if args.quick else args.repeats)
+    report(results)
+    path = harness.save_result("forward_quick" if args.quick else "forward", results)
+    print(f"\nwrote {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

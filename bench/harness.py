@@ -1,0 +1,157 @@
+"""Shared pieces of the network benchmarks: FLOP counts, timing, peak memory of a fresh
+process, machine description, tables and JSON results.
+
+Timings on a shared machine are noisy: compare only figures of one run (as ratios), use the
+median of interleaved repeats, and read absolute seconds as this machine's, at this moment.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import resource
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Callable
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import libraries  # noqa: E402  (the project's TensorFlow defaults, before TensorFlow is imported)
+from libraries import fileio  # noqa: E402
+
+RESULTS = Path(__file__).resolve().parent / "results"
+CHILD_FLAG = "--child"
+
+
+# --------------------------------------------------------------------------- FLOPs
+
+
+def deepsum_flops(batch: int, height: int, width: int, n_features: int = 64, frames: int = 9,
+                  filter_size: int = 9, channels: int = 1) -> dict[str, float]:
+    """FLOPs (2 per multiply-add) of one DeepSUM forward pass, counted from the shapes of the
+    authors' graph: SISRNet on every frame, RegNet's 2x3x3 layer on every (frame, reference)
+    pair, the registration's k x k filtering of the features and of x, FusionNet's 3x3x3
+    layers (T -> T-2 -> ... -> 1) and its 1x1x1 output. Bias, normalisation and activations
+    are not counted. The same count serves the naive graph and ours, so GFLOP/s compare
+    equal work (ours skips part of it: RegNet's reference half is computed once).
+    """
+    F, pixels = n_features, batch * height * width
+    conv = 2 * 9 * pixels  # a 3x3 kernel per (input, output) channel pair per output pixel
+    sisrnet = frames * conv * (channels * F + 7 * F * F)
+    pairs = frames - 1
+    regnet = pairs * conv * (2 * F * 2 * F + 2 * F * F + F * F + F * F + F * filter_size**2)
+    registration = pairs * 2 * filter_size**2 * pixels * (F + channels)
+    fused_frames = sum(range(frames - 2, 0, -2))  # 7 + 5 + 3 + 1 output frames of the 3x3x3 layers
+    fusionnet = fused_frames * 3 * conv * F * F + 2 * pixels * F
+    total = sisrnet + regnet + registration + fusionnet
+    return {"sisrnet": sisrnet, "regnet": regnet, "registration": registration, "fusionnet": fusionnet, "total": total}
+
+
+def train_step_flops(batch: int, height: int, width: int, n_features: int = 64) -> float:
+    """FLOPs of forward + backward, taken as 3x the forward pass (the usual convention: the
+    backward pass computes gradients for both inputs and weights, twice the forward work)."""
+    return 3 * deepsum_flops(batch, height, width, n_features)["total"]
+
+
+# --------------------------------------------------------------------------- timing
+
+
+def interleaved_medians(functions: dict[str, Callable[[], object]], repeats: int, warmup: int = 1,
+                        progress: bool = True) -> dict[str, dict]:
+    """Median wall seconds of each zero-argument function over `repeats` runs after `warmup`
+    runs, alternating between them so load changes on the machine hit all of them alike.
+    Each function must block until its result is ready (e.g. end with `.numpy()`)."""
+    for function in functions.values():
+        for _ in range(warmup):
+            function()
+    samples: dict[str, list[float]] = {name: [] for name in functions}
+    for repeat in range(repeats):
+        for name, function in functions.items():
+            start = time.perf_counter()
+            function()
+            samples[name].append(time.perf_counter() - start)
+        if progress:
+            print(f"  repeat {repeat + 1}/{repeats}: " + ", ".join(f"{n} {s[-1]:.3f} s" for n, s in samples.items()),
+                  file=sys.stderr, flush=True)
+    return {name: {"median_s": statistics.median(s), "min_s": min(s), "samples_s": s} for name, s in samples.items()}
+
+
+# --------------------------------------------------------------------------- peak memory of a fresh process
+
+
+def peak_rss_bytes() -> int:
+    """This process's peak resident set size so far (Linux reports ru_maxrss in KiB)."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+
+def run_child(script: str, spec: dict, env: dict[str, str] | None = None, timeout: float = 3600) -> dict:
+    """Run `python script --child JSON(spec)` in a fresh process and return the JSON object it
+    prints on its last stdout line (its peak memory, timings, ...)."""
+    environment = {**os.environ, **(env or {})}
+    completed = subprocess.run([sys.executable, script, CHILD_FLAG, json.dumps(spec)], capture_output=True,
+                               text=True, env=environment, timeout=timeout)
+    if completed.returncode != 0:
+        raise RuntimeError(f"{Path(script).name} child {spec} failed (exit {completed.returncode}):\n"
+                           f"{completed.stderr[-3000:]}")
+    return json.loads(completed.stdout.strip().splitlines()[-1])
+
+
+def child_main(measure: Callable[[dict], dict]) -> bool:
+    """If this process was started by `run_child`, run `measure(spec)`, print its result as
+    the last stdout line and return True; otherwise return False."""
+    if CHILD_FLAG not in sys.argv:
+        return False
+    spec = json.loads(sys.argv[sys.argv.index(CHILD_FLAG) + 1])
+    result = measure(spec)
+    print(json.dumps(result))
+    return True
+
+
+# --------------------------------------------------------------------------- machine, tables, results
+
+
+def onednn_enabled() -> bool:
+    """Whether TensorFlow's oneDNN (MKL) custom operations are on in this process."""
+    from tensorflow.python.util import _pywrap_util_port  # noqa: PLC0415  (no public API for this)
+
+    return bool(_pywrap_util_port.IsMklEnabled())
+
+
+def machine() -> dict:
+    """CPU model, core count, TensorFlow version and oneDNN state of this process."""
+    import tensorflow as tf  # noqa: PLC0415
+
+    model_name = platform.processor() or platform.machine()
+    try:
+        for line in subprocess.run(["lscpu"], capture_output=True, text=True, timeout=10).stdout.splitlines():
+            if line.startswith("Model name:"):
+                model_name = line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    flags = Path("/proc/cpuinfo").read_text().split() if Path("/proc/cpuinfo").exists() else []
+    return {"cpu": model_name, "cores": os.cpu_count(), "avx512f": "avx512f" in flags, "avx2": "avx2" in flags,
+            "tensorflow": tf.__version__, "onednn": onednn_enabled(),
+            "TF_ENABLE_ONEDNN_OPTS": os.environ.get("TF_ENABLE_ONEDNN_OPTS"), "python": platform.python_version(),
+            "library_version": libraries.__version__}
+
+
+def print_table(title: str, columns: list[str], rows: list[list]) -> None:
+    """A plain fixed-width table on stdout."""
+    texts = [[c if isinstance(c, str) else f"{c:.3g}" if isinstance(c, float) else str(c) for c in row] for row in rows]
+    widths = [max(len(str(col)), *(len(r[i]) for r in texts)) for i, col in enumerate(columns)]
+    print(f"\n{title}")
+    print("  ".join(str(c).rjust(w) for c, w in zip(columns, widths)))
+    for row in texts:
+        print("  ".join(c.rjust(w) for c, w in zip(row, widths)))
+
+
+def save_result(name: str, content: dict) -> Path:
+    """Write `bench/results/<name>.json` atomically."""
+    return fileio.save_json(RESULTS / f"{name}.json", content)
+
+
+GIB = 2**30

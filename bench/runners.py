@@ -1,0 +1,85 @@
+"""The measured programs: a forward pass and a training step (forward, backward, Adam) of
+our network (`libraries.model`) and of the naive baseline (`naive_deepsum`), each a
+`tf.function` with an input signature, on the same weights and the same inputs; and the
+fresh-process peak-memory measurement of one of them (`memory_child`).
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import harness
+import naive_deepsum
+import numpy as np
+import tensorflow as tf
+
+from libraries import metrics
+from libraries import model as model_lib
+from libraries.config import default_config
+
+IMPLEMENTATIONS = ("ours", "naive")
+
+
+def make_model(n_features: int = 64, seed: int = 0, **changes) -> model_lib.DeepSUM:
+    return model_lib.DeepSUM(default_config(n_features=n_features, seed=seed, **changes))
+
+
+def inputs(batch: int, size: int, seed: int = 0) -> dict[str, tf.Tensor]:
+    """Random normalised frames, 80%-clear masks, the naive graph's fill_coeff feed, and a
+    target with its clear mask, all `tf.constant`s."""
+    x, masks = naive_deepsum.random_inputs(batch, size, seed)
+    rng = np.random.default_rng(seed + 1)
+    return {"x": tf.constant(x), "masks": tf.constant(masks), "fill_coeff": tf.constant(naive_deepsum.fill_coeff(masks)),
+            "y": tf.constant(rng.normal(size=(batch, 1, size, size, 1)).astype(np.float32)),
+            "y_mask": tf.constant(rng.random((batch, 1, size, size, 1)) < 0.9)}
+
+
+def _network(impl: str, model: model_lib.DeepSUM) -> Callable:
+    """`network(data) -> sr [b, 1, H, W, 1]` of one implementation (not yet a tf.function)."""
+    if impl == "ours":
+        return lambda data: model(data["x"], data["masks"])["sr"]
+    naive = naive_deepsum.naive_from(model)
+    return lambda data: naive(data["x"], data["fill_coeff"])["sr"]
+
+
+def _signature(data: dict[str, tf.Tensor]) -> list[dict[str, tf.TensorSpec]]:
+    """Input signature with free batch, height and width (one trace for any size):
+    `[b, T, H, W, C]` -> `[None, T, None, None, C]`, `[b, T, T, H, W, 1]` likewise."""
+    return [{k: tf.TensorSpec([None, *v.shape[1:-3], None, None, v.shape[-1]], v.dtype) for k, v in data.items()}]
+
+
+def make_forward(impl: str, model: model_lib.DeepSUM, data: dict[str, tf.Tensor]) -> Callable[[], np.ndarray]:
+    """A zero-argument function running one forward pass on `data` and returning sr as NumPy."""
+    network = tf.function(_network(impl, model), input_signature=_signature(data))
+    return lambda: network(data).numpy()
+
+
+def make_train_step(impl: str, model: model_lib.DeepSUM, data: dict[str, tf.Tensor]) -> Callable[[], float]:
+    """A zero-argument function running one training step (cL2 loss, gradients of every
+    variable, Adam update) on `data`, returning the loss. Each call updates the weights."""
+    network = _network(impl, model)
+    optimizer = tf.keras.optimizers.Adam(1e-5)
+    variables = model.trainable_variables
+
+    @tf.function(input_signature=_signature(data))
+    def step(batch):
+        with tf.GradientTape() as tape:
+            loss = metrics.cl2_loss(batch["y"], network(batch), batch["y_mask"], border=3)
+        optimizer.apply_gradients(zip(tape.gradient(loss, variables), variables))
+        return loss
+
+    return lambda: float(step(data).numpy())
+
+
+def memory_child(spec: dict) -> dict:
+    """Peak resident memory of one configuration in this (fresh) process: spec has `impl`,
+    `mode` ("forward" or "train"), `batch`, `size`, `n_features` and optional config changes
+    (`precision`, `jit_compile`). The process's RSS before the run (TensorFlow loaded, model
+    built, inputs made) is reported too, so the run's own share is peak - base."""
+    model = make_model(spec["n_features"], **spec.get("config", {}))
+    data = inputs(spec["batch"], spec["size"])
+    make = make_forward if spec["mode"] == "forward" else make_train_step
+    run = make(spec["impl"], model, data)
+    base = harness.peak_rss_bytes()
+    run()
+    return {**spec, "base_rss_bytes": base, "peak_rss_bytes": harness.peak_rss_bytes(), "onednn": harness.onednn_enabled()}

@@ -1,0 +1,71 @@
+"""The benchmark suite: the naive baseline computes our network's function, and every bench
+script runs (--quick) and writes its JSON results."""
+
+from __future__ import annotations
+
+import importlib
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from libraries import model as model_lib
+from libraries.config import default_config
+
+BENCH = Path(__file__).resolve().parents[1] / "bench"
+
+
+@pytest.fixture()
+def bench(monkeypatch, tmp_path):
+    """Import bench modules as the scripts do (their folder first on sys.path); results go to tmp_path."""
+    monkeypatch.syspath_prepend(str(BENCH))
+    harness = importlib.import_module("harness")
+    monkeypatch.setattr(harness, "RESULTS", tmp_path)
+    return lambda name: importlib.import_module(name)
+
+
+@pytest.mark.parametrize("size, n_features", [(32, 8), (48, 16)])
+def test_naive_baseline_equals_our_model(bench, size, n_features):
+    naive_deepsum = bench("naive_deepsum")
+    result = naive_deepsum.compare(size=size, n_features=n_features, batch=2, seed=3)
+    worst = {key: max(error.values()) for key, error in result["errors"].items()}
+    assert max(worst.values()) < 1e-5, worst
+
+
+def test_naive_baseline_tiles_the_fill_over_channels(bench):
+    # The baseline is only useful if it really is the authors' formulation: its graph holds a
+    # [b, T, T, H, W, F] tensor (the fill coefficients tiled over the feature channels).
+    naive_deepsum = bench("naive_deepsum")
+    model = model_lib.DeepSUM(default_config(n_features=8))
+    x, masks = naive_deepsum.random_inputs(1, 16)
+    naive = naive_deepsum.naive_from(model)
+    graph = tf.function(naive).get_concrete_function(tf.constant(x), tf.constant(naive_deepsum.fill_coeff(masks))).graph
+    shapes = [tuple(op.outputs[0].shape) for op in graph.get_operations() if op.type == "Tile" and op.outputs]
+    assert (1, 9, 9, 16, 16, 8) in shapes, shapes
+
+
+def test_flop_count_matches_the_issue(bench):
+    flops = bench("harness").deepsum_flops(1, 384, 384)
+    assert flops["sisrnet"] == pytest.approx(0.69e12, rel=0.01)
+    assert flops["regnet"] == pytest.approx(0.81e12, rel=0.01)
+    assert flops["fusionnet"] == pytest.approx(0.52e12, rel=0.01)
+
+
+@pytest.mark.parametrize("script, outputs", [
+    ("conv_ceiling", ["conv_ceiling_quick.json"]),
+    ("forward", ["forward_quick.json"]),
+    ("train_step", ["train_step_quick.json"]),
+])
+def test_bench_script_runs_quick_and_writes_json(bench, tmp_path, script, outputs, capsys):
+    module = bench(script)
+    assert module.main(["--quick"]) == 0
+    printed = capsys.readouterr().out
+    assert printed.strip(), "the script printed no table"
+    for name in outputs:
+        result = json.loads((tmp_path / name).read_text())
+        assert result
+        if script in ("forward", "train_step"):
+            text = json.dumps(result)
+            assert "peak_rss_bytes" in text and "median_s" in text and np.isfinite(result["ceiling"]["gflops"])
