@@ -88,10 +88,12 @@ def peak_rss_bytes() -> int:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 
 
-def run_child(script: str, spec: dict, env: dict[str, str] | None = None, timeout: float = 3600) -> dict:
+def run_child(script: str, spec: dict, env: dict[str, str] | None = None, timeout: float = 3600,
+              replace_env: bool = False) -> dict:
     """Run `python script --child JSON(spec)` in a fresh process and return the JSON object it
-    prints on its last stdout line (its peak memory, timings, ...)."""
-    environment = {**os.environ, **(env or {})}
+    prints on its last stdout line (its peak memory, timings, ...). env: added to this
+    process's environment, or (replace_env) the child's whole environment."""
+    environment = dict(env or {}) if replace_env else {**os.environ, **(env or {})}
     completed = subprocess.run([sys.executable, script, CHILD_FLAG, json.dumps(spec)], capture_output=True,
                                text=True, env=environment, timeout=timeout)
     if completed.returncode != 0:

@@ -83,3 +83,16 @@ def memory_child(spec: dict) -> dict:
     base = harness.peak_rss_bytes()
     run()
     return {**spec, "base_rss_bytes": base, "peak_rss_bytes": harness.peak_rss_bytes(), "onednn": harness.onednn_enabled()}
+
+
+def speed_child(spec: dict) -> dict:
+    """Median forward seconds of both implementations and the conv ceiling in this process
+    (spec: `batch`, `size`, `n_features`, `repeats`), with this process's oneDNN state."""
+    import conv_ceiling  # noqa: PLC0415  (only the children need it)
+
+    model = make_model(spec["n_features"])
+    data = inputs(spec["batch"], spec["size"])
+    runs = {impl: make_forward(impl, model, data) for impl in IMPLEMENTATIONS}
+    timing = harness.interleaved_medians(runs, spec["repeats"], progress=False)
+    ceiling = conv_ceiling.measure_ceiling(spec["repeats"], size=min(spec["size"], 192))
+    return {**spec, "timing": timing, "ceiling": ceiling, "onednn": harness.onednn_enabled()}
