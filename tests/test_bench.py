@@ -69,3 +69,16 @@ def test_bench_script_runs_quick_and_writes_json(bench, tmp_path, script, output
         if script in ("forward", "train_step"):
             text = json.dumps(result)
             assert "peak_rss_bytes" in text and "median_s" in text and np.isfinite(result["ceiling"]["gflops"])
+
+
+def test_xla_compiled_network_agrees_with_the_default(bench):
+    # config.jit_compile (honoured by libraries.inference.network_call) compiles the whole
+    # network with XLA; its output must stay within the equivalence tolerance.
+    naive_deepsum = bench("naive_deepsum")
+    model = model_lib.DeepSUM(default_config(n_features=8))
+    x, masks = naive_deepsum.random_inputs(1, 16)
+    spec = tf.TensorSpec([None, 9, None, None, 1])
+    compiled = tf.function(lambda x, m: model(x, m)["sr"], input_signature=[spec, spec], jit_compile=True)
+    expected = model(x, masks)["sr"].numpy()
+    actual = compiled(tf.constant(x), tf.constant(masks.astype(np.float32))).numpy()
+    assert np.max(np.abs(actual - expected)) / np.max(np.abs(expected)) < 1e-4
