@@ -27,7 +27,6 @@ import importlib
 import json
 import logging
 import os
-import shutil
 import threading
 import time
 from collections import OrderedDict
@@ -448,12 +447,13 @@ def load_pretrained(model: tf.Module, config: config_module.DeepSUMConfig, requi
     """
     folders = {"sisrnet": Path(config.SISRNet_pretrain_dir), "regnet": Path(config.RegNet_pretrain_dir)}
     present = {name: folder for name, folder in folders.items() if has_checkpoint(folder)}
-    for name in folders.keys() - present.keys():
-        message = (f"no {name} pretraining checkpoint in {folders[name]} (config "
-                   f"{'SISRNet' if name == 'sisrnet' else 'RegNet'}_pretrain_dir)")
-        if required:
-            raise FileNotFoundError(f"{message}; run `python -m libraries pretrain-{name}` or "
-                                    f"`python -m libraries fetch-weights` first")
+    missing = [name for name in folders if name not in present]
+    messages = [f"no {name} pretraining checkpoint in {folders[name]} (config "
+                f"{'SISRNet' if name == 'sisrnet' else 'RegNet'}_pretrain_dir)" for name in missing]
+    if required and missing:
+        commands = " and ".join(f"`python -m libraries pretrain-{name}`" for name in missing)
+        raise FileNotFoundError(f"{'; '.join(messages)}: run {commands} or `python -m libraries fetch-weights` first")
+    for name, message in zip(missing, messages):
         LOG.warning("%s: %s starts from its random initialisation", message, name)
     if not present:
         return {}
@@ -508,9 +508,10 @@ class Trainer:
         self.checkpoint = tf.train.Checkpoint(model=self.model, optimizer=self.optimizer, step=self.step,
                                               best_score=self.best_score)
         folder = Path(config.checkpoint_dir)
-        # Non-chief workers must save too (collective variables) but into a scratch folder.
+        # Non-chief workers must save too (a save may involve every worker) but into a scratch
+        # folder; every worker restores from the chief's folder.
         self._save_dir = folder if self.is_chief else folder / f".worker_{self.strategy.cluster_resolver.task_id}"
-        self.manager = tf.train.CheckpointManager(self.checkpoint, str(self._save_dir), max_to_keep=3)
+        self.manager = tf.train.CheckpointManager(self.checkpoint, str(self._save_dir), max_to_keep=3 if self.is_chief else 1)
         self.best_manager = tf.train.CheckpointManager(self.checkpoint, str(self._save_dir / "best"), max_to_keep=1)
         self.pretrained: dict[str, list[str]] = {}
         self.resumed_from = self._restore(require_pretrained, init_from)
@@ -529,7 +530,7 @@ class Trainer:
         return [variable for variable in self.model.trainable_variables if id(variable) not in frozen]
 
     def _restore(self, require_pretrained: bool, init_from: str | os.PathLike | None) -> str | None:
-        latest = self.manager.latest_checkpoint
+        latest = tf.train.latest_checkpoint(str(self.config.checkpoint_dir))
         if latest:
             self.checkpoint.restore(latest).assert_existing_objects_matched()
             LOG.info("resuming from %s (step %d)", latest, int(self.step))
@@ -585,10 +586,7 @@ class Trainer:
 
     def save(self) -> str:
         """Checkpoint the model, Adam, step and best score (non-chief workers: scratch copy)."""
-        path = self.manager.save(checkpoint_number=int(self.step))
-        if not self.is_chief:
-            shutil.rmtree(self._save_dir, ignore_errors=True)
-        return path
+        return self.manager.save(checkpoint_number=int(self.step))
 
     def train(self, steps: int | None = None) -> dict[str, list]:
         """Train until global step `steps` (default `config.max_steps`; 0 = until interrupted).
@@ -677,19 +675,27 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
 
 
+def load_training_config(config_path: str | os.PathLike, dataset_path: str | os.PathLike | None = None,
+                         checkpoint_dir: str | os.PathLike | None = None, **changes: Any) -> config_module.DeepSUMConfig:
+    """The config file at `config_path` with overrides (None keeps the file's value).
+
+    dataset_path, checkpoint_dir: relative to the current directory; changes: other fields.
+    """
+    for field, value in (("dataset_path", dataset_path), ("checkpoint_dir", checkpoint_dir)):
+        if value is not None:
+            changes[field] = Path(value).absolute()
+    for field, value in list(changes.items()):
+        if isinstance(value, list):  # JSON-like lists for tuple fields (patch sizes, freeze)
+            changes[field] = tuple(value)
+    return config_module.load_config(config_path).replace(**changes)
+
+
 def config_from_arguments(args: argparse.Namespace) -> config_module.DeepSUMConfig:
     """The config file of `--config` with the command-line overrides applied."""
-    config = config_module.load_config(args.config)
-    changes: dict[str, Any] = {}
-    for flag, field in (("checkpoint_dir", "checkpoint_dir"), ("dataset_path", "dataset_path")):
-        if getattr(args, flag) is not None:
-            changes[field] = Path(getattr(args, flag)).absolute()
-    for field in ("skip_step", "batch_size", "lr"):
-        if getattr(args, field) is not None:
-            changes[field] = getattr(args, field)
+    changes = {field: getattr(args, field) for field in ("skip_step", "batch_size", "lr") if getattr(args, field) is not None}
     if args.freeze:
         changes["freeze"] = tuple(args.freeze)
-    return config.replace(**changes)
+    return load_training_config(args.config, args.dataset_path, args.checkpoint_dir, **changes)
 
 
 def run_train(args: argparse.Namespace) -> int:
