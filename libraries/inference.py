@@ -10,7 +10,7 @@ its ragged arrays, see `scene_at`) or `dataset.prepare_test_scene` give it:
 
 Sliding window (spec section 5): sort the frames by clear pixels, keep those more than p clear
 (p = 0.90, lowered by 0.05 until at least T_in remain), run the network on frames n..n+T_in-1 for
-n = 0..min(n_slide, K-T_in), register every output to the first with phase cross-correlation,
+n = 0..min(n_slide, K-T_in) (each frame's SISRNet features computed once per scene), register every output to the first with phase cross-correlation,
 drop those shifted by more than 4 pixels and average the rest. Image sizes come from the data.
 """
 
@@ -122,14 +122,16 @@ def _take_frames(scene: Mapping[str, Any], index: np.ndarray) -> dict[str, Any]:
     return {**scene, **{key: np.asarray(scene[key])[index] for key in PER_FRAME if key in scene}}
 
 
-def window_inputs(scene: Mapping[str, Any], config: config_module.DeepSUMConfig, n_slide: int = 0) -> tuple[np.ndarray, np.ndarray]:
-    """Network inputs of the sliding windows of a scene.
+def scene_frames(scene: Mapping[str, Any], config: config_module.DeepSUMConfig,
+                 n_slide: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The selected frames of a scene, once each, and which of them make every sliding window.
 
     Returns normalised frames `(v - mu) / sigma` and their registered clear masks, both float32
-    `[windows, T_in, H, W, 1]`, windows = min(n_slide, K - T_in) + 1 after the frame selection.
-    Window n holds sorted frames n..n+T_in-1: as in the original its first frame is the network's
-    reference, while the masks are registered by their own shifts to the scene's reference
-    (the clearest frame, which is window 0's first frame).
+    `[K, H, W, 1]` (K frames after the selection, clearest first), and the int32 frame index of
+    the windows `[windows, T_in]`, windows = min(n_slide, K - T_in) + 1: window n holds frames
+    n..n+T_in-1. As in the original the window's first frame is the network's reference, while
+    the masks are registered by their own shifts to the scene's reference (the clearest frame,
+    window 0's first).
     """
     frames_per_window = config.T_in
     chosen = select_clear_frames(sort_frames_by_clearance(scene), frames_per_window)
@@ -137,9 +139,18 @@ def window_inputs(scene: Mapping[str, Any], config: config_module.DeepSUMConfig,
     windows = min(max(int(n_slide), 0), frames - frames_per_window) + 1
     index = np.arange(windows)[:, None] + np.arange(frames_per_window)[None, :]  # [windows, T_in]
     registered = np.asarray(preprocessing.translate_masks(chosen["masks"], chosen["shifts"]), dtype=bool)  # [K,H,W]
-    x = (np.asarray(chosen["frames"], np.float32)[index] - config.mu) / config.sigma  # [windows, T_in, H, W]
-    masks = registered[index].astype(np.float32)  # [windows, T_in, H, W]
-    return x[..., None].astype(np.float32), masks[..., None]  # [windows, T_in, H, W, 1] each
+    x = (np.asarray(chosen["frames"], np.float32) - config.mu) / config.sigma  # [K, H, W]
+    return x[..., None].astype(np.float32), registered[..., None].astype(np.float32), index.astype(np.int32)
+
+
+def window_inputs(scene: Mapping[str, Any], config: config_module.DeepSUMConfig, n_slide: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """Network inputs of the sliding windows of a scene (`scene_frames` gathered per window).
+
+    Returns normalised frames `(v - mu) / sigma` and their registered clear masks, both float32
+    `[windows, T_in, H, W, 1]`.
+    """
+    x, masks, index = scene_frames(scene, config, n_slide)
+    return x[index], masks[index]  # [windows, T_in, H, W, 1] each
 
 
 # --------------------------------------------------------------------------------------------
@@ -163,20 +174,65 @@ def network_call(model: Any, config: config_module.DeepSUMConfig) -> Any:
     return call
 
 
+class SceneCalls:
+    """The network on one scene with each frame's SISRNet features computed once.
+
+    `features(x)`: x `[K, H, W, 1]` (the scene's selected frames) -> features `[K, H, W, F]`;
+    `windows(features, x, masks, index)`: index `[w, T_in]` int32 picks the frames of w windows
+    -> sr `[w, 1, H, W, 1]`. Both are `tf.function`s with input signatures (one trace for any
+    scene size and window count), compiled with XLA when `config.jit_compile`.
+    """
+
+    def __init__(self, model: Any, config: config_module.DeepSUMConfig):
+        frames = tf.TensorSpec([None, None, None, 1], tf.float32)
+        features = tf.TensorSpec([None, None, None, None], tf.float32)
+        index = tf.TensorSpec([None, config.T_in], tf.int32)
+        jit = config.jit_compile or None
+
+        @tf.function(input_signature=[frames], jit_compile=jit)
+        def scene_features(x: tf.Tensor) -> tf.Tensor:
+            return model.sisrnet_features(x[None])[0]  # [1, K, H, W, F] -> [K, H, W, F]
+
+        @tf.function(input_signature=[features, frames, frames, index], jit_compile=jit)
+        def windows(features: tf.Tensor, x: tf.Tensor, masks: tf.Tensor, index: tf.Tensor) -> tf.Tensor:
+            # gather the windows' frames: [K, ...] -> [w, T_in, ...]
+            picked = [tf.gather(values, index) for values in (features, x, masks)]
+            return model.forward_from_features(*picked)["sr"]  # [w, 1, H, W, 1]
+
+        self.features, self.windows = scene_features, windows
+
+
+_SCENE_CALLS: "weakref.WeakKeyDictionary[Any, SceneCalls]" = weakref.WeakKeyDictionary()
+
+
+def scene_calls(model: Any, config: config_module.DeepSUMConfig) -> SceneCalls:
+    """The `SceneCalls` of a model (with `sisrnet_features` and `forward_from_features`), cached."""
+    calls = _SCENE_CALLS.get(model)
+    if calls is None:
+        calls = _SCENE_CALLS[model] = SceneCalls(model, config)
+    return calls
+
+
 def window_images(model: Any, scene: Mapping[str, Any], config: config_module.DeepSUMConfig,
                   n_slide: int = 0, windows_per_call: int = 3) -> np.ndarray:
     """The network's output for every sliding window of a scene, de-normalised to DN.
 
-    Returns float32 `[windows, H, W]`. Windows go through the network `windows_per_call` at a
-    time; memory grows linearly with it, about 1.4 GB per 384x384 window at 64 features
-    (extrapolated from 96 and 192 px runs on CPU).
+    Returns float32 `[windows, H, W]`. SISRNet runs once on the scene's selected frames
+    (`scene_calls`; windows share T_in - 1 frames with their neighbour), the rest of the network
+    `windows_per_call` windows at a time; memory grows linearly with it. A model without
+    `sisrnet_features` (any `model(x, masks)["sr"]`) runs whole windows (`network_call`).
     """
-    x, masks = window_inputs(scene, config, n_slide)
-    call = network_call(model, config)
-    outputs = []
-    for start in range(0, x.shape[0], windows_per_call):
-        sr = call(tf.constant(x[start:start + windows_per_call]), tf.constant(masks[start:start + windows_per_call]))
-        outputs.append(sr.numpy()[:, 0, :, :, 0])  # [b, 1, H, W, 1] -> [b, H, W]
+    x, masks, index = scene_frames(scene, config, n_slide)
+    if hasattr(model, "sisrnet_features") and hasattr(model, "forward_from_features"):
+        calls = scene_calls(model, config)
+        x, masks = tf.constant(x), tf.constant(masks)
+        features = calls.features(x)  # [K, H, W, F]
+        run = lambda rows: calls.windows(features, x, masks, tf.constant(rows))  # noqa: E731
+    else:
+        call = network_call(model, config)
+        run = lambda rows: call(tf.constant(x[rows]), tf.constant(masks[rows]))  # noqa: E731
+    outputs = [run(index[start:start + windows_per_call]).numpy()[:, 0, :, :, 0]  # [b, 1, H, W, 1] -> [b, H, W]
+               for start in range(0, index.shape[0], windows_per_call)]
     images = np.concatenate(outputs) * config.sigma_rescaled + config.mu  # [windows, H, W] DN
     if not np.all(np.isfinite(images)):
         raise ValueError(f"scene {scene.get('name', '?')}: the network produced NaN or infinite values")

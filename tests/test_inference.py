@@ -230,7 +230,19 @@ def test_network_runs_batched_windows_and_traces_once(tiny_config, tiny_model):
     sr = inference.superresolve_scene(tiny_model, scene, tiny_config, n_slide=2)
     np.testing.assert_allclose(sr, inference.fuse_windows(images)[0], rtol=1e-6)
     inference.superresolve_scene(tiny_model, textured_scene(9, seed=3), tiny_config)  # another size of batch
-    assert inference.network_call(tiny_model, tiny_config).experimental_get_tracing_count() == 1
+    calls = inference.scene_calls(tiny_model, tiny_config)
+    assert calls.features.experimental_get_tracing_count() == calls.windows.experimental_get_tracing_count() == 1
+
+
+def test_features_once_per_scene_equal_the_per_window_network(tiny_config, tiny_model):
+    scene = textured_scene(12, seed=6)
+    reused = inference.window_images(tiny_model, scene, tiny_config, n_slide=2)
+    x, masks = inference.window_inputs(scene, tiny_config, n_slide=2)  # [3, 9, H, W, 1] each
+    per_window = inference.network_call(tiny_model, tiny_config)(tf.constant(x), tf.constant(masks)).numpy()
+    per_window = per_window[:, 0, :, :, 0] * tiny_config.sigma_rescaled + tiny_config.mu  # [3, H, W] DN
+    assert np.max(np.abs(reused - per_window)) / np.max(np.abs(per_window)) < 1e-5
+    frames, _, index = inference.scene_frames(scene, tiny_config, n_slide=2)
+    assert frames.shape[0] == 12 and index.tolist() == [list(range(n, n + 9)) for n in range(3)]
 
 
 def test_a_scene_with_fewer_than_9_frames_is_superresolved(tiny_config, tiny_model):
