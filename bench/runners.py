@@ -20,8 +20,9 @@ from libraries.config import default_config
 IMPLEMENTATIONS = ("ours", "naive")
 
 
-def make_model(n_features: int = 64, seed: int = 0, **changes) -> model_lib.DeepSUM:
-    return model_lib.DeepSUM(default_config(n_features=n_features, seed=seed, **changes))
+def make_model(n_features: int = 64, seed: int = 0, recompute: bool = False, **changes) -> model_lib.DeepSUM:
+    """Our model; recompute: gradient checkpointing of SISRNet's layers (training memory)."""
+    return model_lib.DeepSUM(default_config(n_features=n_features, seed=seed, **changes), recompute=recompute)
 
 
 def inputs(batch: int, size: int, seed: int = 0) -> dict[str, tf.Tensor]:
@@ -74,9 +75,9 @@ def make_train_step(impl: str, model: model_lib.DeepSUM, data: dict[str, tf.Tens
 def memory_child(spec: dict) -> dict:
     """Peak resident memory of one configuration in this (fresh) process: spec has `impl`,
     `mode` ("forward" or "train"), `batch`, `size`, `n_features` and optional config changes
-    (`precision`, `jit_compile`). The process's RSS before the run (TensorFlow loaded, model
-    built, inputs made) is reported too, so the run's own share is peak - base."""
-    model = make_model(spec["n_features"], **spec.get("config", {}))
+    (`precision`, `jit_compile`) and `recompute`. The process's RSS before the run (TensorFlow
+    loaded, model built, inputs made) is reported too, so the run's own share is peak - base."""
+    model = make_model(spec["n_features"], recompute=spec.get("recompute", False), **spec.get("config", {}))
     data = inputs(spec["batch"], spec["size"])
     make = make_forward if spec["mode"] == "forward" else make_train_step
     run = make(spec["impl"], model, data)

@@ -10,8 +10,9 @@ its ragged arrays, see `scene_at`) or `dataset.prepare_test_scene` give it:
 
 Sliding window (spec section 5): sort the frames by clear pixels, keep those more than p clear
 (p = 0.90, lowered by 0.05 until at least T_in remain), run the network on frames n..n+T_in-1 for
-n = 0..min(n_slide, K-T_in) (each frame's SISRNet features computed once per scene), register every output to the first with phase cross-correlation,
-drop those shifted by more than 4 pixels and average the rest. Image sizes come from the data.
+n = 0..min(n_slide, K-T_in) (each frame's SISRNet features computed once per scene), register
+every output to the first with phase cross-correlation, drop those shifted by more than 4
+pixels and average the rest. Image sizes come from the data.
 """
 
 from __future__ import annotations
@@ -177,7 +178,8 @@ def network_call(model: Any, config: config_module.DeepSUMConfig) -> Any:
 class SceneCalls:
     """The network on one scene with each frame's SISRNet features computed once.
 
-    `features(x)`: x `[K, H, W, 1]` (the scene's selected frames) -> features `[K, H, W, F]`;
+    `features(x)`: x `[K, H, W, 1]` (the scene's selected frames) -> features `[K, H, W, F]`
+    (in the model's `compute_dtype`);
     `windows(features, x, masks, index)`: index `[w, T_in]` int32 picks the frames of w windows
     -> sr `[w, 1, H, W, 1]`. Both are `tf.function`s with input signatures (one trace for any
     scene size and window count), compiled with XLA when `config.jit_compile`.
@@ -185,7 +187,7 @@ class SceneCalls:
 
     def __init__(self, model: Any, config: config_module.DeepSUMConfig):
         frames = tf.TensorSpec([None, None, None, 1], tf.float32)
-        features = tf.TensorSpec([None, None, None, None], tf.float32)
+        features = tf.TensorSpec([None, None, None, None], getattr(model, "compute_dtype", tf.float32))
         index = tf.TensorSpec([None, config.T_in], tf.int32)
         jit = config.jit_compile or None
 

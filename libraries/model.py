@@ -58,7 +58,11 @@ class Conv(tf.Module):
         images: `[n, H, W, in]` -> `[n, H, W, out]` (bias NOT added: RegNet sums two taps first).
         """
         padded = tf.pad(images, [[0, 0], [1, 1], [1, 1], [0, 0]], mode="REFLECT")
-        return tf.nn.conv2d(padded, self.W[tap], strides=1, padding="VALID")
+        return tf.nn.conv2d(padded, _like(self.W[tap], images), strides=1, padding="VALID")
+
+    def bias(self, like: tf.Tensor) -> tf.Tensor:
+        """The bias `[out]` in the dtype of `like` (the compute precision)."""
+        return _like(self.b, like)
 
 
 class InstanceNorm(tf.Module):
@@ -74,9 +78,12 @@ class InstanceNorm(tf.Module):
         return {f"{self.tf1_name}/gamma": self.gamma, f"{self.tf1_name}/beta": self.beta}
 
     def __call__(self, values: tf.Tensor, axes: list[int]) -> tf.Tensor:
-        # The original's exact formula: biased moments, then tf.nn.batch_normalization.
-        mean, variance = tf.nn.moments(values, axes, keepdims=True)
-        return tf.nn.batch_normalization(values, mean, variance, self.beta, self.gamma, NORM_EPSILON)
+        # The original's exact formula: biased moments, then tf.nn.batch_normalization. The
+        # moments are taken in float32 whatever the compute precision (a bfloat16 sum over
+        # H*W pixels would lose most of its bits); in float32 every cast is the identity.
+        mean, variance = tf.nn.moments(tf.cast(values, tf.float32), axes, keepdims=True)
+        return tf.nn.batch_normalization(values, _like(mean, values), _like(variance, values), _like(self.beta, values),
+                                         _like(self.gamma, values), NORM_EPSILON)
 
 
 class Network(tf.Module):
@@ -90,6 +97,19 @@ class Network(tf.Module):
 
 def _leaky_relu(values: tf.Tensor) -> tf.Tensor:
     return tf.nn.leaky_relu(values, alpha=LEAKY_SLOPE)
+
+
+def _like(value: tf.Tensor, like: tf.Tensor) -> tf.Tensor:
+    """`value` cast to the dtype of `like`: float32 variables used at the compute precision
+    (the identity, no op, when both are float32)."""
+    return tf.cast(value, like.dtype)
+
+
+def _checkpointed(layer, recompute: bool):
+    """`layer` (a function of one tensor) as it is, or wrapped in `tf.recompute_grad`: the
+    backward pass then keeps only the layer's input and recomputes its intermediates (pad,
+    convolution, normalisation) instead of storing them. Same values, same gradients."""
+    return tf.recompute_grad(layer) if recompute else layer
 
 
 def _frames_as_images(values: tf.Tensor) -> tf.Tensor:
@@ -122,12 +142,19 @@ class SISRNet(Network):
             Conv(f"conv_up_{k}", [1, 3, 3, widths[k], widths[k + 1]], seed) for k in range(self.LAYERS)
         ]
         self.norms = [InstanceNorm(f"inst_norm_up_{k}", n_features) for k in range(self.LAYERS)]
+        self.recompute = False  # gradient checkpointing per layer (`DeepSUM(recompute=True)`)
 
     def __call__(self, x: tf.Tensor) -> tf.Tensor:
+        """Computes in the dtype of x (the model's compute precision); variables stay float32."""
         images = _frames_as_images(x)  # [b*T, H, W, C]
         for conv, norm in zip(self.convs, self.norms):
-            images = _leaky_relu(norm(conv.spatial(images) + conv.b, axes=[1, 2]))
+            images = _checkpointed(lambda v, conv=conv, norm=norm: self._layer(v, conv, norm), self.recompute)(images)
         return _images_as_frames(images, tf.shape(x)[0])  # [b, T, H, W, F]
+
+    @staticmethod
+    def _layer(images: tf.Tensor, conv: Conv, norm: InstanceNorm) -> tf.Tensor:
+        """One layer on `[n, H, W, C]` images: 3x3 conv (reflect), InstanceNorm, leaky ReLU."""
+        return _leaky_relu(norm(conv.spatial(images) + conv.bias(images), axes=[1, 2]))
 
 
 class RegNet(Network):
@@ -153,6 +180,7 @@ class RegNet(Network):
             Conv("Rconv4b", [1, 3, 3, F, F], seed),
         ]
         self.taps = Conv("Rconv7_b", [1, 3, 3, F, filter_size**2], seed)
+        self.recompute = False  # gradient checkpointing per layer (`DeepSUM(recompute=True)`)
 
     def __call__(self, features: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
         batch = tf.shape(features)[0]
@@ -161,11 +189,13 @@ class RegNet(Network):
         # building them: the reference's half is computed once per scene and broadcast.
         moving = _images_as_frames(self.pair.spatial(others, tap=0), batch)  # [b, T-1, H, W, 2F]
         reference = self.pair.spatial(features[:, 0], tap=1)[:, None]  # [b, 1, H, W, 2F]
-        images = _leaky_relu(_frames_as_images(moving + reference + self.pair.b))  # [b*(T-1), H, W, 2F]
+        images = _leaky_relu(_frames_as_images(moving + reference + self.pair.bias(moving)))  # [b*(T-1), H, W, 2F]
         for conv in self.convs:
-            images = _leaky_relu(conv.spatial(images) + conv.b)
-        taps = self.taps.spatial(images) + self.taps.b  # [b*(T-1), H, W, k*k]
-        logits = tf.reshape(tf.reduce_mean(taps, axis=[1, 2]), [batch, -1, self.filter_size**2])  # [b, T-1, k*k]
+            images = _checkpointed(lambda v, conv=conv: _leaky_relu(conv.spatial(v) + conv.bias(v)), self.recompute)(images)
+        taps = self.taps.spatial(images) + self.taps.bias(images)  # [b*(T-1), H, W, k*k]
+        # the mean over pixels and the softmax in float32 whatever the compute precision
+        taps = tf.reduce_mean(tf.cast(taps, tf.float32), axis=[1, 2])  # [b*(T-1), k*k]
+        logits = tf.reshape(taps, [batch, -1, self.filter_size**2])  # [b, T-1, k*k]
         filters = tf.reshape(
             tf.nn.softmax(logits, axis=-1), [batch, -1, self.filter_size, self.filter_size]
         )  # [b, T-1, k, k]
@@ -187,15 +217,24 @@ class FusionNet(Network):
         self.convs = [Conv(f"conv_fuse_{k}", [3, 3, 3, F, F], seed) for k in range(self.LAYERS)]
         self.norms = [InstanceNorm(f"inst_norm_fuse_{k}", F) for k in range(self.LAYERS)]
         self.output_conv = Conv(f"conv_fuse_{self.LAYERS}", [1, 1, 1, F, 1], seed)
+        self.recompute = False  # gradient checkpointing per layer (`DeepSUM(recompute=True)`)
 
     def __call__(self, features: tf.Tensor) -> tf.Tensor:
+        """Computes in the dtype of `features` (the compute precision); variables stay float32."""
         values = features
         for conv, norm in zip(self.convs, self.norms):
-            padded = tf.pad(values, [[0, 0], [0, 0], [1, 1], [1, 1], [0, 0]], mode="REFLECT")
-            values = tf.nn.conv3d(padded, conv.W, strides=[1] * 5, padding="VALID") + conv.b
-            values = _leaky_relu(norm(values, axes=[2, 3]))  # [b, T-2, H, W, F]
+            values = _checkpointed(lambda v, conv=conv, norm=norm: self._layer(v, conv, norm), self.recompute)(values)
         # 1x1x1 convolution = a matrix product over the feature axis
-        return tf.tensordot(values, self.output_conv.W[0, 0, 0], axes=1) + self.output_conv.b  # [b, T-8, H, W, 1]
+        output = self.output_conv
+        return tf.tensordot(values, _like(output.W[0, 0, 0], values), axes=1) + output.bias(values)  # [b, T-8, H, W, 1]
+
+    @staticmethod
+    def _layer(values: tf.Tensor, conv: Conv, norm: InstanceNorm) -> tf.Tensor:
+        """One layer, `[b, T, H, W, F]` -> `[b, T-2, H, W, F]`: 3x3x3 conv (reflect in space,
+        valid in time), InstanceNorm, leaky ReLU."""
+        padded = tf.pad(values, [[0, 0], [0, 0], [1, 1], [1, 1], [0, 0]], mode="REFLECT")
+        values = tf.nn.conv3d(padded, _like(conv.W, values), strides=[1] * 5, padding="VALID") + conv.bias(values)
+        return _leaky_relu(norm(values, axes=[2, 3]))
 
 
 # --------------------------------------------------------------------------- parameter-free steps
@@ -224,7 +263,7 @@ def register_frames(values: tf.Tensor, filters: tf.Tensor) -> tf.Tensor:
     padded = tf.pad(values[:, 1:], [[0, 0], [0, 0], [pad, pad], [pad, pad], [0, 0]], mode="REFLECT")
     padded = tf.transpose(padded, [4, 2, 3, 0, 1])  # [C, H+2p, W+2p, b, T-1]
     padded = tf.reshape(padded, [channels, height + 2 * pad, width + 2 * pad, batch * frames])  # [C, H+2p, W+2p, b*(T-1)]
-    kernel = tf.transpose(filters, [2, 3, 0, 1])  # [k, k, b, T-1]
+    kernel = tf.transpose(_like(filters, values), [2, 3, 0, 1])  # [k, k, b, T-1]
     kernel = tf.reshape(kernel, [k, k, batch * frames, 1])  # [k, k, b*(T-1), 1]
     moved = tf.nn.depthwise_conv2d(padded, kernel, strides=[1, 1, 1, 1], padding="VALID")  # [C, H, W, b*(T-1)]
     moved = tf.reshape(moved, [channels, height, width, batch, frames])  # [C, H, W, b, T-1]
@@ -257,17 +296,35 @@ class DeepSUM(Network):
     """DeepSUM: `model(x, masks) -> {"sr", "filters", "filter_logits", "x_registered"}`.
 
     config: a `DeepSUMConfig` (None: `default_config()`); uses `n_features`, `T_in`, `channels`,
-    `filter_size`, `sigma`, `sigma_rescaled` and `seed` (initialisation).
+    `filter_size`, `sigma`, `sigma_rescaled`, `seed` (initialisation) and `precision`: the
+    networks compute in that dtype (`compute_dtype`; float32, bfloat16 or float16) while the
+    variables, the instance-norm moments, the registration filters (softmax), the registration
+    and fill of x, the residual and every output stay float32.
+    recompute: gradient checkpointing (`tf.recompute_grad`) of every layer of SISRNet, of
+    RegNet's 1x3x3 layers and of FusionNet's 3x3x3 layers, for training: the backward pass recomputes each layer's intermediates from its input instead
+    of keeping them. Same values and gradients, less memory, more time (`recompute` attribute).
     """
 
-    def __init__(self, config: DeepSUMConfig | None = None):
+    def __init__(self, config: DeepSUMConfig | None = None, recompute: bool = False):
         super().__init__(name="DeepSUM")
         self.config = default_config() if config is None else config
         c = self.config
+        self.compute_dtype = tf.as_dtype(c.precision)
         self.sisrnet = SISRNet(c.n_features, c.channels, c.seed)
         self.regnet = RegNet(c.n_features, c.filter_size, c.seed)
         self.fusionnet = FusionNet(c.n_features, c.seed)
         self.residual_scale = float(c.sigma / c.sigma_rescaled)  # x scale -> output scale
+        self.recompute = recompute
+
+    @property
+    def recompute(self) -> bool:
+        """Whether the sub-networks' layers are checkpointed (`tf.recompute_grad`); settable."""
+        return self.sisrnet.recompute
+
+    @recompute.setter
+    def recompute(self, value: bool) -> None:
+        for network in (self.sisrnet, self.regnet, self.fusionnet):
+            network.recompute = bool(value)
 
     def __call__(self, x, masks, training: bool = False) -> dict[str, tf.Tensor]:
         """Super-resolve a batch of scenes.
@@ -281,24 +338,24 @@ class DeepSUM(Network):
         """
         del training  # same computation in training and inference
         x, clear = self.check_inputs(x, masks)
-        return self._forward(self.sisrnet(x), x, clear)
+        return self._forward(self.sisrnet(tf.cast(x, self.compute_dtype)), x, clear)
 
     def sisrnet_features(self, x) -> tf.Tensor:
         """SISRNet's features of every frame: x `[batch, frames, H, W, 1]` (any number of frames,
-        normalised as for `__call__`) -> `[batch, frames, H, W, F]`.
+        normalised as for `__call__`) -> `[batch, frames, H, W, F]` in `compute_dtype`.
 
         SISRNet sees one frame at a time, so sliding-window inference can compute each frame's
         features once per scene and gather the windows' frames from them
         (`forward_from_features`) instead of recomputing them for every window.
         """
         x, _ = self.check_inputs(x, x, any_frames=True)  # no masks: x stands in for them
-        return self.sisrnet(x)
+        return self.sisrnet(tf.cast(x, self.compute_dtype))
 
     def forward_from_features(self, features, x, masks) -> dict[str, tf.Tensor]:
         """`__call__` from precomputed SISRNet features `[batch, T, H, W, F]` (`sisrnet_features`
         of the same frames x); x, masks as for `__call__`. Same outputs, same values."""
         x, clear = self.check_inputs(x, masks)
-        return self._forward(tf.convert_to_tensor(features, tf.float32), x, clear)
+        return self._forward(tf.cast(features, self.compute_dtype), x, clear)
 
     def _forward(self, features: tf.Tensor, x: tf.Tensor, clear: tf.Tensor) -> dict[str, tf.Tensor]:
         """RegNet, registration, fill, FusionNet and the residual on SISRNet's `features`."""
@@ -306,7 +363,7 @@ class DeepSUM(Network):
         features = fill_masked(register_frames(features, filters), clear)
         x_registered = fill_masked(register_frames(x, filters), clear)  # [b, T, H, W, 1]
         residual = tf.reduce_mean(x_registered, axis=1, keepdims=True) * self.residual_scale
-        sr = self.fusionnet(features) + residual  # [b, 1, H, W, 1]
+        sr = tf.cast(self.fusionnet(features), tf.float32) + residual  # [b, 1, H, W, 1]
         return {"sr": sr, "filters": filters, "filter_logits": logits, "x_registered": x_registered}
 
     def check_inputs(self, x, masks, any_frames: bool = False) -> tuple[tf.Tensor, tf.Tensor]:

@@ -1,0 +1,85 @@
+"""Compute precision (`config.precision`) and gradient checkpointing (`DeepSUM(recompute=True)`):
+float32 unchanged, bfloat16 within its measured tolerance on the reference case, variables and
+outputs float32, recomputation giving the same values and gradients."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from conftest import relative_error
+from libraries import metrics, tf1_checkpoint
+from libraries.config import default_config
+from libraries.model import DeepSUM
+
+# bench/precision.py on the reference case (2 scenes, 9x64x64, 64 features): bfloat16 moved
+# cPSNR by 0.082 dB and the output by 5.0e-2 of its largest value; the tolerances leave ~2x.
+BFLOAT16_CPSNR_DB = 0.2
+BFLOAT16_RELATIVE = 0.1
+
+
+def reference_model(reference_dir, precision: str) -> DeepSUM:
+    model = DeepSUM(default_config(precision=precision))
+    tf1_checkpoint.load_tf1_checkpoint(model, reference_dir / "deepsum_tf1_case_a" / "checkpoint_tf1")
+    return model
+
+
+def dtypes_in_graph(model: DeepSUM, size: int = 16) -> set[tf.DType]:
+    spec = tf.TensorSpec([1, 9, size, size, 1], tf.float32)
+    graph = tf.function(lambda x, m: model(x, m)["sr"]).get_concrete_function(spec, spec).graph
+    return {output.dtype for op in graph.get_operations() for output in op.outputs}
+
+
+def test_float32_is_unchanged_and_has_no_reduced_precision_op(reference_dir, reference_case):
+    model = reference_model(reference_dir, "float32")
+    sr = model(reference_case["x"], reference_case["masks_lr"])["sr"].numpy()
+    assert relative_error(sr, reference_case["logits"]) < 1e-4
+    assert model.compute_dtype == tf.float32
+    assert not dtypes_in_graph(model) & {tf.bfloat16, tf.float16}
+
+
+def test_bfloat16_stays_within_its_measured_tolerance(reference_dir, reference_case):
+    model = reference_model(reference_dir, "bfloat16")
+    out = model(reference_case["x"], reference_case["masks_lr"])
+    assert all(value.dtype == tf.float32 for value in out.values())
+    assert all(variable.dtype == tf.float32 for variable in model.variables)
+    assert tf.bfloat16 in dtypes_in_graph(model)  # the convolutions really run in bfloat16
+    expected = reference_case["logits"]
+    worst = np.max(np.abs(out["sr"].numpy() - expected)) / np.max(np.abs(expected))
+    assert 0 < worst < BFLOAT16_RELATIVE
+    cpsnr = metrics.cpsnr(reference_case["y"], out["sr"], reference_case["mask_y"]).numpy()
+    reference_cpsnr = metrics.cpsnr(reference_case["y"], expected, reference_case["mask_y"]).numpy()
+    assert np.max(np.abs(cpsnr - reference_cpsnr)) < BFLOAT16_CPSNR_DB
+
+
+@pytest.mark.parametrize("precision", ["bfloat16", "float16"])
+def test_reduced_precision_trains_float32_variables(precision):
+    model = DeepSUM(default_config(n_features=8, precision=precision))
+    x = tf.random.stateless_normal([1, 9, 16, 16, 1], seed=[1, 2])
+    with tf.GradientTape() as tape:
+        loss = tf.reduce_mean(model(x, tf.ones_like(x))["sr"] ** 2)
+    gradients = tape.gradient(loss, model.trainable_variables)
+    assert all(g is not None and g.dtype == tf.float32 and np.all(np.isfinite(g.numpy())) for g in gradients)
+
+
+def test_recompute_gives_the_same_values_and_gradients():
+    x = tf.random.stateless_normal([2, 9, 16, 16, 1], seed=[3, 4])
+    masks = tf.random.stateless_uniform([2, 9, 16, 16, 1], seed=[5, 6]) < 0.8
+    results = []
+    for recompute in (False, True):
+        model = DeepSUM(default_config(n_features=8), recompute=recompute)
+        assert model.recompute is recompute
+
+        @tf.function
+        def step(x, masks):
+            with tf.GradientTape() as tape:
+                sr = model(x, masks)["sr"]
+                loss = tf.reduce_mean(sr**2)
+            return sr, tape.gradient(loss, model.trainable_variables)
+
+        results.append(step(x, masks))
+    (sr, gradients), (sr_recomputed, gradients_recomputed) = results
+    np.testing.assert_allclose(sr_recomputed.numpy(), sr.numpy(), rtol=1e-6, atol=1e-6)
+    for g, g_recomputed in zip(gradients, gradients_recomputed):
+        assert relative_error(g_recomputed.numpy(), g.numpy()) < 1e-5
