@@ -20,9 +20,12 @@ from libraries.config import default_config
 IMPLEMENTATIONS = ("ours", "naive")
 
 
-def make_model(n_features: int = 64, seed: int = 0, recompute: bool = False, **changes) -> model_lib.DeepSUM:
-    """Our model; recompute: gradient checkpointing of SISRNet's layers (training memory)."""
-    return model_lib.DeepSUM(default_config(n_features=n_features, seed=seed, **changes), recompute=recompute)
+def make_model(n_features: int = 64, seed: int = 0, recompute: bool = False, frame_chunk: int | None = None,
+               **changes) -> model_lib.DeepSUM:
+    """Our model; recompute: gradient checkpointing of every conv layer (training memory);
+    frame_chunk: frames per pass of SISRNet, RegNet and the registration (inference memory)."""
+    config = default_config(n_features=n_features, seed=seed, **changes)
+    return model_lib.DeepSUM(config, recompute=recompute, frame_chunk=frame_chunk)
 
 
 def inputs(batch: int, size: int, seed: int = 0) -> dict[str, tf.Tensor]:
@@ -75,9 +78,10 @@ def make_train_step(impl: str, model: model_lib.DeepSUM, data: dict[str, tf.Tens
 def memory_child(spec: dict) -> dict:
     """Peak resident memory of one configuration in this (fresh) process: spec has `impl`,
     `mode` ("forward" or "train"), `batch`, `size`, `n_features` and optional config changes
-    (`precision`, `jit_compile`) and `recompute`. The process's RSS before the run (TensorFlow
-    loaded, model built, inputs made) is reported too, so the run's own share is peak - base."""
-    model = make_model(spec["n_features"], recompute=spec.get("recompute", False), **spec.get("config", {}))
+    (`precision`, `jit_compile`), `recompute` and `frame_chunk`. The process's RSS before the run
+    (TensorFlow loaded, model built, inputs made) is reported too, so the run's own share is peak - base."""
+    model = make_model(spec["n_features"], recompute=spec.get("recompute", False), frame_chunk=spec.get("frame_chunk"),
+                       **spec.get("config", {}))
     data = inputs(spec["batch"], spec["size"])
     make = make_forward if spec["mode"] == "forward" else make_train_step
     run = make(spec["impl"], model, data)

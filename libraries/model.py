@@ -118,6 +118,23 @@ def _frames_as_images(values: tf.Tensor) -> tf.Tensor:
     return tf.reshape(values, tf.concat([[-1], shape[2:]], axis=0))  # [b*T, H, W, C]
 
 
+def in_frame_chunks(function, tensors: list[tf.Tensor], chunk: int | None) -> tf.Tensor:
+    """`function(*tensors)` computed `chunk` frames (axis 1) at a time, one chunk after the other,
+    and concatenated on axis 1; None: in one go. For per-frame functions (the result's frame t
+    depends only on the inputs' frame t) it is the same function with a peak memory of one
+    chunk's intermediates instead of all frames'. Inside a `tf.function` each chunk waits for
+    the previous one (control dependency), else the executor would run them side by side."""
+    frames = tensors[0].shape[1]
+    if chunk is None or frames is None or chunk >= frames:
+        return function(*tensors)
+    outputs: list[tf.Tensor] = []
+    for start in range(0, frames, chunk):
+        with tf.control_dependencies(outputs[-1:]):
+            pieces = [tf.identity(tensor[:, start:start + chunk]) for tensor in tensors]  # [b, c, ...]
+        outputs.append(function(*pieces))
+    return tf.concat(outputs, axis=1)
+
+
 def _images_as_frames(images: tf.Tensor, batch: tf.Tensor) -> tf.Tensor:
     """`[b*T, H, W, C]` -> `[b, T, H, W, C]`."""
     shape = tf.shape(images)
@@ -144,8 +161,12 @@ class SISRNet(Network):
         self.norms = [InstanceNorm(f"inst_norm_up_{k}", n_features) for k in range(self.LAYERS)]
         self.recompute = False  # gradient checkpointing per layer (`DeepSUM(recompute=True)`)
 
-    def __call__(self, x: tf.Tensor) -> tf.Tensor:
-        """Computes in the dtype of x (the model's compute precision); variables stay float32."""
+    def __call__(self, x: tf.Tensor, frame_chunk: int | None = None) -> tf.Tensor:
+        """Computes in the dtype of x (the model's compute precision); variables stay float32.
+        frame_chunk: frames per pass (`in_frame_chunks`, inference memory); None: all."""
+        return in_frame_chunks(self._frames, [x], frame_chunk)
+
+    def _frames(self, x: tf.Tensor) -> tf.Tensor:
         images = _frames_as_images(x)  # [b*T, H, W, C]
         for conv, norm in zip(self.convs, self.norms):
             images = _checkpointed(lambda v, conv=conv, norm=norm: self._layer(v, conv, norm), self.recompute)(images)
@@ -182,24 +203,29 @@ class RegNet(Network):
         self.taps = Conv("Rconv7_b", [1, 3, 3, F, filter_size**2], seed)
         self.recompute = False  # gradient checkpointing per layer (`DeepSUM(recompute=True)`)
 
-    def __call__(self, features: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
-        batch = tf.shape(features)[0]
-        others = _frames_as_images(features[:, 1:])  # [b*(T-1), H, W, F]
+    def __call__(self, features: tf.Tensor, frame_chunk: int | None = None) -> tuple[tf.Tensor, tf.Tensor]:
+        """frame_chunk: frames 1..T-1 per pass (`in_frame_chunks`, inference memory); None: all."""
         # Same sum as the original's conv3d over the interleaved (f_t, f_0) slices, without
         # building them: the reference's half is computed once per scene and broadcast.
-        moving = _images_as_frames(self.pair.spatial(others, tap=0), batch)  # [b, T-1, H, W, 2F]
         reference = self.pair.spatial(features[:, 0], tap=1)[:, None]  # [b, 1, H, W, 2F]
-        images = _leaky_relu(_frames_as_images(moving + reference + self.pair.bias(moving)))  # [b*(T-1), H, W, 2F]
-        for conv in self.convs:
-            images = _checkpointed(lambda v, conv=conv: _leaky_relu(conv.spatial(v) + conv.bias(v)), self.recompute)(images)
-        taps = self.taps.spatial(images) + self.taps.bias(images)  # [b*(T-1), H, W, k*k]
-        # the mean over pixels and the softmax in float32 whatever the compute precision
-        taps = tf.reduce_mean(tf.cast(taps, tf.float32), axis=[1, 2])  # [b*(T-1), k*k]
-        logits = tf.reshape(taps, [batch, -1, self.filter_size**2])  # [b, T-1, k*k]
+        logits = in_frame_chunks(lambda others: self._logits(others, reference), [features[:, 1:]], frame_chunk)
         filters = tf.reshape(
-            tf.nn.softmax(logits, axis=-1), [batch, -1, self.filter_size, self.filter_size]
+            tf.nn.softmax(logits, axis=-1), [tf.shape(features)[0], -1, self.filter_size, self.filter_size]
         )  # [b, T-1, k, k]
         return filters, logits
+
+    def _logits(self, others: tf.Tensor, reference: tf.Tensor) -> tf.Tensor:
+        """Filter logits `[b, n, k*k]` of frames `others` `[b, n, H, W, F]` given the reference
+        frame's half of the pair layer `reference` `[b, 1, H, W, 2F]`."""
+        batch = tf.shape(others)[0]
+        moving = _images_as_frames(self.pair.spatial(_frames_as_images(others), tap=0), batch)  # [b, n, H, W, 2F]
+        images = _leaky_relu(_frames_as_images(moving + reference + self.pair.bias(moving)))  # [b*n, H, W, 2F]
+        for conv in self.convs:
+            images = _checkpointed(lambda v, conv=conv: _leaky_relu(conv.spatial(v) + conv.bias(v)), self.recompute)(images)
+        taps = self.taps.spatial(images) + self.taps.bias(images)  # [b*n, H, W, k*k]
+        # the mean over pixels and the softmax in float32 whatever the compute precision
+        taps = tf.reduce_mean(tf.cast(taps, tf.float32), axis=[1, 2])  # [b*n, k*k]
+        return tf.reshape(taps, [batch, -1, self.filter_size**2])  # [b, n, k*k]
 
 
 class FusionNet(Network):
@@ -240,7 +266,7 @@ class FusionNet(Network):
 # --------------------------------------------------------------------------- parameter-free steps
 
 
-def register_frames(values: tf.Tensor, filters: tf.Tensor) -> tf.Tensor:
+def register_frames(values: tf.Tensor, filters: tf.Tensor, frame_chunk: int | None = None) -> tf.Tensor:
     """Filter frames 1..T-1 with their own registration filter; frame 0 passes unchanged.
 
     values: `[batch, T, H, W, C]`; filters: `[batch, T-1, k, k]`. Returns `[batch, T, H, W, C]`.
@@ -256,19 +282,24 @@ def register_frames(values: tf.Tensor, filters: tf.Tensor) -> tf.Tensor:
     against 0.32 / 3.9 s for the original layout (channels tiled) and 2.9 / 18 s for a sum of
     81 shifted slices.
     """
+    moved = in_frame_chunks(_filter_frames, [values[:, 1:], filters], frame_chunk)  # [b, T-1, H, W, C]
+    return tf.concat([values[:, :1], moved], axis=1)
+
+
+def _filter_frames(values: tf.Tensor, filters: tf.Tensor) -> tf.Tensor:
+    """Every frame of values `[b, n, H, W, C]` cross-correlated with its filter `[b, n, k, k]`."""
     k = filters.shape[-1]
     pad = k // 2
     shape = tf.shape(values)
-    batch, frames, height, width, channels = shape[0], shape[1] - 1, shape[2], shape[3], shape[4]
-    padded = tf.pad(values[:, 1:], [[0, 0], [0, 0], [pad, pad], [pad, pad], [0, 0]], mode="REFLECT")
-    padded = tf.transpose(padded, [4, 2, 3, 0, 1])  # [C, H+2p, W+2p, b, T-1]
-    padded = tf.reshape(padded, [channels, height + 2 * pad, width + 2 * pad, batch * frames])  # [C, H+2p, W+2p, b*(T-1)]
-    kernel = tf.transpose(_like(filters, values), [2, 3, 0, 1])  # [k, k, b, T-1]
-    kernel = tf.reshape(kernel, [k, k, batch * frames, 1])  # [k, k, b*(T-1), 1]
-    moved = tf.nn.depthwise_conv2d(padded, kernel, strides=[1, 1, 1, 1], padding="VALID")  # [C, H, W, b*(T-1)]
-    moved = tf.reshape(moved, [channels, height, width, batch, frames])  # [C, H, W, b, T-1]
-    moved = tf.transpose(moved, [3, 4, 1, 2, 0])  # [b, T-1, H, W, C]
-    return tf.concat([values[:, :1], moved], axis=1)
+    batch, frames, height, width, channels = shape[0], shape[1], shape[2], shape[3], shape[4]
+    padded = tf.pad(values, [[0, 0], [0, 0], [pad, pad], [pad, pad], [0, 0]], mode="REFLECT")
+    padded = tf.transpose(padded, [4, 2, 3, 0, 1])  # [C, H+2p, W+2p, b, n]
+    padded = tf.reshape(padded, [channels, height + 2 * pad, width + 2 * pad, batch * frames])  # [C, H+2p, W+2p, b*n]
+    kernel = tf.transpose(_like(filters, values), [2, 3, 0, 1])  # [k, k, b, n]
+    kernel = tf.reshape(kernel, [k, k, batch * frames, 1])  # [k, k, b*n, 1]
+    moved = tf.nn.depthwise_conv2d(padded, kernel, strides=[1, 1, 1, 1], padding="VALID")  # [C, H, W, b*n]
+    moved = tf.reshape(moved, [channels, height, width, batch, frames])  # [C, H, W, b, n]
+    return tf.transpose(moved, [3, 4, 1, 2, 0])  # [b, n, H, W, C]
 
 
 def fill_masked(values: tf.Tensor, masks: tf.Tensor) -> tf.Tensor:
@@ -283,8 +314,9 @@ def fill_masked(values: tf.Tensor, masks: tf.Tensor) -> tf.Tensor:
     clear = tf.cast(masks, tf.bool)
     clear_so_far = tf.cumsum(tf.cast(clear, tf.int32), axis=1)  # [b, T, H, W, 1]
     first_clear = clear & tf.equal(clear_so_far, 1)  # one-hot over T (all false if none clear)
-    # A sum of one value and exact zeros: the first clear frame's value, bit for bit.
-    first_value = tf.reduce_sum(tf.where(first_clear, values, tf.zeros_like(values)), axis=1, keepdims=True)
+    # A sum of one value and exact zeros: the first clear frame's value, bit for bit (a scalar
+    # zero broadcast by tf.where: no zeros tensor the size of values).
+    first_value = tf.reduce_sum(tf.where(first_clear, values, tf.zeros([], values.dtype)), axis=1, keepdims=True)
     keep_own = clear | tf.equal(clear_so_far[:, -1:], 0)  # [b, T, H, W, 1]
     return tf.where(keep_own, values, first_value)  # [b, T, H, W, C]
 
@@ -303,9 +335,11 @@ class DeepSUM(Network):
     recompute: gradient checkpointing (`tf.recompute_grad`) of every layer of SISRNet, of
     RegNet's 1x3x3 layers and of FusionNet's 3x3x3 layers, for training: the backward pass recomputes each layer's intermediates from its input instead
     of keeping them. Same values and gradients, less memory, more time (`recompute` attribute).
+    frame_chunk: SISRNet, RegNet and the registration of the features run this many frames at
+    a time (`in_frame_chunks`; attribute `frame_chunk`); None: all frames in one pass.
     """
 
-    def __init__(self, config: DeepSUMConfig | None = None, recompute: bool = False):
+    def __init__(self, config: DeepSUMConfig | None = None, recompute: bool = False, frame_chunk: int | None = None):
         super().__init__(name="DeepSUM")
         self.config = default_config() if config is None else config
         c = self.config
@@ -315,6 +349,7 @@ class DeepSUM(Network):
         self.fusionnet = FusionNet(c.n_features, c.seed)
         self.residual_scale = float(c.sigma / c.sigma_rescaled)  # x scale -> output scale
         self.recompute = recompute
+        self.frame_chunk = frame_chunk
 
     @property
     def recompute(self) -> bool:
@@ -338,7 +373,7 @@ class DeepSUM(Network):
         """
         del training  # same computation in training and inference
         x, clear = self.check_inputs(x, masks)
-        return self._forward(self.sisrnet(tf.cast(x, self.compute_dtype)), x, clear)
+        return self._forward(self.sisrnet(tf.cast(x, self.compute_dtype), self.frame_chunk), x, clear)
 
     def sisrnet_features(self, x) -> tf.Tensor:
         """SISRNet's features of every frame: x `[batch, frames, H, W, 1]` (any number of frames,
@@ -349,7 +384,7 @@ class DeepSUM(Network):
         (`forward_from_features`) instead of recomputing them for every window.
         """
         x, _ = self.check_inputs(x, x, any_frames=True)  # no masks: x stands in for them
-        return self.sisrnet(tf.cast(x, self.compute_dtype))
+        return self.sisrnet(tf.cast(x, self.compute_dtype), self.frame_chunk)
 
     def forward_from_features(self, features, x, masks) -> dict[str, tf.Tensor]:
         """`__call__` from precomputed SISRNet features `[batch, T, H, W, F]` (`sisrnet_features`
@@ -359,8 +394,8 @@ class DeepSUM(Network):
 
     def _forward(self, features: tf.Tensor, x: tf.Tensor, clear: tf.Tensor) -> dict[str, tf.Tensor]:
         """RegNet, registration, fill, FusionNet and the residual on SISRNet's `features`."""
-        filters, logits = self.regnet(features)
-        features = fill_masked(register_frames(features, filters), clear)
+        filters, logits = self.regnet(features, self.frame_chunk)
+        features = fill_masked(register_frames(features, filters, self.frame_chunk), clear)
         x_registered = fill_masked(register_frames(x, filters), clear)  # [b, T, H, W, 1]
         residual = tf.reduce_mean(x_registered, axis=1, keepdims=True) * self.residual_scale
         sr = tf.cast(self.fusionnet(features), tf.float32) + residual  # [b, 1, H, W, 1]
