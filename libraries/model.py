@@ -221,7 +221,8 @@ class RegNet(Network):
         moving = _images_as_frames(self.pair.spatial(_frames_as_images(others), tap=0), batch)  # [b, n, H, W, 2F]
         images = _leaky_relu(_frames_as_images(moving + reference + self.pair.bias(moving)))  # [b*n, H, W, 2F]
         for conv in self.convs:
-            images = _checkpointed(lambda v, conv=conv: _leaky_relu(conv.spatial(v) + conv.bias(v)), self.recompute)(images)
+            layer = lambda v, conv=conv: _leaky_relu(conv.spatial(v) + conv.bias(v))  # noqa: E731
+            images = _checkpointed(layer, self.recompute)(images)
         taps = self.taps.spatial(images) + self.taps.bias(images)  # [b*n, H, W, k*k]
         # the mean over pixels and the softmax in float32 whatever the compute precision
         taps = tf.reduce_mean(tf.cast(taps, tf.float32), axis=[1, 2])  # [b*n, k*k]
@@ -333,8 +334,9 @@ class DeepSUM(Network):
     variables, the instance-norm moments, the registration filters (softmax), the registration
     and fill of x, the residual and every output stay float32.
     recompute: gradient checkpointing (`tf.recompute_grad`) of every layer of SISRNet, of
-    RegNet's 1x3x3 layers and of FusionNet's 3x3x3 layers, for training: the backward pass recomputes each layer's intermediates from its input instead
-    of keeping them. Same values and gradients, less memory, more time (`recompute` attribute).
+    RegNet's 1x3x3 layers and of FusionNet's 3x3x3 layers, for training: the backward pass
+    recomputes each layer's intermediates from its input instead of keeping them. Same values
+    and gradients, less memory, a little more time (`recompute` attribute, read when traced).
     frame_chunk: SISRNet, RegNet and the registration of the features run this many frames at
     a time (`in_frame_chunks`; attribute `frame_chunk`); None: all frames in one pass.
     """
