@@ -84,8 +84,18 @@ def interleaved_medians(functions: dict[str, Callable[[], object]], repeats: int
 
 
 def peak_rss_bytes() -> int:
-    """This process's peak resident set size so far (Linux reports ru_maxrss in KiB)."""
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    """This process's peak resident set size so far.
+
+    Linux's `VmHWM` (/proc/self/status) first: `ru_maxrss` survives exec, so a child started by
+    a parent that already held 7 GB would report the parent's 7 GB as its own peak.
+    """
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) * 1024  # kB
+    except OSError:
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # KiB on Linux
 
 
 def run_child(script: str, spec: dict, env: dict[str, str] | None = None, timeout: float = 3600,
