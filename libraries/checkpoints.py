@@ -9,12 +9,8 @@ a prefix (`.../model-1`, `.../model.ckpt-11399`).
 
 from __future__ import annotations
 
-import contextlib
 import os
-import shutil
-import tempfile
 from pathlib import Path
-from typing import Iterator
 
 import tensorflow as tf
 
@@ -59,26 +55,6 @@ def is_object_based(reader: tf.train.CheckpointReader) -> bool:
     return reader.has_tensor(OBJECT_GRAPH_KEY)
 
 
-@contextlib.contextmanager
-def atomic_folder(destination: str | os.PathLike) -> Iterator[Path]:
-    """Yield an empty temporary folder beside `destination`; on success it replaces `destination`."""
-    destination = Path(destination)
-    destination.parent.mkdir(parents=True, exist_ok=True)
-    temporary = Path(tempfile.mkdtemp(prefix=f".{destination.name}.", suffix=".tmp", dir=destination.parent))
-    try:
-        yield temporary
-        old = None
-        if destination.exists():  # a folder cannot be renamed over a non-empty one: move it aside
-            old = Path(tempfile.mkdtemp(prefix=f".{destination.name}.", suffix=".old", dir=destination.parent))
-            os.replace(destination, old / destination.name)
-        os.replace(temporary, destination)
-        if old is not None:
-            shutil.rmtree(old)
-    finally:
-        if temporary.exists():
-            shutil.rmtree(temporary)
-
-
 def save_model_checkpoint(model: tf.Module, folder: str | os.PathLike, config=None) -> Path:
     """Write `model` as `folder/model-1.*` (+ `checkpoint` file) and its config as
     `folder/config.json`, atomically (the folder appears complete or not at all).
@@ -87,7 +63,7 @@ def save_model_checkpoint(model: tf.Module, folder: str | os.PathLike, config=No
     Returns `folder`.
     """
     config = getattr(model, "config", None) if config is None else config
-    with atomic_folder(folder) as temporary:
+    with fileio.atomic_folder(folder) as temporary:
         manager = tf.train.CheckpointManager(
             tf.train.Checkpoint(model=model), str(temporary), max_to_keep=1, checkpoint_name="model"
         )

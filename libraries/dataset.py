@@ -52,7 +52,6 @@ import shutil
 import sys
 import tempfile
 import time
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator, Mapping, Sequence
@@ -112,25 +111,6 @@ class _NpyStream:
         self.handle.write(np.lib.format.MAGIC_PREFIX + bytes([1, 0]) + room.to_bytes(2, "little")
                           + text.encode("latin1"))
         self.handle.close()
-
-
-@contextmanager
-def _atomic_folder(destination: Path) -> Iterator[Path]:
-    """Yield a temporary folder beside `destination`; on success it replaces `destination`."""
-    destination.parent.mkdir(parents=True, exist_ok=True)
-    temporary = Path(tempfile.mkdtemp(prefix=f".{destination.name}.", suffix=".partial", dir=destination.parent))
-    try:
-        yield temporary
-        if destination.exists():
-            old = destination.with_name(f".{destination.name}.old-{os.getpid()}-{time.time_ns()}")
-            destination.rename(old)
-            temporary.rename(destination)
-            shutil.rmtree(old)
-        else:
-            temporary.rename(destination)
-    finally:
-        if temporary.exists():
-            shutil.rmtree(temporary)
 
 
 def _save_arrays(folder: Path, arrays: Mapping[str, np.ndarray]) -> None:
@@ -229,7 +209,7 @@ def save_scene_arrays(data_dir: str | os.PathLike, band_dir: str | os.PathLike, 
     baselines = probav.read_norm(data_dir / "norm.csv")
     section: dict[str, Any] = {"data_dir": str(data_dir)}
     read_seconds = 0.0
-    with _atomic_folder(band_dir / RAW) as raw:
+    with fileio.atomic_folder(band_dir / RAW, suffix=".partial") as raw:
         for split in probav.SPLITS:
             folders = probav.list_scenes(data_dir, split, band)
             if split == "train":
@@ -410,7 +390,7 @@ def create_scene_store(band_dir: str | os.PathLike, split: str, processes: int |
               "frames_reused": 0, "frames_of_dropped_scenes": 0, "dropped_scenes": {}, "seconds": {"read": 0.0, "upsample": 0.0, "register": 0.0}}
     names, frame_names, shifts, offsets, kept_rows = [], [], [], [0], []
     write_seconds = 0.0
-    with _atomic_folder(band_dir / split) as folder:
+    with fileio.atomic_folder(band_dir / split, suffix=".partial") as folder:
         streams: dict[str, _NpyStream] = {}
         for index, prepared in zip(indices, _parallel_map(_preprocess_worker, items, processes,
                                                           f"{split}/{band_dir.name}", progress)):
@@ -489,7 +469,7 @@ def create_patch_chunks(band_dir: str | os.PathLike, n_chunks: int = 5, patches_
     counts = []
     for chunk in range(n_chunks):
         scene_index = np.concatenate([np.full(len(c), s, dtype=np.int32) for s, c in enumerate(corners[chunk])])
-        with _atomic_folder(band_dir / "train" / f"chunk_{chunk}") as folder:
+        with fileio.atomic_folder(band_dir / "train" / f"chunk_{chunk}", suffix=".partial") as folder:
             _save_arrays(folder, {"corners": np.concatenate(corners[chunk]).astype(np.int32), "scene": scene_index})
         counts.append(int(scene_index.size))
     short = sorted({str(store["names"][s]) for chunk in corners for s, c in enumerate(chunk) if len(c) < patches_per_scene})
@@ -562,7 +542,7 @@ def save_best9(band_dir: str | os.PathLike, progress: bool = True) -> dict[str, 
         raise DatasetError(f"{band_dir / 'train'}: no chunk_* folders (run create_patch_chunks first)")
     section: dict[str, Any] = {"chunks": []}
     start = time.perf_counter()
-    with _atomic_folder(band_dir / BEST9) as folder:
+    with fileio.atomic_folder(band_dir / BEST9, suffix=".partial") as folder:
         for path in tqdm(chunks, desc=f"best-9 {band_dir.name}", unit="chunk", disable=not progress):
             chunk = _load_arrays(path, ["corners", "scene"], mmap=False)
             (folder / "train" / path.name).mkdir(parents=True)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import shutil
 import tempfile
 from pathlib import Path
 from typing import Any, Iterator, Mapping
@@ -37,6 +38,29 @@ def atomic_path(destination: str | os.PathLike, suffix: str = "") -> Iterator[Pa
     finally:
         if temporary.exists():
             temporary.unlink()
+
+
+@contextlib.contextmanager
+def atomic_folder(destination: str | os.PathLike, suffix: str = ".tmp") -> Iterator[Path]:
+    """Yield an empty temporary folder beside `destination`; on success it replaces `destination`.
+
+    On an exception the temporary folder is removed and `destination` is left as it was.
+    """
+    destination = Path(destination)
+    destination.parent.mkdir(parents=True, exist_ok=True)
+    temporary = Path(tempfile.mkdtemp(prefix=f".{destination.name}.", suffix=suffix, dir=destination.parent))
+    try:
+        yield temporary
+        old = None
+        if destination.exists():  # a folder cannot be renamed over a non-empty one: move it aside
+            old = Path(tempfile.mkdtemp(prefix=f".{destination.name}.", suffix=".old", dir=destination.parent))
+            os.replace(destination, old / destination.name)
+        os.replace(temporary, destination)
+        if old is not None:
+            shutil.rmtree(old)
+    finally:
+        if temporary.exists():
+            shutil.rmtree(temporary)
 
 
 def save_npz(destination: str | os.PathLike, arrays: Mapping[str, np.ndarray]) -> Path:
