@@ -13,7 +13,7 @@ import naive_deepsum
 import numpy as np
 import tensorflow as tf
 
-from libraries import metrics
+from libraries import metrics, optimization
 from libraries import model as model_lib
 from libraries.config import default_config
 
@@ -58,18 +58,27 @@ def make_forward(impl: str, model: model_lib.DeepSUM, data: dict[str, tf.Tensor]
     return lambda: network(data).numpy()
 
 
-def make_train_step(impl: str, model: model_lib.DeepSUM, data: dict[str, tf.Tensor]) -> Callable[[], float]:
+def make_train_step(impl: str, model: model_lib.DeepSUM, data: dict[str, tf.Tensor],
+                    micro_batch: int = 0) -> Callable[[], float]:
     """A zero-argument function running one training step (cL2 loss, gradients of every
-    variable, Adam update) on `data`, returning the loss. Each call updates the weights."""
+    variable, Adam update) on `data`, returning the loss. Each call updates the weights.
+    micro_batch: scenes per forward/backward pass (`libraries.optimization.batch_gradients`,
+    as `Trainer` computes it); 0: the whole batch in one pass."""
     network = _network(impl, model)
     optimizer = tf.keras.optimizers.Adam(1e-5)
     variables = model.trainable_variables
+    keys = sorted(data)
+
+    def loss_of(*tensors):
+        batch = dict(zip(keys, tensors))
+        return metrics.cl2_loss(batch["y"], network(batch), batch["y_mask"], border=3)
 
     @tf.function(input_signature=_signature(data))
     def step(batch):
-        with tf.GradientTape() as tape:
-            loss = metrics.cl2_loss(batch["y"], network(batch), batch["y_mask"], border=3)
-        optimizer.apply_gradients(zip(tape.gradient(loss, variables), variables))
+        global_batch = data[keys[0]].shape[0]
+        loss, gradients = optimization.batch_gradients(loss_of, variables, [batch[k] for k in keys], global_batch,
+                                                       micro_batch)
+        optimizer.apply_gradients(zip(gradients, variables))
         return loss
 
     return lambda: float(step(data).numpy())
@@ -78,13 +87,14 @@ def make_train_step(impl: str, model: model_lib.DeepSUM, data: dict[str, tf.Tens
 def memory_child(spec: dict) -> dict:
     """Peak resident memory of one configuration in this (fresh) process: spec has `impl`,
     `mode` ("forward" or "train"), `batch`, `size`, `n_features` and optional config changes
-    (`precision`, `jit_compile`), `recompute` and `frame_chunk`. The process's RSS before the run
+    (`precision`, `jit_compile`), `recompute`, `frame_chunk` and `micro_batch` (training). The process's RSS before the run
     (TensorFlow loaded, model built, inputs made) is reported too, so the run's own share is peak - base."""
     model = make_model(spec["n_features"], recompute=spec.get("recompute", False), frame_chunk=spec.get("frame_chunk"),
                        **spec.get("config", {}))
     data = inputs(spec["batch"], spec["size"])
     make = make_forward if spec["mode"] == "forward" else make_train_step
-    run = make(spec["impl"], model, data)
+    extra = {"micro_batch": spec["micro_batch"]} if spec.get("micro_batch") else {}
+    run = make(spec["impl"], model, data, **extra)
     base = harness.peak_rss_bytes()
     run()
     return {**spec, "base_rss_bytes": base, "peak_rss_bytes": harness.peak_rss_bytes(), "onednn": harness.onednn_enabled()}

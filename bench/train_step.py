@@ -1,7 +1,9 @@
 """Training-step benchmark: one step (forward, cL2 loss, backward, Adam) at batch 8 on 96x96
 patches, ours (`libraries.model`) against the naive baseline (`naive_deepsum.py`), with the
 3x3-convolution ceiling measured in the same process and the peak memory of a fresh process
-per implementation, and of ours with gradient checkpointing (`DeepSUM(recompute=True)`).
+per variant: ours as it trains by default, the naive baseline, ours with gradient checkpointing
+(`recompute`) and ours in micro-batches of 1 and 2 scenes (`micro_batch`: the same update,
+gradients summed over passes).
 
     .venv/bin/python bench/train_step.py [--repeats 3] [--quick]
 
@@ -21,43 +23,51 @@ import runners
 
 FULL = {"features": 64, "batch": 8, "size": 96, "ceiling_size": 192}
 QUICK = {"features": 16, "batch": 2, "size": 32, "ceiling_size": 48}
-RECOMPUTE = "ours+recompute"
+# name -> (implementation, model options, training-step options); the first two are compared
+VARIANTS = {
+    "ours": ("ours", {}, {}),
+    "naive": ("naive", {}, {}),
+    "ours+recompute": ("ours", {"recompute": True}, {}),
+    "ours, micro-batch 1": ("ours", {}, {"micro_batch": 1}),
+    "ours, micro-batch 2": ("ours", {}, {"micro_batch": 2}),
+}
 
 
 def measure(setup: dict, repeats: int) -> dict:
-    model = runners.make_model(setup["features"])
     batch, size = setup["batch"], setup["size"]
     data = runners.inputs(batch, size)
-    steps = {impl: runners.make_train_step(impl, model, data) for impl in runners.IMPLEMENTATIONS}
-    # ours with gradient checkpointing of SISRNet's layers (DeepSUM(recompute=True))
-    steps[RECOMPUTE] = runners.make_train_step("ours", runners.make_model(setup["features"], recompute=True), data)
+    steps = {}
+    for name, (impl, model_options, step_options) in VARIANTS.items():
+        model = runners.make_model(setup["features"], **model_options)
+        steps[name] = runners.make_train_step(impl, model, data, **step_options)
     timing = harness.interleaved_medians(steps, repeats)
     child = {"mode": "train", "batch": batch, "size": size, "n_features": setup["features"]}
-    memory = {impl: harness.run_child(__file__, {**child, "impl": impl}) for impl in runners.IMPLEMENTATIONS}
-    memory[RECOMPUTE] = harness.run_child(__file__, {**child, "impl": "ours", "recompute": True})
+    memory = {name: harness.run_child(__file__, {**child, "impl": impl, **model_options, **step_options})
+              for name, (impl, model_options, step_options) in VARIANTS.items()}
     flops = harness.train_step_flops(batch, size, size, setup["features"])
     ceiling = conv_ceiling.measure_ceiling(size=setup["ceiling_size"])
+    naive_s, naive_bytes = timing["naive"]["median_s"], memory["naive"]["peak_rss_bytes"]
     return {**setup, "flops": flops, "timing": timing, "memory": memory, "ceiling": ceiling,
-            "speedup": timing["naive"]["median_s"] / timing["ours"]["median_s"],
-            "memory_ratio": memory["ours"]["peak_rss_bytes"] / memory["naive"]["peak_rss_bytes"],
-            "recompute_memory_ratio": memory[RECOMPUTE]["peak_rss_bytes"] / memory["naive"]["peak_rss_bytes"],
-            "recompute_slowdown": timing[RECOMPUTE]["median_s"] / timing["ours"]["median_s"],
+            "speedup": {name: naive_s / timing[name]["median_s"] for name in VARIANTS},
+            "memory_ratio": {name: memory[name]["peak_rss_bytes"] / naive_bytes for name in VARIANTS},
             "machine": harness.machine()}
 
 
 def report(results: dict) -> None:
     ceiling = results["ceiling"]["gflops"]
     rows = []
-    for impl in (*runners.IMPLEMENTATIONS, RECOMPUTE):
-        seconds, memory = results["timing"][impl]["median_s"], results["memory"][impl]
+    for name in VARIANTS:
+        seconds, memory = results["timing"][name]["median_s"], results["memory"][name]
         gflops = results["flops"] / seconds / 1e9
-        rows.append([impl, seconds, gflops, f"{gflops / ceiling:.0%}", f"{memory['peak_rss_bytes'] / harness.GIB:.2f}",
-                     f"{(memory['peak_rss_bytes'] - memory['base_rss_bytes']) / harness.GIB:.2f}"])
+        rows.append([name, seconds, gflops, f"{gflops / ceiling:.0%}", f"{results['speedup'][name]:.2f}x",
+                     f"{memory['peak_rss_bytes'] / harness.GIB:.2f}",
+                     f"{(memory['peak_rss_bytes'] - memory['base_rss_bytes']) / harness.GIB:.2f}",
+                     f"{results['memory_ratio'][name]:.2f}"])
     harness.print_table(f"training step, batch {results['batch']}, 9x{results['size']}x{results['size']}, "
                         f"{results['features']} features (conv ceiling {ceiling:.1f} GFLOP/s)",
-                        ["impl", "median s", "GFLOP/s", "of ceiling", "peak GiB", "run GiB"], rows)
-    print(f"speed-up ours vs naive: {results['speedup']:.2f}x; peak memory ours/naive: {results['memory_ratio']:.2f}; "
-          f"with recompute: {results['recompute_memory_ratio']:.2f} at {results['recompute_slowdown']:.2f}x the time")
+                        ["variant", "median s", "GFLOP/s", "of ceiling", "vs naive", "peak GiB", "run GiB",
+                         "peak/naive"], rows)
+    print("targets: >= 2x faster than naive; peak memory <= 0.25 of naive's")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -80,6 +80,10 @@ class DeepSUMConfig:
     validation_images: int = other(3, "SR images written to TensorBoard at each validation")
     jit_compile: bool = other(False, "compile the network with XLA")
     precision: str = other("float32", "float32, bfloat16 or float16 compute precision")
+    micro_batch: int = other(0, "scenes per forward/backward pass of a training step; the batch's gradients "
+                                "are summed over passes (same update, less memory); 0: the whole batch at once")
+    recompute: bool = other(False, "gradient checkpointing in training: recompute each layer's intermediates "
+                                   "in the backward pass instead of storing them (less memory, more time)")
 
     def __post_init__(self) -> None:
         # Value checks that the type system cannot express; the loader names the file.
@@ -93,6 +97,8 @@ class DeepSUMConfig:
         for name in ("lr", "sigma", "sigma_rescaled"):
             if not getattr(self, name) > 0:
                 raise ConfigError(f"{name}: expected a positive number, got {getattr(self, name)!r}")
+        if self.micro_batch < 0:
+            raise ConfigError(f"micro_batch: expected 0 (whole batch) or a positive integer, got {self.micro_batch}")
         for name in ("batch_size", "skip_step", "n_chunks", "channels", "T_in", "R", "n_features", "filter_size"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name}: expected a positive integer, got {getattr(self, name)!r}")

@@ -39,7 +39,7 @@ from tensorflow.core.framework import summary_pb2
 from tqdm.auto import tqdm
 
 from libraries import config as config_module
-from libraries import fileio, metrics
+from libraries import fileio, metrics, optimization
 
 LOG = logging.getLogger(__name__)
 
@@ -496,7 +496,7 @@ class Trainer:
         self._validation_arrays = validation
         self.is_chief = _is_chief(self.strategy)
         with self.strategy.scope():
-            self.model = model_module.DeepSUM(config)
+            self.model = model_module.DeepSUM(config, recompute=config.recompute)
             size = config.patch_size_HR[0]
             # Create every variable now (one small forward pass) so weights can be loaded.
             self.model(tf.zeros([1, config.T_in, size, size, 1]), tf.ones([1, config.T_in, size, size, 1], tf.bool))
@@ -546,18 +546,18 @@ class Trainer:
         model, optimizer, variables, config = self.model, self.optimizer, self.variables, self.config
         strategy = self.strategy
 
+        def scene_loss(x, masks, y, y_mask):
+            loss = metrics.cl2_loss(y, model(x, masks, training=True)["sr"], y_mask, border=config.border)
+            return tf.debugging.check_numerics(loss, "training loss (cL2) is NaN or Inf")
+
         def replica_step(x, masks, y, y_mask):
-            with tf.GradientTape() as tape:
-                outputs = model(x, masks, training=True)
-                loss = metrics.cl2_loss(y, outputs["sr"], y_mask, border=config.border)
-                loss = tf.debugging.check_numerics(loss, "training loss (cL2) is NaN or Inf")
-                # A replica holds a slice of the global batch and the optimiser sums the
-                # replicas' gradients: weight its batch mean by its share of the batch.
-                share = tf.cast(tf.shape(x)[0], tf.float32) / config.batch_size
-                weighted = loss * share
-            gradients = tape.gradient(weighted, variables)
+            # A replica holds a slice of the global batch and the optimiser sums the replicas'
+            # gradients: each part's batch mean is weighted by its share of the global batch.
+            loss, gradients = optimization.batch_gradients(scene_loss, variables, (x, masks, y, y_mask),
+                                                           config.batch_size, config.micro_batch,
+                                                           config.jit_compile)
             optimizer.apply_gradients(zip(gradients, variables))
-            return weighted
+            return loss
 
         @tf.function
         def train_step(batch):

@@ -1,0 +1,60 @@
+"""The gradients of one training step, computed in micro-batches when memory is short.
+
+A training step's loss is a batch mean of per-scene losses (the cL2 loss), so its gradient is
+the sum over any split of the batch of each part's gradient weighted by the part's share of
+the batch. `batch_gradients` computes it `micro_batch` scenes at a time in a sequential
+`tf.while_loop`: the activations kept for the backward pass are those of one micro-batch, not
+of the whole batch, and the Adam update that follows is the same (up to float32 summation
+order). Used by `libraries.training.Trainer` and by `bench/train_step.py`.
+"""
+
+from __future__ import annotations
+
+from typing import Callable, Sequence
+
+import tensorflow as tf
+
+LossFunction = Callable[..., tf.Tensor]
+
+
+def batch_gradients(loss_of: LossFunction, variables: Sequence[tf.Variable], batch: Sequence[tf.Tensor],
+                    global_batch: int, micro_batch: int = 0,
+                    jit_compile: bool = False) -> tuple[tf.Tensor, list[tf.Tensor]]:
+    """The weighted loss and its gradients for `variables`, `micro_batch` scenes at a time.
+
+    loss_of: `loss_of(*part)` -> the mean loss (float32 scalar) of the scenes of `part`, slices
+    `[n, ...]` of every tensor of `batch` (each `[b, ...]`, scenes first).
+    global_batch: scenes of the whole step (over every replica): each part's loss is weighted
+    by `n / global_batch`, so a replica's gradients sum, over parts and replicas, to the
+    gradient of the global batch mean.
+    micro_batch: scenes per forward/backward pass; 0 (or >= b): the whole `batch` in one pass.
+    jit_compile: compile each pass (forward, loss, backward) with XLA.
+    Returns (weighted loss of `batch`, gradients `[tf.Tensor]` aligned with `variables`).
+    """
+    variables = list(variables)
+
+    def weighted_pass(*part: tf.Tensor) -> tuple[tf.Tensor, list[tf.Tensor]]:
+        with tf.GradientTape() as tape:
+            share = tf.cast(tf.shape(part[0])[0], tf.float32) / global_batch
+            loss = loss_of(*part) * share
+        return loss, tape.gradient(loss, variables, unconnected_gradients=tf.UnconnectedGradients.ZERO)
+
+    if jit_compile:  # only then a function of its own: Grappler optimises an inlined pass better
+        weighted_pass = tf.function(weighted_pass, jit_compile=True)
+
+    scenes = batch[0].shape[0]
+    if not micro_batch or (scenes is not None and micro_batch >= scenes):
+        return weighted_pass(*batch)
+
+    def body(start, loss, gradients):
+        part = [tensor[start:start + micro_batch] for tensor in batch]
+        part_loss, part_gradients = weighted_pass(*part)
+        return start + micro_batch, loss + part_loss, [g + p for g, p in zip(gradients, part_gradients)]
+
+    start = tf.constant(0)
+    zeros = [tf.zeros_like(variable) for variable in variables]
+    # parallel_iterations=1: one micro-batch at a time, else the loop would run passes side by
+    # side and hold their activations together, which is what micro-batching avoids.
+    _, loss, gradients = tf.while_loop(lambda start, *_: start < tf.shape(batch[0])[0], body,
+                                       (start, tf.constant(0.0), zeros), parallel_iterations=1)
+    return loss, gradients
