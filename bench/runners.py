@@ -20,12 +20,12 @@ from libraries.config import default_config
 IMPLEMENTATIONS = ("ours", "naive")
 
 
-def make_model(n_features: int = 64, seed: int = 0, recompute: bool = False, frame_chunk: int | None = None,
+def make_model(n_features: int = 64, seed: int = 0, recompute: bool = False, frame_by_frame: bool = False,
                **changes) -> model_lib.DeepSUM:
     """Our model; recompute: gradient checkpointing of every conv layer (training memory);
-    frame_chunk: frames per pass of SISRNet, RegNet and the registration (inference memory)."""
+    frame_by_frame: the network one frame at a time (inference memory)."""
     config = default_config(n_features=n_features, seed=seed, **changes)
-    return model_lib.DeepSUM(config, recompute=recompute, frame_chunk=frame_chunk)
+    return model_lib.DeepSUM(config, recompute=recompute, frame_by_frame=frame_by_frame)
 
 
 def inputs(batch: int, size: int, seed: int = 0) -> dict[str, tf.Tensor]:
@@ -87,9 +87,9 @@ def make_train_step(impl: str, model: model_lib.DeepSUM, data: dict[str, tf.Tens
 def memory_child(spec: dict) -> dict:
     """Peak resident memory of one configuration in this (fresh) process: spec has `impl`,
     `mode` ("forward" or "train"), `batch`, `size`, `n_features` and optional config changes
-    (`precision`, `jit_compile`), `recompute`, `frame_chunk` and `micro_batch` (training). The process's RSS before the run
+    (`precision`, `jit_compile`), `recompute`, `frame_by_frame` and `micro_batch` (training). The process's RSS before the run
     (TensorFlow loaded, model built, inputs made) is reported too, so the run's own share is peak - base."""
-    model = make_model(spec["n_features"], recompute=spec.get("recompute", False), frame_chunk=spec.get("frame_chunk"),
+    model = make_model(spec["n_features"], recompute=spec.get("recompute", False), frame_by_frame=spec.get("frame_by_frame", False),
                        **spec.get("config", {}))
     data = inputs(spec["batch"], spec["size"])
     make = make_forward if spec["mode"] == "forward" else make_train_step

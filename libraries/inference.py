@@ -41,7 +41,6 @@ BANDS = ("NIR", "RED")
 CLEAR_START = 0.90  # first clear-fraction threshold of the frame selection
 CLEAR_STEP = 0.05  # lowered by this until enough frames pass
 MAX_SR_SHIFT = 4  # window outputs shifted further than this from the first are dropped
-INFERENCE_FRAME_CHUNK = 3  # frames per pass of SISRNet/RegNet in load_model's models (peak memory)
 PER_FRAME = ("frames", "masks", "shifts", "frame_names")  # scene arrays with one row per frame
 SCENE_NAME = re.compile(r"imgset\d{4}")
 PNG_NAME = re.compile(r"imgset\d{4}\.png")
@@ -304,12 +303,11 @@ def bicubic_baseline(scene: Mapping[str, Any]) -> np.ndarray:
 
 def load_model(config: config_module.DeepSUMConfig, checkpoint: str | Path | None = None) -> Any:
     """A DeepSUM model with its variables created; weights from `checkpoint` (ours or the authors'
-    TF1) when given, freshly initialised (seeded by `config.seed`) otherwise. It runs
-    `INFERENCE_FRAME_CHUNK` frames at a time through SISRNet and RegNet (same outputs)."""
+    TF1) when given, freshly initialised (seeded by `config.seed`) otherwise. It runs frame
+    by frame (`DeepSUM(frame_by_frame=True)`: same outputs, a fraction of the memory)."""
     from libraries import model as model_module
 
-    # SISRNet, RegNet and the registration 3 frames at a time: a lower peak at the same speed
-    model = model_module.DeepSUM(config, frame_chunk=INFERENCE_FRAME_CHUNK)  # variables are created (seeded) here
+    model = model_module.DeepSUM(config, frame_by_frame=True)  # variables are created (seeded) here
     if checkpoint is not None:
         from libraries import checkpoints
 

@@ -11,7 +11,9 @@ checkpoint is a name-by-name copy (`libraries.tf1_checkpoint`).
 
 For speed, the 1x3x3 convolutions of SISRNet and RegNet run as 2-D convolutions over
 `batch * frames` images, RegNet's first (2x3x3, temporal stride 2) layer convolves the
-reference frame once and broadcasts it, and FusionNet uses 3-D convolutions.
+reference frame once and broadcasts it, and FusionNet uses 3-D convolutions. For memory, the
+whole network can also run frame by frame (`frame_by_frame`: the sub-networks'
+`frame_by_frame` methods, which take and give lists of frames).
 """
 
 from __future__ import annotations
@@ -52,13 +54,15 @@ class Conv(tf.Module):
     def tf1_variables(self) -> dict[str, tf.Variable]:
         return {f"{self.tf1_name}/W": self.W, f"{self.tf1_name}/b": self.b}
 
-    def spatial(self, images: tf.Tensor, tap: int = 0) -> tf.Tensor:
-        """Time slice `tap` of the kernel as a 3x3 "same" convolution with REFLECT padding.
+    def spatial(self, images: tf.Tensor, tap: int = 0, kernel: tf.Tensor | None = None) -> tf.Tensor:
+        """Time slice `tap` of the kernel (or `kernel` `[3, 3, in, out]`, a part of it) as a 3x3
+        "same" convolution with REFLECT padding.
 
         images: `[n, H, W, in]` -> `[n, H, W, out]` (bias NOT added: RegNet sums two taps first).
         """
         padded = tf.pad(images, [[0, 0], [1, 1], [1, 1], [0, 0]], mode="REFLECT")
-        return tf.nn.conv2d(padded, _like(self.W[tap], images), strides=1, padding="VALID")
+        kernel = self.W[tap] if kernel is None else kernel
+        return tf.nn.conv2d(padded, _like(kernel, images), strides=1, padding="VALID")
 
     def bias(self, like: tf.Tensor) -> tf.Tensor:
         """The bias `[out]` in the dtype of `like` (the compute precision)."""
@@ -118,21 +122,24 @@ def _frames_as_images(values: tf.Tensor) -> tf.Tensor:
     return tf.reshape(values, tf.concat([[-1], shape[2:]], axis=0))  # [b*T, H, W, C]
 
 
-def in_frame_chunks(function, tensors: list[tf.Tensor], chunk: int | None) -> tf.Tensor:
-    """`function(*tensors)` computed `chunk` frames (axis 1) at a time, one chunk after the other,
-    and concatenated on axis 1; None: in one go. For per-frame functions (the result's frame t
-    depends only on the inputs' frame t) it is the same function with a peak memory of one
-    chunk's intermediates instead of all frames'. Inside a `tf.function` each chunk waits for
-    the previous one (control dependency), else the executor would run them side by side."""
-    frames = tensors[0].shape[1]
-    if chunk is None or frames is None or chunk >= frames:
-        return function(*tensors)
+def one_after_another(function, arguments: list[list[tf.Tensor]]) -> list[tf.Tensor]:
+    """`[function(*args) for args in arguments]`, each call after the previous one's result.
+
+    Inside a `tf.function` the executor would otherwise run independent calls side by side and
+    hold all their intermediates at once; the control dependency (on an identity, which does
+    not copy) makes the peak memory that of one call. Eagerly, calls are sequential anyway.
+    """
     outputs: list[tf.Tensor] = []
-    for start in range(0, frames, chunk):
+    for args in arguments:
         with tf.control_dependencies(outputs[-1:]):
-            pieces = [tf.identity(tensor[:, start:start + chunk]) for tensor in tensors]  # [b, c, ...]
-        outputs.append(function(*pieces))
-    return tf.concat(outputs, axis=1)
+            args = [tf.identity(arg) for arg in args]
+        outputs.append(function(*args))
+    return outputs
+
+
+def frame_list(values: tf.Tensor) -> list[tf.Tensor]:
+    """`[b, T, H, W, C]` (T static) -> T tensors `[b, 1, H, W, C]`."""
+    return tf.split(values, values.shape[1], axis=1)
 
 
 def _images_as_frames(images: tf.Tensor, batch: tf.Tensor) -> tf.Tensor:
@@ -161,10 +168,14 @@ class SISRNet(Network):
         self.norms = [InstanceNorm(f"inst_norm_up_{k}", n_features) for k in range(self.LAYERS)]
         self.recompute = False  # gradient checkpointing per layer (`DeepSUM(recompute=True)`)
 
-    def __call__(self, x: tf.Tensor, frame_chunk: int | None = None) -> tf.Tensor:
-        """Computes in the dtype of x (the model's compute precision); variables stay float32.
-        frame_chunk: frames per pass (`in_frame_chunks`, inference memory); None: all."""
-        return in_frame_chunks(self._frames, [x], frame_chunk)
+    def __call__(self, x: tf.Tensor) -> tf.Tensor:
+        """Computes in the dtype of x (the model's compute precision); variables stay float32."""
+        return self._frames(x)
+
+    def frame_by_frame(self, x: tf.Tensor) -> list[tf.Tensor]:
+        """The features of each frame of x `[b, T, H, W, C]`, one frame after the other: T
+        tensors `[b, 1, H, W, F]` (the peak memory of one frame's intermediates)."""
+        return one_after_another(self._frames, [[frame] for frame in frame_list(x)])
 
     def _frames(self, x: tf.Tensor) -> tf.Tensor:
         images = _frames_as_images(x)  # [b*T, H, W, C]
@@ -194,6 +205,7 @@ class RegNet(Network):
         super().__init__(name="RegNet")
         F = n_features
         self.filter_size = filter_size
+        self.n_features = n_features
         self.pair = Conv("Rconv1b", [2, 3, 3, F, 2 * F], seed)
         self.convs = [
             Conv("Rconv2b", [1, 3, 3, 2 * F, F], seed),
@@ -203,24 +215,59 @@ class RegNet(Network):
         self.taps = Conv("Rconv7_b", [1, 3, 3, F, filter_size**2], seed)
         self.recompute = False  # gradient checkpointing per layer (`DeepSUM(recompute=True)`)
 
-    def __call__(self, features: tf.Tensor, frame_chunk: int | None = None) -> tuple[tf.Tensor, tf.Tensor]:
-        """frame_chunk: frames 1..T-1 per pass (`in_frame_chunks`, inference memory); None: all."""
-        # Same sum as the original's conv3d over the interleaved (f_t, f_0) slices, without
-        # building them: the reference's half is computed once per scene and broadcast.
-        reference = self.pair.spatial(features[:, 0], tap=1)[:, None]  # [b, 1, H, W, 2F]
-        logits = in_frame_chunks(lambda others: self._logits(others, reference), [features[:, 1:]], frame_chunk)
-        filters = tf.reshape(
-            tf.nn.softmax(logits, axis=-1), [tf.shape(features)[0], -1, self.filter_size, self.filter_size]
-        )  # [b, T-1, k, k]
+    def __call__(self, features: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
+        return self._filters(self._logits(features[:, 1:], self._reference(features[:, 0])))
+
+    def frame_by_frame(self, features: list[tf.Tensor]) -> tuple[tf.Tensor, tf.Tensor]:
+        """`__call__` on the T frames' features `[b, 1, H, W, F]` (a list), one frame after the other."""
+        reference = self._reference(features[0][:, 0])
+        logits = one_after_another(lambda frame: self._logits(frame, reference), [[f] for f in features[1:]])
+        return self._filters(tf.concat(logits, axis=1))
+
+    def _reference(self, reference: tf.Tensor) -> list[tf.Tensor]:
+        """The reference frame's part of the pair layer, computed once per scene: the
+        original's conv3d over the interleaved (f_t, f_0) slices is `conv(f_t, W[0]) +
+        conv(f_0, W[1])`. reference: `[b, H, W, F]` -> 2 x `[b, 1, H, W, F]` (channel halves)."""
+        return [self.pair.spatial(reference, kernel=kernel)[:, None] for kernel in self._halves(self.pair.W[1])]
+
+    def _filters(self, logits: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
+        """(filters `[b, n, k, k]` (softmax over the taps), logits `[b, n, k*k]`)."""
+        shape = tf.shape(logits)
+        filters = tf.reshape(tf.nn.softmax(logits, axis=-1), [shape[0], shape[1], self.filter_size, self.filter_size])
         return filters, logits
 
-    def _logits(self, others: tf.Tensor, reference: tf.Tensor) -> tf.Tensor:
+    @staticmethod
+    def _halves(values: tf.Tensor, axis: int = -1) -> list[tf.Tensor]:
+        """`values` split in two equal halves along `axis` (the F + F channels of the pair layer)."""
+        return tf.split(values, 2, axis=axis)
+
+    def _logits(self, others: tf.Tensor, reference: list[tf.Tensor]) -> tf.Tensor:
         """Filter logits `[b, n, k*k]` of frames `others` `[b, n, H, W, F]` given the reference
-        frame's half of the pair layer `reference` `[b, 1, H, W, 2F]`."""
+        frame's part of the pair layer `reference` (its two halves, `[b, 1, H, W, F]` each).
+
+        The pair layer's 2F channels stay two tensors of F channels, and Rconv2b (2F -> F) is
+        the sum of two F -> F convolutions: the same sums, but oneDNN runs a 2F-input 3x3
+        convolution of few large images through an im2col buffer of 9 * 2F values per pixel
+        (measured at 1x384x384: 0.7 GB and 4.8x the time of the two halves).
+        """
         batch = tf.shape(others)[0]
-        moving = _images_as_frames(self.pair.spatial(_frames_as_images(others), tap=0), batch)  # [b, n, H, W, 2F]
-        images = _leaky_relu(_frames_as_images(moving + reference + self.pair.bias(moving)))  # [b*n, H, W, 2F]
-        for conv in self.convs:
+        images = _frames_as_images(others)  # [b*n, H, W, F]
+        halves = []
+        for kernel, bias, reference_half in zip(self._halves(self.pair.W[0]), self._halves(self.pair.bias(images)),
+                                                reference):
+            moving = _images_as_frames(self.pair.spatial(images, kernel=kernel), batch)  # [b, n, H, W, F]
+            halves.append(_leaky_relu(_frames_as_images(moving + reference_half + bias)))  # [b*n, H, W, F]
+
+        def pair_to_features(half_0: tf.Tensor, half_1: tf.Tensor) -> tf.Tensor:  # Rconv2b
+            # the kernel halves are sliced here: recompute_grad differentiates the variables
+            # read inside the function, not tensors taken from them outside
+            conv = self.convs[0]
+            first, second = self._halves(conv.W[0], axis=2)  # 2 x [3, 3, F, F]
+            return _leaky_relu(conv.spatial(half_0, kernel=first) + conv.spatial(half_1, kernel=second)
+                               + conv.bias(half_0))
+
+        images = _checkpointed(pair_to_features, self.recompute)(*halves)  # [b*n, H, W, F]
+        for conv in self.convs[1:]:
             layer = lambda v, conv=conv: _leaky_relu(conv.spatial(v) + conv.bias(v))  # noqa: E731
             images = _checkpointed(layer, self.recompute)(images)
         taps = self.taps.spatial(images) + self.taps.bias(images)  # [b*n, H, W, k*k]
@@ -251,9 +298,30 @@ class FusionNet(Network):
         values = features
         for conv, norm in zip(self.convs, self.norms):
             values = _checkpointed(lambda v, conv=conv, norm=norm: self._layer(v, conv, norm), self.recompute)(values)
-        # 1x1x1 convolution = a matrix product over the feature axis
+        return self._output(values)
+
+    def frame_by_frame(self, frames: list[tf.Tensor]) -> tf.Tensor:
+        """`__call__` on T frames `[b, 1, H, W, F]` (a list), one output frame after the other:
+        a 3x3x3 layer's output frame t is a function of its input frames t, t+1, t+2 only (the
+        instance norm is per frame), so each layer holds its input and output frames and the
+        intermediates of one output frame."""
+        for conv, norm in zip(self.convs, self.norms):
+            frames = one_after_another(lambda *window, conv=conv, norm=norm: self._window(window, conv, norm),
+                                       [frames[t:t + 3] for t in range(len(frames) - 2)])
+        return self._output(tf.concat(frames, axis=1))
+
+    @staticmethod
+    def _window(window: tuple[tf.Tensor, ...], conv: Conv, norm: InstanceNorm) -> tf.Tensor:
+        """One output frame `[b, 1, H, W, F]` of a layer from its 3 input frames `[b, 1, H, W, F]`:
+        the 3x3x3 kernel as three 3x3 convolutions, one per frame (the same sum, without a
+        padded copy of the 3-frame window), InstanceNorm, leaky ReLU."""
+        values = tf.add_n([conv.spatial(frame[:, 0], tap=tap) for tap, frame in enumerate(window)])  # [b, H, W, F]
+        return _leaky_relu(norm(values + conv.bias(values), axes=[1, 2]))[:, None]
+
+    def _output(self, values: tf.Tensor) -> tf.Tensor:
+        """The 1x1x1 output convolution, a matrix product over the feature axis: `[b, n, H, W, F]` -> `[b, n, H, W, 1]`."""
         output = self.output_conv
-        return tf.tensordot(values, _like(output.W[0, 0, 0], values), axes=1) + output.bias(values)  # [b, T-8, H, W, 1]
+        return tf.tensordot(values, _like(output.W[0, 0, 0], values), axes=1) + output.bias(values)
 
     @staticmethod
     def _layer(values: tf.Tensor, conv: Conv, norm: InstanceNorm) -> tf.Tensor:
@@ -267,7 +335,7 @@ class FusionNet(Network):
 # --------------------------------------------------------------------------- parameter-free steps
 
 
-def register_frames(values: tf.Tensor, filters: tf.Tensor, frame_chunk: int | None = None) -> tf.Tensor:
+def register_frames(values: tf.Tensor, filters: tf.Tensor) -> tf.Tensor:
     """Filter frames 1..T-1 with their own registration filter; frame 0 passes unchanged.
 
     values: `[batch, T, H, W, C]`; filters: `[batch, T-1, k, k]`. Returns `[batch, T, H, W, C]`.
@@ -283,8 +351,13 @@ def register_frames(values: tf.Tensor, filters: tf.Tensor, frame_chunk: int | No
     against 0.32 / 3.9 s for the original layout (channels tiled) and 2.9 / 18 s for a sum of
     81 shifted slices.
     """
-    moved = in_frame_chunks(_filter_frames, [values[:, 1:], filters], frame_chunk)  # [b, T-1, H, W, C]
-    return tf.concat([values[:, :1], moved], axis=1)
+    return tf.concat([values[:, :1], _filter_frames(values[:, 1:], filters)], axis=1)
+
+
+def register_frame_by_frame(frames: list[tf.Tensor], filters: tf.Tensor) -> list[tf.Tensor]:
+    """`register_frames` on T frames `[b, 1, H, W, C]` (a list), one frame after the other."""
+    moved = one_after_another(_filter_frames, [[frame, filters[:, t:t + 1]] for t, frame in enumerate(frames[1:])])
+    return [frames[0], *moved]
 
 
 def _filter_frames(values: tf.Tensor, filters: tf.Tensor) -> tf.Tensor:
@@ -312,14 +385,30 @@ def fill_masked(values: tf.Tensor, masks: tf.Tensor) -> tf.Tensor:
     `fill_coeff` rule, `libraries.preprocessing.fill_coefficients`). Two selects, no gather and
     no `[b, T, T, ...]` tensor.
     """
-    clear = tf.cast(masks, tf.bool)
-    clear_so_far = tf.cumsum(tf.cast(clear, tf.int32), axis=1)  # [b, T, H, W, 1]
-    first_clear = clear & tf.equal(clear_so_far, 1)  # one-hot over T (all false if none clear)
+    first_clear, keep_own = _fill_rule(masks)
     # A sum of one value and exact zeros: the first clear frame's value, bit for bit (a scalar
     # zero broadcast by tf.where: no zeros tensor the size of values).
     first_value = tf.reduce_sum(tf.where(first_clear, values, tf.zeros([], values.dtype)), axis=1, keepdims=True)
-    keep_own = clear | tf.equal(clear_so_far[:, -1:], 0)  # [b, T, H, W, 1]
     return tf.where(keep_own, values, first_value)  # [b, T, H, W, C]
+
+
+def fill_masked_frame_by_frame(frames: list[tf.Tensor], masks: tf.Tensor) -> list[tf.Tensor]:
+    """`fill_masked` on T frames `[b, 1, H, W, C]` (a list): the same values, bit for bit, with
+    the first clear value gathered by a chain of selects instead of a sum over all frames."""
+    first_clear, keep_own = _fill_rule(masks)
+    first_value = tf.zeros([], frames[0].dtype)
+    for t, frame in enumerate(frames):  # first_clear is one-hot over t: one select picks each pixel
+        first_value = tf.where(first_clear[:, t:t + 1], frame, first_value)  # [b, 1, H, W, C]
+    return [tf.where(keep_own[:, t:t + 1], frame, first_value) for t, frame in enumerate(frames)]
+
+
+def _fill_rule(masks: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
+    """(first_clear: the lowest-index clear frame of each pixel, one-hot over T (all false if
+    none is clear); keep_own: the frame keeps its value (clear, or no frame clear)), both
+    `[b, T, H, W, 1]` bool, from the clear masks `[b, T, H, W, 1]`."""
+    clear = tf.cast(masks, tf.bool)
+    clear_so_far = tf.cumsum(tf.cast(clear, tf.int32), axis=1)  # [b, T, H, W, 1]
+    return clear & tf.equal(clear_so_far, 1), clear | tf.equal(clear_so_far[:, -1:], 0)
 
 
 # --------------------------------------------------------------------------- the whole network
@@ -337,11 +426,13 @@ class DeepSUM(Network):
     RegNet's 1x3x3 layers and of FusionNet's 3x3x3 layers, for training: the backward pass
     recomputes each layer's intermediates from its input instead of keeping them. Same values
     and gradients, less memory, a little more time (`recompute` attribute, read when traced).
-    frame_chunk: SISRNet, RegNet and the registration of the features run this many frames at
-    a time (`in_frame_chunks`; attribute `frame_chunk`); None: all frames in one pass.
+    frame_by_frame: run the network one frame at a time (attribute of the same name): SISRNet,
+    RegNet and the registration frame by frame, FusionNet output frame by output frame. Same
+    values; the peak memory of about two sets of frames instead of several (inference of whole
+    scenes); False: every frame in one pass (faster on small images, and training).
     """
 
-    def __init__(self, config: DeepSUMConfig | None = None, recompute: bool = False, frame_chunk: int | None = None):
+    def __init__(self, config: DeepSUMConfig | None = None, recompute: bool = False, frame_by_frame: bool = False):
         super().__init__(name="DeepSUM")
         self.config = default_config() if config is None else config
         c = self.config
@@ -351,7 +442,7 @@ class DeepSUM(Network):
         self.fusionnet = FusionNet(c.n_features, c.seed)
         self.residual_scale = float(c.sigma / c.sigma_rescaled)  # x scale -> output scale
         self.recompute = recompute
-        self.frame_chunk = frame_chunk
+        self.frame_by_frame = frame_by_frame
 
     @property
     def recompute(self) -> bool:
@@ -375,7 +466,10 @@ class DeepSUM(Network):
         """
         del training  # same computation in training and inference
         x, clear = self.check_inputs(x, masks)
-        return self._forward(self.sisrnet(tf.cast(x, self.compute_dtype), self.frame_chunk), x, clear)
+        frames = tf.cast(x, self.compute_dtype)
+        if self.frame_by_frame:
+            return self._forward_frame_by_frame(self.sisrnet.frame_by_frame(frames), x, clear)
+        return self._forward(self.sisrnet(frames), x, clear)
 
     def sisrnet_features(self, x) -> tf.Tensor:
         """SISRNet's features of every frame: x `[batch, frames, H, W, 1]` (any number of frames,
@@ -386,21 +480,43 @@ class DeepSUM(Network):
         (`forward_from_features`) instead of recomputing them for every window.
         """
         x, _ = self.check_inputs(x, x, any_frames=True)  # no masks: x stands in for them
-        return self.sisrnet(tf.cast(x, self.compute_dtype), self.frame_chunk)
+        frames = tf.cast(x, self.compute_dtype)
+        if not self.frame_by_frame:
+            return self.sisrnet(frames)
+        # a sequential loop: the number of frames may be known only when the function runs
+        per_frame = tf.map_fn(lambda frame: self.sisrnet(frame[:, None])[:, 0], tf.transpose(frames, [1, 0, 2, 3, 4]),
+                              parallel_iterations=1, fn_output_signature=self.compute_dtype)  # [frames, b, H, W, F]
+        return tf.transpose(per_frame, [1, 0, 2, 3, 4])
 
     def forward_from_features(self, features, x, masks) -> dict[str, tf.Tensor]:
         """`__call__` from precomputed SISRNet features `[batch, T, H, W, F]` (`sisrnet_features`
         of the same frames x); x, masks as for `__call__`. Same outputs, same values."""
         x, clear = self.check_inputs(x, masks)
-        return self._forward(tf.cast(features, self.compute_dtype), x, clear)
+        features = tf.cast(features, self.compute_dtype)
+        if self.frame_by_frame:
+            return self._forward_frame_by_frame(frame_list(features), x, clear)
+        return self._forward(features, x, clear)
 
     def _forward(self, features: tf.Tensor, x: tf.Tensor, clear: tf.Tensor) -> dict[str, tf.Tensor]:
-        """RegNet, registration, fill, FusionNet and the residual on SISRNet's `features`."""
-        filters, logits = self.regnet(features, self.frame_chunk)
-        features = fill_masked(register_frames(features, filters, self.frame_chunk), clear)
+        """RegNet, registration, fill and FusionNet on SISRNet's `features` `[b, T, H, W, F]`."""
+        filters, logits = self.regnet(features)
+        fused = self.fusionnet(fill_masked(register_frames(features, filters), clear))
+        return self._outputs(fused, filters, logits, x, clear)
+
+    def _forward_frame_by_frame(self, features: list[tf.Tensor], x: tf.Tensor, clear: tf.Tensor) -> dict[str, tf.Tensor]:
+        """`_forward` on the T frames' features `[b, 1, H, W, F]` (a list), frame by frame."""
+        filters, logits = self.regnet.frame_by_frame(features)
+        registered = register_frame_by_frame(features, filters)
+        fused = self.fusionnet.frame_by_frame(fill_masked_frame_by_frame(registered, clear))
+        return self._outputs(fused, filters, logits, x, clear)
+
+    def _outputs(self, fused: tf.Tensor, filters: tf.Tensor, logits: tf.Tensor, x: tf.Tensor,
+                 clear: tf.Tensor) -> dict[str, tf.Tensor]:
+        """The outputs, from FusionNet's `fused` `[b, 1, H, W, 1]`: plus the residual, the mean of
+        the registered and filled frames x."""
         x_registered = fill_masked(register_frames(x, filters), clear)  # [b, T, H, W, 1]
         residual = tf.reduce_mean(x_registered, axis=1, keepdims=True) * self.residual_scale
-        sr = tf.cast(self.fusionnet(features), tf.float32) + residual  # [b, 1, H, W, 1]
+        sr = tf.cast(fused, tf.float32) + residual  # [b, 1, H, W, 1]
         return {"sr": sr, "filters": filters, "filter_logits": logits, "x_registered": x_registered}
 
     def check_inputs(self, x, masks, any_frames: bool = False) -> tuple[tf.Tensor, tf.Tensor]:

@@ -122,6 +122,8 @@ class RegNetPretrainConfig(PretrainConfig):
     filter_size: int = other(9, "side of RegNet's registration filters")
     heldout_fraction: float = other(0.1, "share of scenes kept out of training to measure tap accuracy")
     eval_frames: int = other(256, "held-out frames used per evaluation (at most)")
+    eval_size: int = other(0, "side of the central held-out windows whose tap accuracy is measured; 0: the "
+                              "whole prepared patches (the windows RegNet sees inside DeepSUM's training)")
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -131,6 +133,8 @@ class RegNetPretrainConfig(PretrainConfig):
             raise ConfigError(f"max_shift: expected 0..{self.filter_size // 2} (filter_size // 2), got {self.max_shift}")
         if self.patch_size <= 2 * self.max_shift + 2:
             raise ConfigError(f"patch_size: expected more than 2*max_shift + 2, got {self.patch_size}")
+        if self.eval_size and self.eval_size <= 2 * self.max_shift + 2:
+            raise ConfigError(f"eval_size: expected 0 or more than 2*max_shift + 2, got {self.eval_size}")
         if not 0 < self.heldout_fraction < 1:
             raise ConfigError(f"heldout_fraction: expected a number in (0, 1), got {self.heldout_fraction}")
 
@@ -620,7 +624,10 @@ def pretrain_regnet(config: RegNetPretrainConfig, steps: int | None = None,
     config: a `RegNetPretrainConfig`; steps: total steps (None: `config.steps`); patches: as in
     `pretrain_sisrnet` (needs `frames` and `scene`). The scenes of `heldout_fraction` are kept
     out of training; every `skip_step` steps the tap accuracy on (at most `eval_frames` of)
-    their frames is measured. Returns the history: `loss`, `accuracy` (training batch) per step
+    their frames is measured, on whole prepared patches (or their central `eval_size` windows):
+    RegNet averages its taps over the window, so its accuracy grows with the window (measured on
+    synthetic 48-px patches after 300 steps: 0.46, 0.67, 0.76, 0.77 at 24, 32, 40, 48 px), and
+    inside DeepSUM it sees whole training patches. Training uses random `patch_size` crops. Returns the history: `loss`, `accuracy` (training batch) per step
     and `heldout_accuracy`, `heldout_opposite_sign_accuracy` per evaluation.
     """
     tf.keras.utils.set_random_seed(config.seed)
@@ -630,7 +637,9 @@ def pretrain_regnet(config: RegNetPretrainConfig, steps: int | None = None,
     training_frames = normalised_frames(patches["frames"][~heldout], config)  # [n, P, P, 1]
     eval_frames = normalised_frames(patches["frames"][heldout], config)
     chosen = np.random.default_rng(config.seed).permutation(len(eval_frames))[:config.eval_frames]
-    eval_frames = center_crop(eval_frames[np.sort(chosen)], config.patch_size)
+    eval_frames = eval_frames[np.sort(chosen)]
+    if config.eval_size:
+        eval_frames = center_crop(eval_frames, config.eval_size)
     frames_per_stack = int(patches["frames"].shape[1])
 
     sisrnet = frozen_sisrnet(config)
