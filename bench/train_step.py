@@ -22,7 +22,8 @@ import harness
 import runners
 
 FULL = {"features": 64, "batch": 8, "size": 96, "ceiling_size": 192}
-QUICK = {"features": 16, "batch": 2, "size": 32, "ceiling_size": 48}
+QUICK = {"features": 16, "batch": 2, "size": 32, "ceiling_size": 48,
+         "variants": ["ours", "naive", "ours, micro-batch 1"]}  # fewer fresh processes in tests
 # name -> (implementation, model options, training-step options); the first two are compared
 VARIANTS = {
     "ours": ("ours", {}, {}),
@@ -35,28 +36,29 @@ VARIANTS = {
 
 def measure(setup: dict, repeats: int) -> dict:
     batch, size = setup["batch"], setup["size"]
+    variants = {name: VARIANTS[name] for name in setup.get("variants", VARIANTS)}
     data = runners.inputs(batch, size)
     steps = {}
-    for name, (impl, model_options, step_options) in VARIANTS.items():
+    for name, (impl, model_options, step_options) in variants.items():
         model = runners.make_model(setup["features"], **model_options)
         steps[name] = runners.make_train_step(impl, model, data, **step_options)
     timing = harness.interleaved_medians(steps, repeats)
     child = {"mode": "train", "batch": batch, "size": size, "n_features": setup["features"]}
     memory = {name: harness.run_child(__file__, {**child, "impl": impl, **model_options, **step_options})
-              for name, (impl, model_options, step_options) in VARIANTS.items()}
+              for name, (impl, model_options, step_options) in variants.items()}
     flops = harness.train_step_flops(batch, size, size, setup["features"])
     ceiling = conv_ceiling.measure_ceiling(size=setup["ceiling_size"])
     naive_s, naive_bytes = timing["naive"]["median_s"], memory["naive"]["peak_rss_bytes"]
     return {**setup, "flops": flops, "timing": timing, "memory": memory, "ceiling": ceiling,
-            "speedup": {name: naive_s / timing[name]["median_s"] for name in VARIANTS},
-            "memory_ratio": {name: memory[name]["peak_rss_bytes"] / naive_bytes for name in VARIANTS},
+            "speedup": {name: naive_s / timing[name]["median_s"] for name in variants},
+            "memory_ratio": {name: memory[name]["peak_rss_bytes"] / naive_bytes for name in variants},
             "machine": harness.machine()}
 
 
 def report(results: dict) -> None:
     ceiling = results["ceiling"]["gflops"]
     rows = []
-    for name in VARIANTS:
+    for name in results["timing"]:
         seconds, memory = results["timing"][name]["median_s"], results["memory"][name]
         gflops = results["flops"] / seconds / 1e9
         rows.append([name, seconds, gflops, f"{gflops / ceiling:.0%}", f"{results['speedup'][name]:.2f}x",
