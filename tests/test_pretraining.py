@@ -164,12 +164,12 @@ def test_regnet_pretraining_learns_planted_shifts(sisrnet_run, prepared_96, tmp_
     # crops, a higher learning rate. The held-out accuracy is measured on whole 96x96 patches,
     # the windows RegNet sees in DeepSUM's training (RegNet averages its taps over the window).
     sisr_cfg, _ = sisrnet_run
-    cfg = P.RegNetPretrainConfig(**{**TINY, "lr": 1e-2, "batch_size": 32, "patch_size": 32, "steps": 400,
-                                    "skip_step": 200}, dataset_path=prepared_96, checkpoint_dir=tmp_path / "regnet",
+    cfg = P.RegNetPretrainConfig(**{**TINY, "lr": 1e-2, "batch_size": 32, "patch_size": 32, "steps": 450,
+                                    "skip_step": 150}, dataset_path=prepared_96, checkpoint_dir=tmp_path / "regnet",
                                  SISRNet_pretrain_dir=sisr_cfg.checkpoint_dir, heldout_fraction=0.3)
     assert (cfg.max_shift, cfg.filter_size, cfg.eval_size) == (4, 9, 0)
     history = P.pretrain_regnet(cfg)
-    assert history["eval_step"] == [200, 400]
+    assert history["eval_step"] == [150, 300, 450]
     assert history["heldout_accuracy"][-1] > 0.9, history["heldout_accuracy"]
     assert history["heldout_opposite_sign_accuracy"][-1] < 0.05  # the sign convention is the model's
 
