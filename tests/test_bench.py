@@ -57,6 +57,7 @@ def test_flop_count_matches_the_issue(bench):
     ("conv_ceiling", ["conv_ceiling_quick.json"]),
     ("forward", ["forward_quick.json"]),
     ("train_step", ["train_step_quick.json"]),
+    ("profile", ["profile_quick.json"]),
 ])
 def test_bench_script_runs_quick_and_writes_json(bench, tmp_path, script, outputs, capsys):
     module = bench(script)
