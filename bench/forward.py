@@ -1,7 +1,7 @@
 """Forward-pass benchmark: ours (`libraries.model`) against the naive baseline (the authors'
 formulation, `naive_deepsum.py`) on a whole scene (batch 1, 9x384x384) and on a training
-batch (8x9x96x96), ours also frame by frame (`DeepSUM(frame_by_frame=True)`, the
-inference model: less memory), with the machine's 3x3-convolution ceiling measured in the same process,
+batch (8x9x96x96), ours also frame by frame (`DeepSUM(frame_by_frame=True)`, config
+`frame_by_frame` in inference: less memory), with the machine's 3x3-convolution ceiling measured in the same process,
 peak memory of a fresh process per configuration, and whole-test-set throughput.
 
     .venv/bin/python bench/forward.py [--repeats 3] [--quick]
@@ -50,7 +50,7 @@ def test_set_throughput(model, size: int, repeats: int, naive_forward_s: float) 
     return result
 
 
-FRAME_BY_FRAME = "ours, frame by frame"  # DeepSUM(frame_by_frame=True), as inference.load_model builds it
+FRAME_BY_FRAME = "ours, frame by frame"  # DeepSUM(frame_by_frame=True): config frame_by_frame in inference
 
 
 def measure(setup: dict, repeats: int) -> dict:
@@ -71,7 +71,7 @@ def measure(setup: dict, repeats: int) -> dict:
     results["ceiling"] = conv_ceiling.measure_ceiling(size=setup["ceiling_size"])
     scene_batch, scene_size = setup["configs"]["scene"]
     naive_scene_s = results["configs"]["scene"]["timing"]["naive"]["median_s"]
-    results["test_set"] = test_set_throughput(frame_model, scene_size, repeats, naive_scene_s)
+    results["test_set"] = test_set_throughput(model, scene_size, repeats, naive_scene_s)
     results["machine"] = harness.machine()
     return results
 

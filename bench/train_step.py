@@ -37,15 +37,17 @@ VARIANTS = {
 def measure(setup: dict, repeats: int) -> dict:
     batch, size = setup["batch"], setup["size"]
     variants = {name: VARIANTS[name] for name in setup.get("variants", VARIANTS)}
+    # Fresh-process peaks first, while this process is small: after the timing it holds
+    # several GB (its allocator keeps them), which with a 12 GB naive child exceeds 24 GB.
+    child = {"mode": "train", "batch": batch, "size": size, "n_features": setup["features"]}
+    memory = {name: harness.run_child(__file__, {**child, "impl": impl, **model_options, **step_options})
+              for name, (impl, model_options, step_options) in variants.items()}
     data = runners.inputs(batch, size)
     steps = {}
     for name, (impl, model_options, step_options) in variants.items():
         model = runners.make_model(setup["features"], **model_options)
         steps[name] = runners.make_train_step(impl, model, data, **step_options)
     timing = harness.interleaved_medians(steps, repeats)
-    child = {"mode": "train", "batch": batch, "size": size, "n_features": setup["features"]}
-    memory = {name: harness.run_child(__file__, {**child, "impl": impl, **model_options, **step_options})
-              for name, (impl, model_options, step_options) in variants.items()}
     flops = harness.train_step_flops(batch, size, size, setup["features"])
     ceiling = conv_ceiling.measure_ceiling(size=setup["ceiling_size"])
     naive_s, naive_bytes = timing["naive"]["median_s"], memory["naive"]["peak_rss_bytes"]

@@ -82,6 +82,8 @@ class DeepSUMConfig:
     precision: str = other("float32", "float32, bfloat16 or float16 compute precision")
     micro_batch: int = other(0, "scenes per forward/backward pass of a training step; the batch's gradients "
                                 "are summed over passes (same update, less memory); 0: the whole batch at once")
+    frame_by_frame: bool = other(False, "inference: run the network one frame at a time (about 0.6x the peak "
+                                        "memory of a whole-scene pass, about 1.5x its time on CPU)")
     recompute: bool = other(False, "gradient checkpointing in training: recompute each layer's intermediates "
                                    "in the backward pass instead of storing them (less memory, more time)")
 

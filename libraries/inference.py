@@ -303,11 +303,11 @@ def bicubic_baseline(scene: Mapping[str, Any]) -> np.ndarray:
 
 def load_model(config: config_module.DeepSUMConfig, checkpoint: str | Path | None = None) -> Any:
     """A DeepSUM model with its variables created; weights from `checkpoint` (ours or the authors'
-    TF1) when given, freshly initialised (seeded by `config.seed`) otherwise. It runs frame
-    by frame (`DeepSUM(frame_by_frame=True)`: same outputs, a fraction of the memory)."""
+    TF1) when given, freshly initialised (seeded by `config.seed`) otherwise. With
+    `config.frame_by_frame` it runs one frame at a time (same outputs, less memory, slower)."""
     from libraries import model as model_module
 
-    model = model_module.DeepSUM(config, frame_by_frame=True)  # variables are created (seeded) here
+    model = model_module.DeepSUM(config, frame_by_frame=config.frame_by_frame)  # variables created (seeded) here
     if checkpoint is not None:
         from libraries import checkpoints
 

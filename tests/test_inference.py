@@ -178,6 +178,16 @@ def tiny_model(tiny_config):
     return inference.load_model(tiny_config)
 
 
+def test_load_model_runs_frame_by_frame_when_the_config_says_so(tiny_config, tiny_model):
+    assert tiny_model.frame_by_frame is False
+    frame_model = inference.load_model(tiny_config.replace(frame_by_frame=True))
+    assert frame_model.frame_by_frame is True
+    x = tf.random.stateless_normal([1, 9, 16, 16, 1], seed=[1, 2])
+    masks = tf.ones([1, 9, 16, 16, 1], tf.bool)
+    expected = tiny_model(x, masks)["sr"].numpy()  # same seed: same weights
+    np.testing.assert_allclose(frame_model(x, masks)["sr"].numpy(), expected, rtol=1e-5, atol=1e-5)
+
+
 class MeanModel:
     """Stand-in network whose output, de-normalised, is the mean of its input frames."""
 
