@@ -20,24 +20,24 @@ TINY = dict(lr=1e-3, batch_size=8, steps=12, skip_step=6, spectral_band="NIR", m
             sigma=2316.3408, sigma_rescaled=596.982, patch_size=48, n_features=8, seed=3)
 
 
+def _prepared_synthetic(root: Path, n_scenes: int, lr_size: int, patches_per_scene: int, patch_size: int) -> Path:
+    """A seeded synthetic NIR set (one test scene) in root/synth, prepared into root/prepared."""
+    synthetic.write_dataset(root / "synth", seed=3, n_scenes=n_scenes, n_test_scenes=1, lr_size=lr_size, progress=False)
+    dataset.prepare(root / "synth", root / "prepared", bands=("NIR",), n_chunks=1, patches_per_scene=patches_per_scene,
+                    patch_size=patch_size, processes=1, progress=False)
+    return root / "prepared"
+
+
 @pytest.fixture(scope="module")
 def prepared(tmp_path_factory) -> Path:
     """A prepared synthetic NIR data set: 48x48 training patches of a few scenes."""
-    root = tmp_path_factory.mktemp("pretraining_data")
-    synthetic.write_dataset(root / "synth", seed=3, n_scenes=6, n_test_scenes=1, lr_size=32, progress=False)
-    dataset.prepare(root / "synth", root / "prepared", bands=("NIR",), n_chunks=1, patches_per_scene=6,
-                    patch_size=48, processes=1, progress=False)
-    return root / "prepared"
+    return _prepared_synthetic(tmp_path_factory.mktemp("pretraining_data"), 6, 32, 6, 48)
 
 
 @pytest.fixture(scope="module")
 def prepared_96(tmp_path_factory) -> Path:
     """A prepared synthetic NIR data set with 96x96 patches, DeepSUM's training patch size."""
-    root = tmp_path_factory.mktemp("pretraining_data_96")
-    synthetic.write_dataset(root / "synth", seed=3, n_scenes=8, n_test_scenes=1, lr_size=48, progress=False)
-    dataset.prepare(root / "synth", root / "prepared", bands=("NIR",), n_chunks=1, patches_per_scene=4,
-                    patch_size=96, processes=1, progress=False)
-    return root / "prepared"
+    return _prepared_synthetic(tmp_path_factory.mktemp("pretraining_data_96"), 8, 48, 4, 96)
 
 
 @pytest.fixture(scope="module")
