@@ -205,7 +205,6 @@ class RegNet(Network):
         super().__init__(name="RegNet")
         F = n_features
         self.filter_size = filter_size
-        self.n_features = n_features
         self.pair = Conv("Rconv1b", [2, 3, 3, F, 2 * F], seed)
         self.convs = [
             Conv("Rconv2b", [1, 3, 3, 2 * F, F], seed),

@@ -627,8 +627,9 @@ def pretrain_regnet(config: RegNetPretrainConfig, steps: int | None = None,
     their frames is measured, on whole prepared patches (or their central `eval_size` windows):
     RegNet averages its taps over the window, so its accuracy grows with the window (measured on
     synthetic 48-px patches after 300 steps: 0.46, 0.67, 0.76, 0.77 at 24, 32, 40, 48 px), and
-    inside DeepSUM it sees whole training patches. Training uses random `patch_size` crops. Returns the history: `loss`, `accuracy` (training batch) per step
-    and `heldout_accuracy`, `heldout_opposite_sign_accuracy` per evaluation.
+    inside DeepSUM it sees whole training patches. Training uses random `patch_size` crops.
+    Returns the history: `loss`, `accuracy` (training batch) per step and `heldout_accuracy`,
+    `heldout_opposite_sign_accuracy` per evaluation.
     """
     tf.keras.utils.set_random_seed(config.seed)
     patches = read_training_patches(config) if patches is None else patches
