@@ -228,3 +228,54 @@ def test_frame_by_frame_fill_is_bit_exact():
     expected = model_lib.fill_masked(values, masks).numpy()
     frames = model_lib.fill_masked_frame_by_frame(model_lib.frame_list(values), masks)
     np.testing.assert_array_equal(tf.concat(frames, axis=1).numpy(), expected)
+
+
+@pytest.mark.parametrize("dims", [2, 3])
+def test_xla_kernel_gradient_convolutions_match_tensorflows(dims):
+    """`conv2d`/`conv3d` (kernel gradient by XLA) against `tf.nn.conv2d`/`conv3d` differentiated
+    by TensorFlow: same outputs, same gradients for the input and the kernel."""
+    if dims == 2:
+        padded = tf.random.stateless_normal([3, 14, 12, 5], seed=[1, 2])
+        kernel = tf.random.stateless_normal([3, 3, 5, 4], seed=[3, 4])
+        ours, theirs = model_lib.conv2d, lambda p, k: tf.nn.conv2d(p, k, 1, "VALID")
+    else:
+        padded = tf.random.stateless_normal([2, 7, 12, 10, 5], seed=[1, 2])
+        kernel = tf.random.stateless_normal([3, 3, 3, 5, 4], seed=[3, 4])
+        ours, theirs = model_lib.conv3d, lambda p, k: tf.nn.conv3d(p, k, [1] * 5, "VALID")
+
+    @tf.function
+    def value_and_gradients(convolution):
+        with tf.GradientTape() as tape:
+            tape.watch([padded, kernel])
+            out = convolution(padded, kernel)
+            loss = tf.reduce_sum(out * tf.sin(out))  # a non-constant output gradient
+        return [out, *tape.gradient(loss, [padded, kernel])]
+
+    for actual, expected in zip(value_and_gradients(ours), value_and_gradients(theirs)):
+        assert actual.shape == expected.shape
+        assert relative_error(actual.numpy(), expected.numpy()) < 1e-5
+
+
+@pytest.mark.parametrize("recompute", [False, True])
+def test_xla_kernel_gradients_give_tensorflows_gradients(recompute):
+    """The whole network's gradients with `xla_kernel_gradients` (the default) equal those
+    of TensorFlow's own convolution gradients, also under gradient checkpointing."""
+    x = tf.random.stateless_normal([2, 9, 16, 16, 1], seed=[5, 6])
+    masks = tf.random.stateless_uniform([2, 9, 16, 16, 1], seed=[7, 8]) < 0.7
+
+    def gradients(config):
+        model = model_lib.DeepSUM(config, recompute=recompute)
+
+        @tf.function
+        def run():
+            with tf.GradientTape() as tape:
+                out = model(x, masks)
+                loss = tf.reduce_mean(tf.square(out["sr"])) + tf.reduce_mean(tf.square(out["filter_logits"]))
+            return tape.gradient(loss, model.trainable_variables)
+
+        return [g.numpy() for g in run()]
+
+    assert SMALL.xla_kernel_gradients  # the default
+    fast, plain = gradients(SMALL), gradients(SMALL.replace(xla_kernel_gradients=False))
+    worst = max(relative_error(a, b) for a, b in zip(fast, plain))
+    assert 0 < worst < 1e-4  # not the same code path (0), the same gradients (float32 sums)
