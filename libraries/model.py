@@ -111,7 +111,7 @@ class Conv(tf.Module):
     """The weights of one TF1 `Conv3D` layer: kernel `W` `[kt, kh, kw, in, out]` and bias `b` `[out]`.
 
     xla_kernel_gradient (attribute, read when traced): the kernel's gradient computed by XLA
-    (`conv2d`, `conv3d`), the default; False: by TensorFlow's own kernels.
+    (`conv2d`, `conv3d`), the default; False: by TensorFlow's own kernels. Set by `DeepSUM`.
     """
 
     def __init__(self, tf1_name: str, shape: list[int], seed: int):
@@ -131,9 +131,12 @@ class Conv(tf.Module):
 
         images: `[n, H, W, in]` -> `[n, H, W, out]` (bias NOT added: RegNet sums two taps first).
         """
-        padded = tf.pad(images, [[0, 0], [1, 1], [1, 1], [0, 0]], mode="REFLECT")
+        return self.padded(reflect_pad(images), tap, kernel)
+
+    def padded(self, padded: tf.Tensor, tap: int = 0, kernel: tf.Tensor | None = None) -> tf.Tensor:
+        """`spatial` on images already padded by `reflect_pad`: `[n, H+2, W+2, in]` -> `[n, H, W, out]`."""
         kernel = self.W[tap] if kernel is None else kernel
-        return conv2d(padded, _like(kernel, images), self.xla_kernel_gradient)
+        return conv2d(padded, _like(kernel, padded), self.xla_kernel_gradient)
 
     def volume(self, values: tf.Tensor) -> tf.Tensor:
         """The whole kernel as a 3-D convolution, REFLECT "same" in space and VALID in time.
@@ -145,6 +148,11 @@ class Conv(tf.Module):
     def bias(self, like: tf.Tensor) -> tf.Tensor:
         """The bias `[out]` in the dtype of `like` (the compute precision)."""
         return _like(self.b, like)
+
+
+def reflect_pad(images: tf.Tensor) -> tf.Tensor:
+    """`[n, H, W, C]` -> `[n, H+2, W+2, C]`, one pixel of REFLECT padding on each side."""
+    return tf.pad(images, [[0, 0], [1, 1], [1, 1], [0, 0]], mode="REFLECT")
 
 
 class InstanceNorm(tf.Module):
@@ -213,6 +221,19 @@ def one_after_another(function, arguments: list[list[tf.Tensor]]) -> list[tf.Ten
             args = [tf.identity(arg) for arg in args]
         outputs.append(function(*args))
     return outputs
+
+
+def sum_one_after_another(function, arguments: list[list[tf.Tensor]]) -> tf.Tensor:
+    """`tf.add_n([function(*args) for args in arguments])`, each term computed after the sum of
+    the previous ones: the intermediates of one term alive at a time (a 3-frame window of
+    FusionNet, the two halves of RegNet's pair layer), as `one_after_another`."""
+    total = None
+    for args in arguments:
+        with tf.control_dependencies([] if total is None else [total]):
+            args = [tf.identity(arg) if tf.is_tensor(arg) else arg for arg in args]
+        term = function(*args)
+        total = term if total is None else total + term
+    return total
 
 
 def frame_list(values: tf.Tensor) -> list[tf.Tensor]:
@@ -328,20 +349,23 @@ class RegNet(Network):
         (measured at 1x384x384: 0.7 GB and 4.8x the time of the two halves).
         """
         batch = tf.shape(others)[0]
-        images = _frames_as_images(others)  # [b*n, H, W, F]
-        halves = []
-        for kernel, bias, reference_half in zip(self._halves(self.pair.W[0]), self._halves(self.pair.bias(images)),
-                                                reference):
-            moving = _images_as_frames(self.pair.spatial(images, kernel=kernel), batch)  # [b, n, H, W, F]
-            halves.append(_leaky_relu(_frames_as_images(moving + reference_half + bias)))  # [b*n, H, W, F]
+        padded = reflect_pad(_frames_as_images(others))  # [b*n, H+2, W+2, F], once for both halves
+
+        def pair_half(kernel: tf.Tensor, bias: tf.Tensor, reference_half: tf.Tensor) -> tf.Tensor:
+            moving = _images_as_frames(self.pair.padded(padded, kernel=kernel), batch)  # [b, n, H, W, F]
+            return _leaky_relu(_frames_as_images(moving + reference_half + bias))  # [b*n, H, W, F]
+
+        halves = one_after_another(pair_half, list(zip(self._halves(self.pair.W[0]),
+                                                       self._halves(self.pair.bias(padded)), reference)))
 
         def pair_to_features(half_0: tf.Tensor, half_1: tf.Tensor) -> tf.Tensor:  # Rconv2b
             # the kernel halves are sliced here: recompute_grad differentiates the variables
             # read inside the function, not tensors taken from them outside
             conv = self.convs[0]
-            first, second = self._halves(conv.W[0], axis=2)  # 2 x [3, 3, F, F]
-            return _leaky_relu(conv.spatial(half_0, kernel=first) + conv.spatial(half_1, kernel=second)
-                               + conv.bias(half_0))
+            kernels = self._halves(conv.W[0], axis=2)  # 2 x [3, 3, F, F]
+            values = sum_one_after_another(lambda half, kernel: conv.spatial(half, kernel=kernel),
+                                           [[half_0, kernels[0]], [half_1, kernels[1]]])
+            return _leaky_relu(values + conv.bias(half_0))
 
         images = _checkpointed(pair_to_features, self.recompute)(*halves)  # [b*n, H, W, F]
         for conv in self.convs[1:]:
@@ -392,7 +416,8 @@ class FusionNet(Network):
         """One output frame `[b, 1, H, W, F]` of a layer from its 3 input frames `[b, 1, H, W, F]`:
         the 3x3x3 kernel as three 3x3 convolutions, one per frame (the same sum, without a
         padded copy of the 3-frame window), InstanceNorm, leaky ReLU."""
-        values = tf.add_n([conv.spatial(frame[:, 0], tap=tap) for tap, frame in enumerate(window)])  # [b, H, W, F]
+        values = sum_one_after_another(lambda frame, tap: conv.spatial(frame[:, 0], tap=tap),
+                                       [[frame, tap] for tap, frame in enumerate(window)])  # [b, H, W, F]
         return _leaky_relu(norm(values + conv.bias(values), axes=[1, 2]))[:, None]
 
     def _output(self, values: tf.Tensor) -> tf.Tensor:
@@ -518,10 +543,10 @@ class DeepSUM(Network):
         self.regnet = RegNet(c.n_features, c.filter_size, c.seed)
         self.fusionnet = FusionNet(c.n_features, c.seed)
         self.residual_scale = float(c.sigma / c.sigma_rescaled)  # x scale -> output scale
-        self.recompute = recompute
-        self.frame_by_frame = frame_by_frame
         for conv in self._convs():
             conv.xla_kernel_gradient = c.xla_kernel_gradients
+        self.recompute = recompute
+        self.frame_by_frame = frame_by_frame
 
     def _convs(self) -> list[Conv]:
         return [m for m in self.submodules if isinstance(m, Conv)]
