@@ -208,19 +208,21 @@ def _frames_as_images(values: tf.Tensor) -> tf.Tensor:
     return tf.reshape(values, tf.concat([[-1], shape[2:]], axis=0))  # [b*T, H, W, C]
 
 
-def one_after_another(function, arguments: list[list[tf.Tensor]]) -> list[tf.Tensor]:
-    """`[function(*args) for args in arguments]`, each call after the previous one's result.
+def one_after_another(function, arguments: list[list[tf.Tensor]], after: list[tf.Tensor] | None = None
+                      ) -> list[tf.Tensor]:
+    """`[function(*args) for args in arguments]`, each call after the previous one's result,
+    the first after the tensors `after` (the end of the previous chain).
 
     Inside a `tf.function` the executor would otherwise run independent calls side by side and
     hold all their intermediates at once; the control dependency (on an identity, which does
     not copy) makes the peak memory that of one call. Eagerly, calls are sequential anyway.
     """
-    outputs: list[tf.Tensor] = []
+    outputs: list[tf.Tensor] = list(after or [])
     for args in arguments:
         with tf.control_dependencies(outputs[-1:]):
             args = [tf.identity(arg) for arg in args]
         outputs.append(function(*args))
-    return outputs
+    return outputs[len(after or []):]
 
 
 def sum_one_after_another(function, arguments: list[list[tf.Tensor]]) -> tf.Tensor:
@@ -318,8 +320,10 @@ class RegNet(Network):
 
     def frame_by_frame(self, features: list[tf.Tensor]) -> tuple[tf.Tensor, tf.Tensor]:
         """`__call__` on the T frames' features `[b, 1, H, W, F]` (a list), one frame after the other."""
-        reference = self._reference(features[0][:, 0])
-        logits = one_after_another(lambda frame: self._logits(frame, reference), [[f] for f in features[1:]])
+        # after the last frame's features (SISRNet's chain), then the frames after the reference
+        reference = one_after_another(lambda frame: self._reference(frame[:, 0]), [[features[0]]], features[-1:])[0]
+        logits = one_after_another(lambda frame: self._logits(frame, reference), [[f] for f in features[1:]],
+                                   reference[-1:])
         return self._filters(tf.concat(logits, axis=1))
 
     def _reference(self, reference: tf.Tensor) -> list[tf.Tensor]:
@@ -406,9 +410,11 @@ class FusionNet(Network):
         a 3x3x3 layer's output frame t is a function of its input frames t, t+1, t+2 only (the
         instance norm is per frame), so each layer holds its input and output frames and the
         intermediates of one output frame."""
-        for conv, norm in zip(self.convs, self.norms):
+        for k, (conv, norm) in enumerate(zip(self.convs, self.norms)):
+            # a layer after the whole previous one: otherwise the executor runs the layers'
+            # chains side by side, each with the intermediates of one window
             frames = one_after_another(lambda *window, conv=conv, norm=norm: self._window(window, conv, norm),
-                                       [frames[t:t + 3] for t in range(len(frames) - 2)])
+                                       [frames[t:t + 3] for t in range(len(frames) - 2)], frames[-1:] if k else None)
         return self._output(tf.concat(frames, axis=1))
 
     @staticmethod
