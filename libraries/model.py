@@ -13,7 +13,8 @@ For speed, the 1x3x3 convolutions of SISRNet and RegNet run as 2-D convolutions 
 `batch * frames` images, RegNet's first (2x3x3, temporal stride 2) layer convolves the
 reference frame once and broadcasts it, and FusionNet uses 3-D convolutions. For memory, the
 whole network can also run frame by frame (`frame_by_frame`: the sub-networks'
-`frame_by_frame` methods, which take and give lists of frames).
+`frame_by_frame` methods, which take and give lists of frames). In training, the convolutions'
+kernel gradients are computed by XLA (`conv2d`, `conv3d`): on CPU, 2-2.7x faster than oneDNN's.
 """
 
 from __future__ import annotations
