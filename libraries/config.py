@@ -87,7 +87,7 @@ class DeepSUMConfig:
     recompute: bool = other(False, "gradient checkpointing in training: recompute each layer's intermediates "
                                    "in the backward pass instead of storing them (less memory, more time)")
     xla_kernel_gradients: bool = other(True, "training: the convolution kernels' gradients computed by XLA "
-                                             "(2-3.6x faster than oneDNN's on CPU; same values)")
+                                             "(2-2.7x faster than oneDNN's on CPU, bench/kernel_gradients.py; same values)")
 
     def __post_init__(self) -> None:
         # Value checks that the type system cannot express; the loader names the file.
