@@ -20,7 +20,7 @@ import harness
 import numpy as np
 import tensorflow as tf
 
-from libraries import inference, metrics, tf1_checkpoint
+from libraries import checkpoints, inference, metrics
 from libraries.config import default_config
 from libraries.model import DeepSUM
 
@@ -35,11 +35,11 @@ def load_case(reference_dir: Path) -> dict[str, np.ndarray]:
 
 def variant_model(reference_dir: Path, **changes) -> tuple[DeepSUM, object]:
     """A model of the case's TF1 checkpoint with config `changes`, and its forward `tf.function`
-    (`inference.network_call`: the one inference uses, honouring jit_compile)."""
+    (`inference.Superresolver.network_call`: the one inference uses, honouring jit_compile)."""
     config = default_config(**changes)
     model = DeepSUM(config)
-    tf1_checkpoint.load_tf1_checkpoint(model, reference_dir / "deepsum_tf1_case_a" / "checkpoint_tf1")
-    return model, inference.network_call(model, config)
+    checkpoints.load_tf1_checkpoint(model, reference_dir / "deepsum_tf1_case_a" / "checkpoint_tf1")
+    return model, inference.Superresolver(model, config).network_call
 
 
 def measure(reference_dir: Path, repeats: int) -> dict:

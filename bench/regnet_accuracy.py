@@ -21,7 +21,7 @@ import time
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-from libraries import pretraining  # noqa: E402  (after the log level is set)
+from libraries.training import pretraining, pretraining_data  # noqa: E402  (after the log level is set)
 
 
 def main() -> None:
@@ -35,7 +35,7 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0, help="seed of the planted shifts")
     args = parser.parse_args()
 
-    frames, names = pretraining.read_real_frames(args.data, args.size, args.frames_per_scene)
+    frames, names = pretraining_data.read_real_frames(args.data, args.size, args.frames_per_scene)
     print(f"{len(names)} real frames, {args.size}x{args.size} windows, 8 planted shifts each (seed {args.seed})\n")
     rows = ["| checkpoints | n_features | tap accuracy | opposite-sign accuracy | within 1 px | shifts | seconds |",
             "|---|---|---|---|---|---|---|"]

@@ -13,7 +13,8 @@ import naive_deepsum
 import numpy as np
 import tensorflow as tf
 
-from libraries import metrics, optimization
+from libraries import metrics
+from libraries.training import optimization
 from libraries import model as model_lib
 from libraries.config import default_config
 
@@ -62,7 +63,7 @@ def make_train_step(impl: str, model: model_lib.DeepSUM, data: dict[str, tf.Tens
                     micro_batch: int = 0) -> Callable[[], float]:
     """A zero-argument function running one training step (cL2 loss, gradients of every
     variable, Adam update) on `data`, returning the loss. Each call updates the weights.
-    micro_batch: scenes per forward/backward pass (`libraries.optimization.batch_gradients`,
+    micro_batch: scenes per forward/backward pass (`libraries.training.optimization.batch_gradients`,
     as `Trainer` computes it); 0: the whole batch in one pass."""
     network = _network(impl, model)
     optimizer = tf.keras.optimizers.Adam(1e-5)

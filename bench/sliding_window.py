@@ -1,5 +1,5 @@
-"""Sliding-window inference: each frame's SISRNet features once per scene (`inference.window_images`)
-against the whole network once per window (`inference.network_call`), on one synthetic scene.
+"""Sliding-window inference: each frame's SISRNet features once per scene (`inference.Superresolver.window_images`)
+against the whole network once per window (`inference.Superresolver.network_call`), on one synthetic scene.
 
     .venv/bin/python bench/sliding_window.py [--size 96] [--features 16] [--n-slide 2] [--repeats 5]
 
@@ -31,7 +31,8 @@ def measure(size: int, n_features: int, n_slide: int, repeats: int, windows_per_
     config = default_config(n_features=n_features, seed=0)
     model = inference.load_model(config)
     scene = synthetic_scene(config.T_in + n_slide, size)
-    call = inference.network_call(model, config)
+    superresolver = inference.Superresolver(model, config)
+    call = superresolver.network_call
 
     def per_window() -> np.ndarray:  # the path before feature reuse: whole windows, batched alike
         x, masks = inference.window_inputs(scene, config, n_slide)
@@ -40,7 +41,7 @@ def measure(size: int, n_features: int, n_slide: int, repeats: int, windows_per_
         return np.concatenate(out)[:, 0, :, :, 0] * config.sigma_rescaled + config.mu  # [windows, H, W] DN
 
     def reused() -> np.ndarray:
-        return inference.window_images(model, scene, config, n_slide, windows_per_call)
+        return superresolver.window_images(scene, n_slide, windows_per_call)
 
     windows = n_slide + 1
     difference = float(np.max(np.abs(reused() - per_window())) / np.max(np.abs(per_window())))

@@ -1,19 +1,27 @@
 """DeepSUM in TensorFlow 2: multi-image super-resolution of PROBA-V scenes.
 
-Modules, one concept each:
-    config          JSON configs (the original layout) -> immutable dataclasses
-    fileio          atomic writes of arrays, JSON and files
-    probav          reading PROBA-V scene folders and norm.csv
-    synthetic       a realistic synthetic PROBA-V data set
-    preprocessing   array operations of dataset creation (upsampling, registration, best-9, fill)
-    dataset         dataset creation on disk (the four dataset_creation notebooks)
-    model           the network: SISRNet, RegNet, registration, fill, FusionNet
-    metrics         cL2 loss, cPSNR and the Kelvins score (TF and NumPy)
-    tf1_checkpoint  import of the authors' TensorFlow 1 checkpoints
-    weights         download of the authors' published checkpoints
-    training        the training loop
-    pretraining     SISRNet and RegNet pretraining
-    inference       sliding-window super-resolution and the Kelvins submission
+One module per concept. Each may import only the modules of the layers above it, so the
+package has no import cycle and no import inside a function:
+
+| layer | module | holds |
+|---|---|---|
+| 0 | `domain` | constants of PROBA-V and DeepSUM, `normalise`/`denormalise`, `tap_index`, `scene_slice` |
+| 0 | `config` | JSON configs (the original layout) -> frozen dataclasses, for DeepSUM and both pretrainings |
+| 0 | `fileio` | atomic writes of files, folders, JSON and arrays |
+| 1 | `probav` | PROBA-V scene folders, PNG readers and writers, norm.csv |
+| 1 | `preprocessing` | array operations of dataset creation (upsampling, registration, best-9, patches) |
+| 1 | `metrics` | cL2 loss, cPSNR and the Kelvins score (TensorFlow and NumPy) |
+| 1 | `reports` | the text-table formatter and `plot_history` |
+| 2 | `synthetic` | a realistic synthetic PROBA-V data set (`synth`) |
+| 2 | `dataset` | dataset creation on disk: `store` (layout, readers), `scenes`, `creation` (`prepare`), `views` |
+| 2 | `model` | the network: `layers`, `networks` (SISRNet, RegNet, FusionNet), `deepsum` (registration, fill, DeepSUM) |
+| 3 | `checkpoints` | the one checkpoint format (TF2) and the read-only importer of the authors' TF1 checkpoints (`convert-tf1`) |
+| 3 | `weights` | download and verification of the authors' published checkpoints (`fetch-weights`) |
+| 4 | `training` | `loop` (the one training loop), `data`, `evaluation`, `optimization`, `deepsum` (`train`), `pretraining_data`, `pretraining` (`pretrain-*`) |
+| 4 | `inference` | `frames`, `superresolve` (the sliding window, `Superresolver`), `submission` (`superresolve`, `score`) |
+| 5 | `demo` | the whole pipeline on the synthetic set (`demo`) |
+
+`python -m libraries COMMAND` (see `__main__`) runs the commands named in parentheses.
 """
 
 import os

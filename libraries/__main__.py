@@ -15,14 +15,14 @@ import sys
 COMMANDS: dict[str, tuple[str, str]] = {
     "demo": ("libraries.demo", "run the whole pipeline on the embedded synthetic PROBA-V set"),
     "synth": ("libraries.synthetic", "write a synthetic PROBA-V data set folder"),
-    "prepare": ("libraries.dataset", "create training, validation and test sets from a PROBA-V folder"),
-    "convert-tf1": ("libraries.tf1_checkpoint", "convert an authors' TF1 checkpoint into a TF2 checkpoint"),
+    "prepare": ("libraries.dataset.creation", "create training, validation and test sets from a PROBA-V folder"),
+    "convert-tf1": ("libraries.checkpoints", "convert an authors' TF1 checkpoint into a TF2 checkpoint"),
     "fetch-weights": ("libraries.weights", "download, verify and convert the authors' checkpoints"),
-    "train": ("libraries.training", "train DeepSUM from a JSON config"),
-    "pretrain-sisrnet": ("libraries.pretraining", "pretrain SISRNet (single-frame residual SR)"),
-    "pretrain-regnet": ("libraries.pretraining", "pretrain RegNet on planted shifts"),
-    "superresolve": ("libraries.inference", "super-resolve a split and write a Kelvins submission zip"),
-    "score": ("libraries.inference", "score a submission zip against the HR images of a split"),
+    "train": ("libraries.training.deepsum", "train DeepSUM from a JSON config"),
+    "pretrain-sisrnet": ("libraries.training.pretraining", "pretrain SISRNet (single-frame residual SR)"),
+    "pretrain-regnet": ("libraries.training.pretraining", "pretrain RegNet on planted shifts"),
+    "superresolve": ("libraries.inference.submission", "super-resolve a split and write a Kelvins submission zip"),
+    "score": ("libraries.inference.submission", "score a submission zip against the HR images of a split"),
 }
 
 

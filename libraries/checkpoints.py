@@ -1,28 +1,54 @@
-"""Model checkpoints: ours (TF2, object-based) and the authors' (TF1, name-based), told apart.
+"""The project's one checkpoint format, and the read-only importer of the authors' TF1 checkpoints.
 
-Our checkpoints hold the network under the key `model` (`tf.train.Checkpoint(model=...)`):
-a whole `DeepSUM`, or the one sub-network a pretraining checkpoint is about. Training
-checkpoints that also hold an optimiser and a step are read the same way (extra objects are
-ignored). `restore_weights` accepts either kind, as a folder (with its `checkpoint` file) or
-a prefix (`.../model-1`, `.../model.ckpt-11399`).
+Everything the project writes is a TF2 object-based checkpoint (`tf.train.Checkpoint`) with
+the network under the key `model`: a whole `DeepSUM`, or the one sub-network a pretraining
+checkpoint is about (SISRNet, with its pretraining head under `head`; RegNet). Training
+checkpoints also hold the optimiser, the step and the best validation metric; readers that
+want only the weights ignore those. `restore_weights` is the one way to load weights: it
+accepts our checkpoints and the authors' TF1 (name-based) ones, as a folder (with its
+`checkpoint` file) or a prefix (`.../model-1`, `.../model.ckpt-11399`).
+
+The authors' TF1 checkpoints are read name by name: our variables have the TF1 names and
+shapes (`model.tf1_variables()`). A TF1 checkpoint may also hold optimiser state (`*/Adam`,
+`*/Adam_1`, `beta1_power`, `beta2_power`) and `global_step`, which are not read, and, in the
+SISRNet pretraining checkpoint, the pretraining head `conv_up_8`, which is read when the model
+given has it (`tf1_variables()` lists it).
+
+Command line: `python -m libraries convert-tf1 SRC DST [--config FILE]` writes a TF2 checkpoint
+of the whole network.
 """
 
 from __future__ import annotations
 
+import argparse
 import os
+import re
+import sys
 from pathlib import Path
+from typing import Mapping
 
 import tensorflow as tf
 
 from libraries import config as config_lib
 from libraries import fileio
+from libraries.model import DeepSUM
 
 OBJECT_GRAPH_KEY = "_CHECKPOINTABLE_OBJECT_GRAPH"  # present in TF2 object-based checkpoints only
 CONFIG_FILE = "config.json"
+IGNORED = re.compile(r"/Adam(_\d+)?$|^beta[12]_power$|^global_step$")
+NETWORK = re.compile(
+    r"^(conv_up_[0-8]/(W|b)|inst_norm_up_[0-7]/(gamma|beta)|Rconv(1b|2b|3b|4b|7_b)/(W|b)"
+    r"|conv_fuse_[0-4]/(W|b)|inst_norm_fuse_[0-3]/(gamma|beta))$"
+)
 
 
 class CheckpointError(ValueError):
     """A path that is not a usable checkpoint, or one that does not fit the model."""
+
+
+def has_checkpoint(folder: str | os.PathLike) -> bool:
+    """True when `folder` is a checkpoint folder whose `checkpoint` file names a checkpoint present."""
+    return Path(folder).is_dir() and tf.train.latest_checkpoint(str(folder)) is not None
 
 
 def resolve_prefix(path: str | os.PathLike) -> str:
@@ -73,24 +99,27 @@ def save_model_checkpoint(model: tf.Module, folder: str | os.PathLike, config=No
     return Path(folder)
 
 
-def restore_weights(model: tf.Module, path: str | os.PathLike) -> str:
+def restore_weights(model: tf.Module, path: str | os.PathLike, extra: Mapping[str, tf.Module] | None = None) -> str:
     """Load every variable of `model` from our checkpoint or an authors' TF1 checkpoint.
 
-    path: checkpoint folder or prefix. Returns "tf2" or "tf1", the kind found. Every variable
-    of `model` must be in the checkpoint (pass `model.sisrnet` to load a SISRNet pretraining
-    checkpoint); otherwise `CheckpointError` names the missing ones.
+    path: checkpoint folder or prefix. extra: other modules of the checkpoint to load too, by
+    key (e.g. {"head": conv_up_8} beside a SISRNet). Returns "tf2" or "tf1", the kind found.
+    Every variable of `model` and `extra` must be in the checkpoint (pass `model.sisrnet` to
+    load a SISRNet pretraining checkpoint into DeepSUM); otherwise `CheckpointError` names the
+    missing ones.
     """
+    extra = dict(extra or {})
     prefix, reader = open_checkpoint(path)
     if not is_object_based(reader):
-        from libraries import tf1_checkpoint  # imported here: tf1_checkpoint builds on this module
-
-        loaded = tf1_checkpoint.load_tf1_checkpoint(model, prefix)
-        missing = sorted(set(model.tf1_variables()) - set(loaded))
-        if missing:
-            raise CheckpointError(f"{prefix}: TF1 checkpoint lacks {len(missing)} variable(s) of the model: {missing[:6]}")
+        for module in [model, *extra.values()]:
+            loaded = load_tf1_checkpoint(module, prefix)
+            missing = sorted(set(module.tf1_variables()) - set(loaded))
+            if missing:
+                raise CheckpointError(f"{prefix}: TF1 checkpoint lacks {len(missing)} variable(s) of "
+                                      f"{type(module).__name__}: {missing[:6]}")
         return "tf1"
     try:
-        status = tf.train.Checkpoint(model=model).restore(prefix)
+        status = tf.train.Checkpoint(model=model, **extra).restore(prefix)
         status.assert_existing_objects_matched()
     except (AssertionError, ValueError, tf.errors.OpError) as error:
         message = str(error).splitlines()[0]
@@ -98,3 +127,86 @@ def restore_weights(model: tf.Module, path: str | os.PathLike) -> str:
         raise CheckpointError(f"{prefix}: does not fit {type(model).__name__} ({message})") from None
     status.expect_partial()  # optimiser state, step counters and the like are not needed here
     return "tf2"
+
+
+def _copy(variables: dict[str, tf.Variable], reader: tf.train.CheckpointReader, prefix: str) -> list[str]:
+    """Assign every variable whose name is in the checkpoint; all shapes are checked first."""
+    shapes = reader.get_variable_to_shape_map()
+    present = sorted(name for name in variables if name in shapes)
+    for name in present:
+        if list(shapes[name]) != variables[name].shape.as_list():
+            raise CheckpointError(
+                f"{prefix}: variable {name} has shape {list(shapes[name])} in the checkpoint, "
+                f"the model expects {variables[name].shape.as_list()}"
+            )
+    for name in present:
+        variables[name].assign(reader.get_tensor(name))
+    return present
+
+
+def load_tf1_variables(variables: dict[str, tf.Variable], path: str | os.PathLike) -> list[str]:
+    """Assign each of `variables` (TF1 name -> variable) found in the checkpoint at `path`
+    (folder or prefix); return the names loaded. A shape mismatch raises, naming the variable."""
+    prefix, reader = open_checkpoint(path)
+    return _copy(variables, reader, prefix)
+
+
+def load_tf1_checkpoint(model: tf.Module, path: str | os.PathLike) -> list[str]:
+    """Load the network variables of an authors' TF1 checkpoint into `model`.
+
+    model: `DeepSUM` or one of its sub-networks (anything with `tf1_variables()`).
+    path: TF1 checkpoint folder (with its `checkpoint` file) or prefix.
+    Loads every variable of `model` present (a pretraining checkpoint holds only SISRNet or
+    only RegNet) and returns their names; raises `CheckpointError` for a TF2 checkpoint, a
+    checkpoint with variables DeepSUM does not have, or one with none of `model`'s.
+    """
+    prefix, reader = open_checkpoint(path)
+    if is_object_based(reader):
+        raise CheckpointError(f"{prefix}: a TF2 checkpoint, not a TF1 one; use restore_weights")
+    names = [name for name in reader.get_variable_to_shape_map() if not IGNORED.search(name)]
+    unknown = sorted(name for name in names if not NETWORK.match(name))
+    if unknown:
+        raise CheckpointError(f"{prefix}: not a DeepSUM checkpoint (unexpected variables {unknown[:5]})")
+    loaded = _copy(model.tf1_variables(), reader, prefix)
+    if not loaded:
+        raise CheckpointError(f"{prefix}: holds none of the variables of {type(model).__name__} (it has {sorted(names)[:5]}...)")
+    return loaded
+
+
+def convert_tf1_checkpoint(
+    source: str | os.PathLike, destination: str | os.PathLike, config: config_lib.DeepSUMConfig | None = None
+) -> Path:
+    """Convert a complete TF1 DeepSUM checkpoint into our TF2 checkpoint folder `destination`
+    (written atomically, with its `config.json`). Returns `destination`.
+
+    config: the network's config (default `default_config()`); its `n_features` and
+    `filter_size` must match the checkpoint. Pretraining checkpoints (part of the network) are
+    refused: load them directly with `restore_weights(model.sisrnet, ...)`.
+    """
+    config = config_lib.default_config() if config is None else config
+    model = DeepSUM(config)
+    loaded = load_tf1_checkpoint(model, source)
+    missing = sorted(set(model.tf1_variables()) - set(loaded))
+    if missing:
+        raise CheckpointError(
+            f"{source}: holds only part of DeepSUM (missing {missing[:4]}...); a pretraining checkpoint "
+            "is loaded directly by restore_weights(model.sisrnet or model.regnet, path)"
+        )
+    return save_model_checkpoint(model, destination, config)
+
+
+def add_convert_tf1_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("source", metavar="SRC", help="TF1 checkpoint folder (with its `checkpoint` file) or prefix")
+    parser.add_argument("destination", metavar="DST", help="folder to write the TF2 checkpoint and config.json into")
+    parser.add_argument("--config", help="DeepSUM JSON config of the network (default: the NIR config)")
+
+
+def run_convert_tf1(args: argparse.Namespace) -> int:
+    try:
+        config = config_lib.load_config(args.config) if args.config else None
+        destination = convert_tf1_checkpoint(args.source, args.destination, config)
+    except (CheckpointError, config_lib.ConfigError) as error:
+        print(f"convert-tf1: {error}", file=sys.stderr)
+        return 1
+    print(f"wrote {destination} ({resolve_prefix(destination)})")
+    return 0

@@ -69,7 +69,8 @@ class DeepSUMConfig:
     sigma: float = other(doc="input scale: x = (v - mu) / sigma")
     sigma_rescaled: float = other(doc="target/output scale: y = (v - mu) / sigma_rescaled")
 
-    base_dir: Path = other(Path("probav_data"), "PROBA-V data folder (train/, test/, norm.csv)")
+    base_dir: Path = other(Path("probav_data"), "PROBA-V data folder (train/, test/, norm.csv): the default "
+                                                "--data of `superresolve`")
     checkpoint_dir: Path = other(Path("checkpoints/DeepSUM"), "where training writes checkpoints and logs")
     seed: int = other(42, "seed of every random choice (shuffles, initialisation)")
     n_features: int = other(64, "feature width F of SISRNet, RegNet and FusionNet")
@@ -115,6 +116,79 @@ class DeepSUMConfig:
 
     def to_json(self) -> dict[str, dict[str, Any]]:
         return to_json(self)
+
+
+@dataclasses.dataclass(frozen=True)
+class PretrainConfig:
+    """Settings shared by both pretrainings (the original two-section JSON layout)."""
+
+    lr: float = hyper(doc="Adam learning rate")
+    batch_size: int = hyper(doc="frames (SISRNet) or 9-frame stacks (RegNet) per step")
+    steps: int = other(doc="total training steps; a resumed run stops there too")
+    skip_step: int = other(doc="steps between checkpoints (and RegNet's held-out evaluation)")
+    dataset_path: Path = other(doc="folder written by `python -m libraries prepare`")
+    spectral_band: str = other(doc="NIR or RED")
+    mu: float = other(doc="input and target mean")
+    sigma: float = other(doc="input scale: x = (v - mu) / sigma")
+    sigma_rescaled: float = other(doc="target scale: y = (v - mu) / sigma_rescaled")
+
+    patch_size: int = other(96, "side of the training windows cut (at random) from the prepared patches")
+    border: int = other(3, "largest shift searched by the cL2 loss (3 -> 7x7 offsets)")
+    n_chunks: int = other(1, "training chunks of the prepared data set that are read")
+    checkpoint_dir: Path = other(Path("pretraining_checkpoints/pretraining"), "checkpoints and TensorBoard logs")
+    init_checkpoint: Path | None = other(None, "start from these weights (ours or the authors') when "
+                                               "checkpoint_dir holds no checkpoint")
+    seed: int = other(42, "seed of every random choice (initialisation, shuffles, crops, shifts)")
+    n_features: int = other(64, "feature width F of SISRNet and RegNet")
+    heldout_fraction: float = other(0.1, "share of scenes kept out of training for the evaluation")
+    eval_frames: int = other(256, "held-out frames used per evaluation (at most)")
+
+    def __post_init__(self) -> None:
+        if self.spectral_band not in ("NIR", "RED"):
+            raise ConfigError(f"spectral_band: expected 'NIR' or 'RED', got {self.spectral_band!r}")
+        for name in ("lr", "sigma", "sigma_rescaled"):
+            if not getattr(self, name) > 0:
+                raise ConfigError(f"{name}: expected a positive number, got {getattr(self, name)!r}")
+        for name in ("batch_size", "steps", "skip_step", "n_chunks", "n_features"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"{name}: expected a positive integer, got {getattr(self, name)!r}")
+        if not 0 < self.heldout_fraction < 1:
+            raise ConfigError(f"heldout_fraction: expected a number in (0, 1), got {self.heldout_fraction}")
+        if self.eval_frames < 1:
+            raise ConfigError(f"eval_frames: expected a positive integer, got {self.eval_frames}")
+        if self.border < 0 or self.patch_size <= 2 * self.border:
+            raise ConfigError(f"patch_size: expected more than 2*border = {2 * self.border}, got {self.patch_size}")
+
+    def replace(self, **changes: Any) -> "PretrainConfig":
+        return dataclasses.replace(self, **changes)
+
+
+@dataclasses.dataclass(frozen=True)
+class SISRNetPretrainConfig(PretrainConfig):
+    """`config_files/SISRNet_pretrain_config.json` (authors: lr 5e-5, batch 16)."""
+
+
+@dataclasses.dataclass(frozen=True)
+class RegNetPretrainConfig(PretrainConfig):
+    """`config_files/RegNet_pretrain_config.json` (authors: lr 1e-3, batch 16)."""
+
+    SISRNet_pretrain_dir: Path = other(Path("pretraining_checkpoints/SISRNet"),
+                                       "frozen SISRNet: a pretraining checkpoint (ours or the authors')")
+    max_shift: int = other(4, "planted shifts are integers in [-max_shift, max_shift] on both axes")
+    filter_size: int = other(9, "side of RegNet's registration filters")
+    eval_size: int = other(0, "side of the central held-out windows whose tap accuracy is measured; 0: the "
+                              "whole prepared patches (the windows RegNet sees inside DeepSUM's training)")
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.filter_size % 2 != 1:
+            raise ConfigError(f"filter_size: expected an odd number, got {self.filter_size}")
+        if not 0 <= self.max_shift <= self.filter_size // 2:
+            raise ConfigError(f"max_shift: expected 0..{self.filter_size // 2} (filter_size // 2), got {self.max_shift}")
+        if self.patch_size <= 2 * self.max_shift + 2:
+            raise ConfigError(f"patch_size: expected more than 2*max_shift + 2, got {self.patch_size}")
+        if self.eval_size and self.eval_size <= 2 * self.max_shift + 2:
+            raise ConfigError(f"eval_size: expected 0 or more than 2*max_shift + 2, got {self.eval_size}")
 
 
 ConfigT = TypeVar("ConfigT")

@@ -1,11 +1,11 @@
-"""The main job: the whole DeepSUM pipeline, end to end, in one command.
+"""The demo: the whole DeepSUM pipeline, end to end, in one command.
 
 `python -m libraries demo` (what `bash run.sh demo` runs) does, on the embedded synthetic
 PROBA-V set (generated when absent):
 
 1. data        `synthetic.write_dataset` -> a PROBA-V folder (train/, test/, norm.csv)
 2. prepare     `dataset.prepare`: split, filters, upsampling, registration, patches, best-9
-3. pretrain    SISRNet, then RegNet on planted shifts (`libraries.pretraining`)
+3. pretrain    SISRNet, then RegNet on planted shifts (`libraries.training.pretraining`)
 4. train       DeepSUM on NIR, then RED fine-tuned from NIR, as the authors did
 5. validate    sliding-window evaluation against the bicubic baseline (`libraries.inference`)
 6. submit      the test split super-resolved into a Kelvins zip, validated
@@ -26,12 +26,16 @@ import time
 from pathlib import Path
 from typing import Any
 
+import matplotlib.pyplot as plt
 import numpy as np
 
+from libraries import checkpoints, dataset, domain, fileio, inference, reports, synthetic
 from libraries import config as config_module
-from libraries.config import REPOSITORY_ROOT
+from libraries.config import REPOSITORY_ROOT, RegNetPretrainConfig, SISRNetPretrainConfig
+from libraries.training import deepsum as deepsum_training
+from libraries.training import pretraining
 
-BANDS = ("NIR", "RED")
+BANDS = domain.BANDS
 DEMO_OUT = REPOSITORY_ROOT / "outputs" / "demo"
 DEMO_CONFIGS = REPOSITORY_ROOT / "config_files" / "demo"
 PAPER_CONFIGS = REPOSITORY_ROOT / "config_files"
@@ -46,8 +50,8 @@ class DemoPlan:
     dataset_dir: Path
     synthetic: bool
     deepsum: dict[str, config_module.DeepSUMConfig]  # band -> config
-    sisrnet: Any  # pretraining.SISRNetPretrainConfig
-    regnet: Any  # pretraining.RegNetPretrainConfig
+    sisrnet: SISRNetPretrainConfig
+    regnet: RegNetPretrainConfig
     patch_size: int
     n_chunks: int
     seed: int
@@ -61,8 +65,6 @@ def make_plan(out_dir: str | Path = DEMO_OUT, data_dir: str | Path | None = None
     Every output path is redirected into `out_dir`; `steps`, `pretrain_steps`, `patch_size` and
     `n_features` override the configs (tests use tiny values).
     """
-    from libraries import pretraining
-
     out_dir = Path(out_dir).absolute()
     synthetic = data_dir is None
     folder = DEMO_CONFIGS if synthetic else PAPER_CONFIGS
@@ -92,8 +94,8 @@ def make_plan(out_dir: str | Path = DEMO_OUT, data_dir: str | Path | None = None
     pretrain_changes: dict[str, Any] = dict(dataset_path=dataset_dir, spectral_band="NIR")
     if n_features is not None:
         pretrain_changes["n_features"] = n_features
-    sisrnet = config_module.load_config(folder / f"SISRNet_pretrain_config{suffix}.json", pretraining.SISRNetPretrainConfig)
-    regnet = config_module.load_config(folder / f"RegNet_pretrain_config{suffix}.json", pretraining.RegNetPretrainConfig)
+    sisrnet = config_module.load_config(folder / f"SISRNet_pretrain_config{suffix}.json", SISRNetPretrainConfig)
+    regnet = config_module.load_config(folder / f"RegNet_pretrain_config{suffix}.json", RegNetPretrainConfig)
     # Pretraining writes where DeepSUM's configs look for it, whatever the pretraining configs say.
     sisrnet = sisrnet.replace(checkpoint_dir=nir.SISRNet_pretrain_dir, **pretrain_changes)
     regnet = regnet.replace(checkpoint_dir=nir.RegNet_pretrain_dir, SISRNet_pretrain_dir=nir.SISRNet_pretrain_dir,
@@ -117,8 +119,6 @@ def make_data(plan: DemoPlan, n_scenes: int = 10, n_test_scenes: int = 4, lr_siz
     """Write the synthetic PROBA-V set unless it (or a real folder) is already there."""
     if not plan.synthetic or (plan.data_dir / "norm.csv").is_file():
         return f"using {plan.data_dir}"
-    from libraries import synthetic
-
     synthetic.write_dataset(plan.data_dir, plan.seed, n_scenes=n_scenes, n_test_scenes=n_test_scenes, lr_size=lr_size,
                              progress=progress)
     return f"wrote {n_scenes} train + {n_test_scenes} test synthetic scenes per band ({lr_size}x{lr_size} LR) to {plan.data_dir}"
@@ -126,8 +126,6 @@ def make_data(plan: DemoPlan, n_scenes: int = 10, n_test_scenes: int = 4, lr_siz
 
 def prepare_data(plan: DemoPlan, progress: bool = True) -> str:
     """Create the training, validation and test sets unless every band's manifest exists."""
-    from libraries import dataset
-
     if all((plan.dataset_dir / band / "manifest.json").is_file() for band in BANDS):
         return f"using {plan.dataset_dir}"
     manifests = dataset.prepare(plan.data_dir, plan.dataset_dir, bands=BANDS, seed=plan.seed, n_chunks=plan.n_chunks,
@@ -135,42 +133,34 @@ def prepare_data(plan: DemoPlan, progress: bool = True) -> str:
     return f"prepared {', '.join(manifests)} into {plan.dataset_dir}"
 
 
-def _has_checkpoint(folder: Path) -> bool:
-    return (Path(folder) / "checkpoint").is_file()
-
-
-def pretrain(plan: DemoPlan) -> dict[str, float]:
+def pretrain(plan: DemoPlan, progress: bool = True) -> dict[str, float]:
     """Pretrain SISRNet then RegNet where the configured folder holds no finished run.
 
     A folder with a checkpoint resumes to the configured step count (a finished run returns
     at once); the authors' checkpoints, if put there, are used as they are (real data only).
     """
-    from libraries import pretraining
-
     results: dict[str, float] = {}
-    if plan.synthetic or not _has_checkpoint(plan.sisrnet.checkpoint_dir):
-        history = pretraining.pretrain_sisrnet(plan.sisrnet)
+    if plan.synthetic or not checkpoints.has_checkpoint(plan.sisrnet.checkpoint_dir):
+        history = pretraining.pretrain_sisrnet(plan.sisrnet, progress=progress)
         if history.get("loss"):
             results["sisrnet_loss"] = float(np.mean(history["loss"][-10:]))
             results["sisrnet_bicubic_loss"] = float(np.mean(history["bicubic_loss"][-10:]))
-    if plan.synthetic or not _has_checkpoint(plan.regnet.checkpoint_dir):
-        history = pretraining.pretrain_regnet(plan.regnet)
-        if history.get("heldout_accuracy"):
-            results["regnet_heldout_accuracy"] = float(history["heldout_accuracy"][-1])
+    if plan.synthetic or not checkpoints.has_checkpoint(plan.regnet.checkpoint_dir):
+        history = pretraining.pretrain_regnet(plan.regnet, progress=progress)
+        if history["validation"]:
+            results["regnet_heldout_accuracy"] = float(history["validation"][-1]["heldout_accuracy"])
     return results
 
 
 def train(plan: DemoPlan, progress: bool = True) -> dict[str, Any]:
     """Train NIR from the pretrained SISRNet and RegNet, then RED fine-tuned from NIR."""
-    from libraries import training
-
     results = {}
     for band in BANDS:
         cfg = plan.deepsum[band]
         init_from = None
-        if band == "RED" and not _has_checkpoint(cfg.checkpoint_dir):
+        if band == "RED" and not checkpoints.has_checkpoint(cfg.checkpoint_dir):
             init_from = plan.deepsum["NIR"].checkpoint_dir  # the authors fine-tuned RED from NIR
-        trainer = training.Trainer(cfg, init_from=init_from, progress=progress)
+        trainer = deepsum_training.Trainer(cfg, init_from=init_from, progress=progress)
         history = trainer.train(cfg.max_steps)
         results[band] = {"history": history, "steps": int(trainer.step)}
     return results
@@ -179,33 +169,28 @@ def train(plan: DemoPlan, progress: bool = True) -> dict[str, Any]:
 def best_checkpoint(cfg: config_module.DeepSUMConfig) -> Path:
     """The checkpoint with the best validation score, else the latest one."""
     best = Path(cfg.checkpoint_dir) / "best"
-    return best if _has_checkpoint(best) else Path(cfg.checkpoint_dir)
+    return best if checkpoints.has_checkpoint(best) else Path(cfg.checkpoint_dir)
 
 
 def validate(plan: DemoPlan, n_slides: tuple[int, ...] = (0, 1, 2), progress: bool = True) -> list[dict[str, Any]]:
     """Sliding-window evaluation of each band's best model on its validation scenes."""
-    from libraries import dataset, inference
-
     rows = []
     for band in BANDS:
         cfg = plan.deepsum[band]
-        model = inference.load_model(cfg, best_checkpoint(cfg))
+        superresolver = inference.Superresolver(inference.load_model(cfg, best_checkpoint(cfg)), cfg)
         scenes = dataset.load_scenes(plan.dataset_dir, band, "validation")
-        for row in inference.evaluate_sliding_window(model, scenes, cfg, n_slides, progress=progress):
+        for row in inference.evaluate_sliding_window(superresolver, scenes, n_slides, progress=progress):
             rows.append({"band": band, **row})
     return rows
 
 
 def submit(plan: DemoPlan, n_slide: int = 0, progress: bool = True) -> tuple[Path, dict[str, np.ndarray]]:
     """Super-resolve the test split of both bands into a validated Kelvins zip."""
-    from libraries import inference
-
     images: dict[str, np.ndarray] = {}
     for band in BANDS:
         cfg = plan.deepsum[band]
-        model = inference.load_model(cfg, best_checkpoint(cfg))
-        images.update(inference.superresolve_folder(model, plan.data_dir, "test", [band], cfg, n_slide,
-                                                    progress=progress))
+        superresolver = inference.Superresolver(inference.load_model(cfg, best_checkpoint(cfg)), cfg)
+        images.update(superresolver.folder(plan.data_dir, "test", [band], n_slide, progress=progress))
     zip_path = inference.write_submission(images, plan.out_dir / "submission.zip")
     inference.validate_submission(zip_path, plan.data_dir / "test", bands=BANDS)
     return zip_path, images
@@ -214,20 +199,13 @@ def submit(plan: DemoPlan, n_slide: int = 0, progress: bool = True) -> tuple[Pat
 def save_figures(plan: DemoPlan, rows: list[dict[str, Any]], trained: dict[str, Any],
                  images: dict[str, np.ndarray]) -> list[Path]:
     """Training curves, the sliding-window plot and LR / bicubic / SR of one test scene, as PNG."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    from libraries import inference, training
-
     folder = plan.out_dir / "figures"
     folder.mkdir(parents=True, exist_ok=True)
     written = []
     figure, axes = plt.subplots(1, len(trained), figsize=(6 * len(trained), 4))
     for axis, (band, result) in zip(np.atleast_1d(axes), trained.items()):
         if result["history"]["step"]:
-            training.plot_history(result["history"], ax=axis)
+            reports.plot_history(result["history"], ax=axis, log=True)
         axis.set_title(f"DeepSUM training, {band}")
     written.append(_save(figure, folder / "training.png"))
     for band in BANDS:
@@ -242,8 +220,6 @@ def save_figures(plan: DemoPlan, rows: list[dict[str, Any]], trained: dict[str, 
 
 
 def _save(figure, path: Path) -> Path:
-    from libraries import fileio
-
     with fileio.atomic_path(path, suffix=".png") as temporary:
         figure.savefig(temporary, dpi=90, bbox_inches="tight")
     return path
@@ -252,11 +228,9 @@ def _save(figure, path: Path) -> Path:
 def final_table(rows: list[dict[str, Any]]) -> tuple[str, dict[str, bool]]:
     """The validation table (band, method, n_slide, cPSNR, score) and, per band, whether the best
     DeepSUM row beat the bicubic baseline's score (lower is better)."""
-    lines = [f"{'band':<5} {'method':<9} {'n_slide':>7} {'cPSNR (dB)':>11} {'score':>8} {'scenes':>6}"]
-    for row in rows:
-        n_slide = "-" if row["method"] == "bicubic" else str(row["n_slide"])
-        lines.append(f"{row['band']:<5} {row['method']:<9} {n_slide:>7} {row['cpsnr']:>11.3f} {row['score']:>8.4f} "
-                     f"{row['scenes']:>6}")
+    table = reports.format_table(("band", "method", "n_slide", "cPSNR (dB)", "score", "scenes"),
+                                 [(row["band"], row["method"], row["n_slide"], row["cpsnr"], row["score"], row["scenes"])
+                                  for row in rows], digits=(0, 0, 0, 3, 4, 0))
     verdict = {}
     for band in BANDS:
         band_rows = [row for row in rows if row["band"] == band]
@@ -264,7 +238,7 @@ def final_table(rows: list[dict[str, Any]]) -> tuple[str, dict[str, bool]]:
         deepsum = [row["score"] for row in band_rows if row["method"] != "bicubic"]
         if bicubic and deepsum:
             verdict[band] = min(deepsum) < bicubic[0]
-    return "\n".join(lines), verdict
+    return table, verdict
 
 
 def run_pipeline(plan: DemoPlan, n_scenes: int = 10, n_test_scenes: int = 4, lr_size: int = 128,
@@ -285,7 +259,7 @@ def run_pipeline(plan: DemoPlan, n_scenes: int = 10, n_test_scenes: int = 4, lr_
 
     step("data", make_data, plan, n_scenes, n_test_scenes, lr_size, progress)
     step("prepare", prepare_data, plan, progress)
-    pretrained = step("pretrain", pretrain, plan)
+    pretrained = step("pretrain", pretrain, plan, progress)
     for key, value in pretrained.items():
         print(f"   {key}: {value:.4f}")
     trained = step("train", train, plan, progress)

@@ -63,26 +63,6 @@ def atomic_folder(destination: str | os.PathLike, suffix: str = ".tmp") -> Itera
             shutil.rmtree(temporary)
 
 
-def save_npz(destination: str | os.PathLike, arrays: Mapping[str, np.ndarray]) -> Path:
-    """Write `arrays` to an uncompressed .npz atomically. Object arrays are refused
-    (they would need pickle to read back)."""
-    for key, value in arrays.items():
-        if np.asarray(value).dtype == object:
-            raise TypeError(f"array {key!r} has dtype object; store fixed-type arrays only")
-    with atomic_path(destination, suffix=".npz") as temporary:
-        np.savez(temporary, **{key: np.asarray(value) for key, value in arrays.items()})
-    return Path(destination)
-
-
-def load_npz(path: str | os.PathLike) -> dict[str, np.ndarray]:
-    """Read every array of an .npz written by `save_npz`, without pickle."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: no such file (expected an .npz array file)")
-    with np.load(path, allow_pickle=False) as data:
-        return {key: data[key] for key in data.files}
-
-
 def save_npy(destination: str | os.PathLike, array: np.ndarray) -> Path:
     """Write one array to .npy atomically (no pickle)."""
     with atomic_path(destination, suffix=".npy") as temporary:
@@ -102,3 +82,38 @@ def save_bytes(destination: str | os.PathLike, content: bytes) -> Path:
     with atomic_path(destination) as temporary:
         temporary.write_bytes(content)
     return Path(destination)
+
+
+class NpyStream:
+    """An .npy file written row block by row block, its length known only at the end.
+
+    A 128-byte header slot is reserved; `close` fills it with the final shape (npy format 1.0).
+    `numpy.lib.format.open_memmap` needs the row count first, and the frames a scene keeps are
+    known only after its registration; a second pass to count them would double the work.
+    """
+
+    HEADER = 128
+
+    def __init__(self, path: Path, dtype: Any, item_shape: tuple[int, ...]):
+        self.path, self.dtype, self.item_shape, self.rows = path, np.dtype(dtype), tuple(item_shape), 0
+        self.handle = open(path, "wb")
+        self.handle.write(b"\0" * self.HEADER)
+
+    def append(self, block: np.ndarray) -> None:
+        block = np.ascontiguousarray(block, dtype=self.dtype)
+        if block.shape[1:] != self.item_shape:
+            raise ValueError(f"{self.path.name}: rows of shape {block.shape[1:]}, expected {self.item_shape}")
+        self.handle.write(block.tobytes())
+        self.rows += block.shape[0]
+
+    def close(self) -> None:
+        header = repr({"descr": np.lib.format.dtype_to_descr(self.dtype), "fortran_order": False,
+                       "shape": (self.rows,) + self.item_shape})
+        room = self.HEADER - len(np.lib.format.MAGIC_PREFIX) - 2 - 2  # magic, version, length
+        text = header.ljust(room - 1) + "\n"
+        if len(text) != room:
+            raise ValueError(f"{self.path.name}: npy header of {len(header)} characters does not fit")
+        self.handle.seek(0)
+        self.handle.write(np.lib.format.MAGIC_PREFIX + bytes([1, 0]) + room.to_bytes(2, "little")
+                          + text.encode("latin1"))
+        self.handle.close()

@@ -25,11 +25,11 @@ from __future__ import annotations
 import numpy as np
 import tensorflow as tf
 
+from libraries import domain
+
 PEAK = 65535.0  # 16-bit peak of the PSNR (PROBA-V PNGs are uint16)
 KELVINS_BORDER = 3  # the official rule crops 3 pixels on each side: 49 offsets
 # Normalisation constants of the authors' configs (the same for both bands).
-PROBAV_MU = 7754.664
-PROBAV_SIGMA_RESCALED = 596.982
 
 
 class MetricError(ValueError):
@@ -147,7 +147,7 @@ def cl2_loss(y_true: tf.Tensor, y_pred: tf.Tensor, mask: tf.Tensor, border: int 
 
 
 def cpsnr(y_true: tf.Tensor, y_pred: tf.Tensor, mask: tf.Tensor, border: int = 3,
-          mu: float = PROBAV_MU, sigma_rescaled: float = PROBAV_SIGMA_RESCALED) -> tf.Tensor:
+          mu: float = domain.PROBAV_MU, sigma_rescaled: float = domain.PROBAV_SIGMA_RESCALED) -> tf.Tensor:
     """Best cPSNR over the offsets per image, in dB on the 16-bit scale: `[batch]` float32.
 
     y_true, y_pred: `[batch, 1, H, W, 1]` (or `[batch, H, W, 1]`) normalised as

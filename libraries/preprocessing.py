@@ -11,42 +11,11 @@ import numpy as np
 import skimage.registration
 import skimage.transform
 
-
-def fill_source_frame(masks: np.ndarray) -> np.ndarray:
-    """For every frame and pixel, the index of the frame whose value the fill puts there.
-
-    The rule of the original: frame t keeps its own value where it is clear; where it is not,
-    it takes the value of the lowest-index frame that is clear at that pixel; where no frame
-    is clear it keeps its own value.
-
-    masks: `[batch, frames, height, width, 1]`, true (or nonzero) = clear.
-    Returns int32 `[batch, frames, height, width, 1]`.
-    """
-    clear = np.asarray(masks).astype(bool)
-    if clear.ndim != 5:
-        raise ValueError(f"masks: expected [batch, frames, height, width, 1], got shape {clear.shape}")
-    frames = clear.shape[1]
-    own = np.arange(frames, dtype=np.int32).reshape(1, frames, 1, 1, 1)
-    # argmax over frames is the lowest clear index; a cloudy frame t cannot be its own answer
-    first_clear = np.argmax(clear, axis=1, keepdims=True).astype(np.int32)  # [b,1,H,W,1]
-    any_clear = clear.any(axis=1, keepdims=True)
-    return np.where(clear | ~any_clear, own, first_clear)
-
-
-def fill_coefficients(masks: np.ndarray) -> np.ndarray:
-    """The original's 0/1 fill weights: `[batch, t, s, height, width, 1]` bool, true where output
-    frame t takes frame s (exactly one true per batch, t and pixel).
-
-    masks: `[batch, frames, height, width, 1]`, true (or nonzero) = clear.
-    """
-    source = fill_source_frame(masks)  # [b,T,H,W,1]
-    frames = source.shape[1]
-    s = np.arange(frames).reshape(1, 1, frames, 1, 1, 1)
-    return source[:, :, None] == s  # [b,T,1,H,W,1] vs [1,1,T,1,1,1] -> [b,T,T,H,W,1]
+from libraries import domain
 
 
 # ---------------------------------------------------------------------------------------------
-# Dataset creation (spec section 3): frame filter, upsampling, registration, best-9, patches.
+# Dataset creation: frame filter, upsampling, registration, best-9, patches.
 #
 # Shift convention. `estimate_shifts` returns, for every frame, its integer displacement
 # (dy, dx) with respect to the reference: frame[y, x] ~ reference[y - dy, x - dx]. This is
@@ -56,10 +25,6 @@ def fill_coefficients(masks: np.ndarray) -> np.ndarray:
 # each mask by minus its displacement, onto the reference grid.
 # ---------------------------------------------------------------------------------------------
 
-SCALE = 3  # PROBA-V: 128x128 LR frames, 384x384 HR images
-CORRUPT_VALUE = 60000  # a frame with any pixel above this is corrupt
-MAX_SHIFT = 4  # frames displaced by more than this (either axis, upsampled pixels) are dropped
-T_IN = 9  # frames per network input
 
 
 class TooFewFramesError(ValueError):
@@ -72,7 +37,7 @@ def corrupt_frames(lr: np.ndarray) -> np.ndarray:
     lr: `[frames, height, width]` raw digital numbers. Returns bool `[frames]`.
     """
     lr = np.asarray(lr)
-    return (lr > CORRUPT_VALUE).any(axis=(-2, -1))
+    return (lr > domain.CORRUPT_VALUE).any(axis=(-2, -1))
 
 
 def drop_corrupt_frames(lr: np.ndarray, clear: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -85,7 +50,7 @@ def drop_corrupt_frames(lr: np.ndarray, clear: np.ndarray) -> tuple[np.ndarray, 
     return lr[kept], clear[kept], kept
 
 
-def upsample_frames(lr: np.ndarray, scale: int = SCALE) -> np.ndarray:
+def upsample_frames(lr: np.ndarray, scale: int = domain.SCALE) -> np.ndarray:
     """Bicubic x`scale` upsampling as the original (edge mode, no anti-aliasing, values kept).
 
     lr: `[frames, height, width]`. Returns float32 `[frames, scale*height, scale*width]`.
@@ -102,7 +67,7 @@ def upsample_frames(lr: np.ndarray, scale: int = SCALE) -> np.ndarray:
     return output
 
 
-def upsample_masks(clear: np.ndarray, scale: int = SCALE) -> np.ndarray:
+def upsample_masks(clear: np.ndarray, scale: int = domain.SCALE) -> np.ndarray:
     """Nearest-neighbour x`scale` upsampling of clear masks.
 
     For an integer factor, nearest neighbour repeats every pixel `scale` times along both
@@ -149,12 +114,12 @@ def estimate_shifts(frames: np.ndarray) -> np.ndarray:
     return np.rint(-to_reference).astype(np.int32)
 
 
-def shifts_within_limit(shifts: np.ndarray, max_shift: int = MAX_SHIFT) -> np.ndarray:
+def shifts_within_limit(shifts: np.ndarray, max_shift: int = domain.MAX_SHIFT) -> np.ndarray:
     """True for frames whose shift is at most `max_shift` in both axes. `[..., 2]` -> `[...]`."""
     return (np.abs(np.asarray(shifts)) <= max_shift).all(axis=-1)
 
 
-def best_frame_indices(clear_pixels: np.ndarray, count: int = T_IN) -> np.ndarray:
+def best_frame_indices(clear_pixels: np.ndarray, count: int = domain.T_IN) -> np.ndarray:
     """Best-9 selection: frame 0 (the reference) then the `count - 1` clearest other frames in
     decreasing order of clear pixels (ties: earlier frame first).
 
@@ -171,7 +136,7 @@ def best_frame_indices(clear_pixels: np.ndarray, count: int = T_IN) -> np.ndarra
 
 
 def select_best_frames(frames: np.ndarray, masks: np.ndarray, shifts: np.ndarray,
-                       count: int = T_IN) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+                       count: int = domain.T_IN) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Keep the best `count` frames (see `best_frame_indices`); shifts follow their frames.
 
     frames, masks: `[..., frames, height, width]` (reference first); shifts `[..., frames, 2]`.
@@ -206,7 +171,7 @@ def translate_masks(masks: np.ndarray, shifts: np.ndarray) -> np.ndarray:
     return moved.reshape(masks.shape)
 
 
-def complete_frames(clear_pixels: np.ndarray, count: int = T_IN) -> np.ndarray:
+def complete_frames(clear_pixels: np.ndarray, count: int = domain.T_IN) -> np.ndarray:
     """Frame indices that give a test scene at least `count` frames: every frame in its order,
     then its clearest frames again (decreasing clearness, cycling) until there are `count`.
 
@@ -236,7 +201,7 @@ def window_clear_fractions(clear: np.ndarray, size: int) -> np.ndarray:
 
 
 def valid_patch_corners(masks: np.ndarray, hr_clear: np.ndarray, patch_size: int,
-                        min_frames: int = T_IN, frame_clear: float = 0.70,
+                        min_frames: int = domain.T_IN, frame_clear: float = 0.70,
                         hr_clear_share: float = 0.85) -> np.ndarray:
     """Which top-left corners give an acceptable training patch (the original's rule): at least
     `min_frames` frames more than 70% clear in the window and the HR window more than 85% clear.

@@ -1,6 +1,6 @@
 """Reading (and writing) PROBA-V scene folders and the organisers' `norm.csv`.
 
-Layout of the challenge data (spec section 1)::
+Layout of the challenge data::
 
     data_dir/norm.csv                          "imgsetNNNN <baseline cPSNR>" per line
     data_dir/{train,test}/{NIR,RED}/imgsetNNNN/
@@ -27,12 +27,9 @@ import imageio.v3 as iio
 import numpy as np
 from tqdm.auto import tqdm
 
-from libraries import fileio
+from libraries import domain, fileio
 
-BANDS = ("NIR", "RED")
-SPLITS = ("train", "test")
 MASK_MODES = ("required", "assume_clear")
-SCALE = 3  # HR side / LR side
 
 _FRAME_FILE = re.compile(r"^(LR|QM)(\d+)\.png$")
 
@@ -176,8 +173,8 @@ def read_scene(
         raise ValueError(f"masks={masks!r}; expected one of {MASK_MODES}")
     if not folder.is_dir():
         raise ProbaVError(f"{folder}: scene folder missing (expected a folder with LR*.png frames)")
-    band = _infer(band, folder.parent.name, BANDS, "band", folder)
-    split = _infer(split, folder.parent.parent.name, SPLITS, "split", folder)
+    band = _infer(band, folder.parent.name, domain.BANDS, "band", folder)
+    split = _infer(split, folder.parent.parent.name, domain.SPLITS, "split", folder)
     names = sorted(os.listdir(folder))
     if not names:
         raise ProbaVError(f"{folder}: empty scene folder (expected LR000.png, QM000.png, ...)")
@@ -218,7 +215,7 @@ def read_scene(
 
 def _read_target(folder: Path, lr_shape: tuple[int, ...], required: bool):
     """HR.png and SM.png -> ([3h, 3w] uint16 | None, [3h, 3w] bool | None)."""
-    expected_shape = tuple(SCALE * side for side in lr_shape)
+    expected_shape = tuple(domain.SCALE * side for side in lr_shape)
     hr_path, sm_path = folder / "HR.png", folder / "SM.png"
     hr = read_image_png(hr_path) if required or hr_path.exists() else None
     hr_clear = read_mask_png(sm_path) if required or sm_path.exists() else None
@@ -234,8 +231,8 @@ def _read_target(folder: Path, lr_shape: tuple[int, ...], required: bool):
 
 def list_scenes(data_dir: str | os.PathLike, split: str, band: str) -> list[Path]:
     """Sorted `imgset*` folders of `data_dir/split/band`; error if missing or empty."""
-    if split not in SPLITS or band not in BANDS:
-        raise ValueError(f"split={split!r}, band={band!r}; expected split in {SPLITS}, band in {BANDS}")
+    if split not in domain.SPLITS or band not in domain.BANDS:
+        raise ValueError(f"split={split!r}, band={band!r}; expected split in {domain.SPLITS}, band in {domain.BANDS}")
     folder = Path(data_dir) / split / band
     if not folder.is_dir():
         raise ProbaVError(f"{folder}: folder missing (expected a PROBA-V {split}/{band} folder of imgset*)")

@@ -34,11 +34,9 @@ from scipy import ndimage
 from skimage.transform import resize
 from tqdm.auto import tqdm
 
-from libraries import fileio, metrics, probav
+from libraries import domain, fileio, metrics, probav
 
-SCALE = probav.SCALE
 CORRUPT_VALUE = 65520  # the no-data value of the real corrupt frames
-CORRUPT_THRESHOLD = 60000  # a frame with any pixel above this is corrupt (spec section 3)
 MAX_SHIFT = 4.0  # HR pixels
 PAD = 12  # HR pixels of canvas around the HR window: room for shifts and the PSF
 TRUTH_FILE = "synthetic_truth.json"
@@ -200,9 +198,9 @@ def render_frames(canvas: np.ndarray, shifts: np.ndarray, psf_sigma: float, hr_s
     ramp = (np.exp(-2j * np.pi * fy * dy) * np.exp(-2j * np.pi * fx * dx)).astype(np.complex64)
     shifted = scipy.fft.irfft2(spectrum[None] * ramp, s=(size, size))  # [frames, S, S]
     window = shifted[:, PAD:PAD + hr_size, PAD:PAD + hr_size]  # [frames, H, W]
-    lr = hr_size // SCALE
+    lr = hr_size // domain.SCALE
     # [frames, H, W] -> [frames, h, 3, w, 3]: average each 3x3 HR footprint
-    return window.reshape(-1, lr, SCALE, lr, SCALE).mean(axis=(2, 4))
+    return window.reshape(-1, lr, domain.SCALE, lr, domain.SCALE).mean(axis=(2, 4))
 
 
 def cloud_cover(rng: np.random.Generator, frames: int) -> np.ndarray:
@@ -262,7 +260,7 @@ def make_scene(rng: np.random.Generator, band: str, lr_size: int, frames: int,
     hr_clear [3h, 3w] bool, shifts [frames, 2] float (dy, dx), corrupt [frames] bool.
     """
     style = BAND_STYLES[band]
-    hr_size = SCALE * lr_size
+    hr_size = domain.SCALE * lr_size
     canvas = ground_canvas(rng, band, hr_size + 2 * PAD)
     shifts = draw_shifts(rng, frames)
     lr = render_frames(canvas, shifts, rng.uniform(0.6, 1.0), hr_size)  # [frames, h, w]
@@ -300,12 +298,12 @@ def baseline_sr(lr: np.ndarray, clear: np.ndarray) -> np.ndarray:
     lr [frames, h, w], clear [frames, h, w] -> [3h, 3w] float64. The clearest frames are
     those with the largest clear-pixel count among frames without corrupt pixels.
     """
-    usable = lr.max(axis=(1, 2)) <= CORRUPT_THRESHOLD
+    usable = lr.max(axis=(1, 2)) <= domain.CORRUPT_VALUE
     if not usable.any():
         raise ValueError("baseline: every frame holds values above 60000 (no usable frame)")
     counts = np.where(usable, clear.sum(axis=(1, 2)), -1)
     mean = lr[counts == counts.max()].astype(np.float64).mean(axis=0)  # [h, w]
-    shape = (SCALE * lr.shape[1], SCALE * lr.shape[2])
+    shape = (domain.SCALE * lr.shape[1], domain.SCALE * lr.shape[2])
     return resize(mean, shape, order=3, mode="edge", anti_aliasing=False, preserve_range=True)
 
 
@@ -373,15 +371,15 @@ def write_dataset(
         }
     probav.write_norm(out_dir / "norm.csv", baselines)
     fileio.save_json(out_dir / TRUTH_FILE, {
-        "seed": seed, "lr_size": lr_size, "scale": SCALE, "shift_convention": SHIFT_CONVENTION,
+        "seed": seed, "lr_size": lr_size, "scale": domain.SCALE, "shift_convention": SHIFT_CONVENTION,
         "scenes": truth,
     })
     values = list(baselines.values())
     return {
         "out_dir": str(out_dir),
         "truth": str(out_dir / TRUTH_FILE),
-        "scenes": {"train": {band: n_scenes for band in probav.BANDS},
-                   "test": {band: n_test_scenes for band in probav.BANDS}},
+        "scenes": {"train": {band: n_scenes for band in domain.BANDS},
+                   "test": {band: n_test_scenes for band in domain.BANDS}},
         "frames": sum(len(t["corrupt"]) for t in truth.values()),
         "corrupt_frames": sum(sum(t["corrupt"]) for t in truth.values()),
         "short_test_scenes": [name for name, t in truth.items()
@@ -411,7 +409,7 @@ def frame_statistics(frames: np.ndarray) -> dict[str, float]:
     0.04-0.25 cycles/pixel; gain_cv: std / mean of the frame means (brightness changes).
     """
     frames = np.asarray(frames, dtype=np.float64)
-    frames = frames[frames.max(axis=(1, 2)) <= CORRUPT_THRESHOLD]
+    frames = frames[frames.max(axis=(1, 2)) <= domain.CORRUPT_VALUE]
     p1, p50, p99 = np.percentile(frames, [1, 50, 99])
     highpass = frames - ndimage.uniform_filter(frames, size=(1, 3, 3), mode="reflect")
     laplacian = np.array([[1, -2, 1], [-2, 4, -2], [1, -2, 1]], dtype=np.float64)[None]

@@ -39,7 +39,7 @@ from typing import Iterable
 
 from tqdm import tqdm
 
-from libraries import fileio
+from libraries import checkpoints, fileio
 from libraries.config import REPOSITORY_ROOT
 
 AUTHORS_REPOSITORY = "https://github.com/diegovalsesia/deepsum"
@@ -295,13 +295,9 @@ def _fetch_checkpoint(entry: AuthorsCheckpoint, dest: Path, url_base: str) -> Fe
 
 def _convert(entry: AuthorsCheckpoint, fetched: FetchedCheckpoint, dest: Path) -> FetchedCheckpoint:
     """Convert a fetched TF1 challenge checkpoint to TF2, unless an up-to-date conversion exists."""
-    import tensorflow as tf  # heavy: only when converting
-
-    from libraries import tf1_checkpoint  # written alongside; imported only when converting
-
     target = dest / entry.converted
-    if fetched.downloaded or tf.train.latest_checkpoint(str(target)) is None:
-        tf1_checkpoint.convert_tf1_checkpoint(fetched.folder, target, config=None)
+    if fetched.downloaded or not checkpoints.has_checkpoint(target):
+        checkpoints.convert_tf1_checkpoint(fetched.folder, target, config=None)
     return dataclasses.replace(fetched, converted=target)
 
 

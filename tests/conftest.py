@@ -44,10 +44,3 @@ def reference_case(reference_dir: Path) -> dict[str, np.ndarray]:
 def shared_data_dir() -> Path:
     """`shared/data`: real PROBA-V LR frames of 8 scenes and the organisers' norm.csv."""
     return _folder_from_env("DEEPSUM_SHARED_DATA", "the real PROBA-V sample")
-
-
-def relative_error(actual: np.ndarray, expected: np.ndarray) -> float:
-    """Relative L2 error ||actual - expected|| / ||expected|| (float64)."""
-    actual = np.asarray(actual, dtype=np.float64)
-    expected = np.asarray(expected, dtype=np.float64)
-    return float(np.linalg.norm(actual - expected) / max(np.linalg.norm(expected), 1e-30))

@@ -46,7 +46,7 @@ def test_naive_baseline_tiles_the_fill_over_channels(bench):
     assert (1, 9, 9, 16, 16, 8) in shapes, shapes
 
 
-def test_flop_count_matches_the_issue(bench):
+def test_flop_count_matches_the_hand_count(bench):
     flops = bench("harness").deepsum_flops(1, 384, 384)
     assert flops["sisrnet"] == pytest.approx(0.69e12, rel=0.01)
     assert flops["regnet"] == pytest.approx(0.81e12, rel=0.01)

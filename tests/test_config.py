@@ -4,6 +4,7 @@ from pathlib import Path
 import pytest
 
 from libraries import config
+from libraries.config import RegNetPretrainConfig, SISRNetPretrainConfig
 
 
 def _write(tmp_path: Path, content) -> Path:
@@ -78,3 +79,29 @@ def test_missing_and_malformed_files(tmp_path):
     path.write_text("{")
     with pytest.raises(config.ConfigError, match="not valid JSON"):
         config.load_config(path)
+
+
+PRETRAIN = dict(lr=1e-3, batch_size=8, steps=12, skip_step=6, spectral_band="NIR", mu=7754.664,
+                sigma=2316.3408, sigma_rescaled=596.982, patch_size=48, n_features=8, seed=3)
+
+
+def test_config_files_hold_the_authors_settings():
+    sisr = config.load_config(config.REPOSITORY_ROOT / "config_files/SISRNet_pretrain_config.json", kind=SISRNetPretrainConfig)
+    reg = config.load_config(config.REPOSITORY_ROOT / "config_files/RegNet_pretrain_config.json", kind=RegNetPretrainConfig)
+    assert (sisr.lr, sisr.batch_size, sisr.patch_size, sisr.border) == (5e-5, 16, 96, 3)
+    assert (reg.lr, reg.batch_size, reg.max_shift, reg.filter_size) == (1e-3, 16, 4, 9)
+    assert reg.SISRNet_pretrain_dir == sisr.checkpoint_dir  # RegNet freezes our own pretrained SISRNet
+    assert config.to_json(sisr)["hyperparameters"] == {"lr": 5e-5, "batch_size": 16}
+
+
+def test_config_errors_name_the_key(tmp_path):
+    content = config.to_json(RegNetPretrainConfig(**PRETRAIN, dataset_path=tmp_path))
+    content["others"]["max_shfit"] = 3
+    with pytest.raises(config.ConfigError, match="max_shfit"):
+        config.from_dict(RegNetPretrainConfig, content, "regnet.json")
+    with pytest.raises(config.ConfigError, match="max_shift"):
+        RegNetPretrainConfig(**PRETRAIN, dataset_path=tmp_path, max_shift=5)
+    with pytest.raises(config.ConfigError, match="patch_size"):
+        SISRNetPretrainConfig(**{**PRETRAIN, "patch_size": 6}, dataset_path=tmp_path)
+    with pytest.raises(config.ConfigError, match="eval_size"):
+        RegNetPretrainConfig(**PRETRAIN, dataset_path=tmp_path, eval_size=10)  # windows cut 4 px on each side

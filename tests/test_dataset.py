@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 
 import libraries
-from libraries import __main__ as cli
+from libraries import __main__ as cli, domain
 from libraries import dataset, preprocessing, probav, synthetic
 
 BAND = "NIR"
@@ -114,7 +114,7 @@ def test_registration_recovers_planted_shifts(tmp_path):
     truth = synthetic.read_truth(folder)["scenes"]
     exact = np.zeros(2, dtype=int)  # [all integer frames, clear integer frames]
     total = np.zeros(2, dtype=int)
-    for band in probav.BANDS:
+    for band in domain.BANDS:
         for path in probav.list_scenes(folder, "train", band):
             scene = probav.read_scene(path)
             prepared = dataset.prepare_test_scene(scene)

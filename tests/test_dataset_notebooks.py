@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from libraries import dataset, synthetic
-from tests.notebooks import notebook_code_cells_are_short, run_notebook
+from notebooks import notebook_code_cells_are_short, run_notebook
 
 FOLDER = Path(__file__).resolve().parent.parent / "dataset_creation"
 ORDER = ("Save_dataset_pickles", "Create_dataset", "Save_best9_from_dataset", "Create_testset")

@@ -1,8 +1,8 @@
-"""The main job end to end at a tiny size: synthetic data -> ... -> validated submission + table."""
+"""The demo end to end at a tiny size: synthetic data -> ... -> validated submission + table."""
 
 import zipfile
 
-from libraries import __main__ as cli
+from libraries import __main__ as cli, domain
 from libraries import demo
 
 
@@ -20,7 +20,7 @@ def test_demo_runs_end_to_end_and_reruns_from_its_outputs(tmp_path, capsys):
     for name in ("training.png", "sliding_window_NIR.png", "sliding_window_RED.png"):
         assert (tmp_path / "demo" / "figures" / name).stat().st_size > 1000
     # RED was fine-tuned from NIR and both bands' checkpoints exist
-    for band in demo.BANDS:
+    for band in domain.BANDS:
         assert (tmp_path / "demo" / "checkpoints" / f"DeepSUM_{band}" / "checkpoint").is_file()
 
     # A second run finds every output complete and does no work again.

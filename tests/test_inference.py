@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from libraries import checkpoints, dataset, fileio, inference, metrics, preprocessing, probav, synthetic
+from libraries import checkpoints, dataset, domain, fileio, inference, metrics, preprocessing, probav, synthetic
 from libraries.__main__ import main
 from libraries.config import default_config, to_json
 
@@ -222,33 +222,34 @@ def test_window_inputs_register_each_mask_with_its_own_shift(tiny_config):
 
 def test_sliding_window_averages_three_windows(tiny_config):
     scene = textured_scene(12)
-    images = inference.window_images(MeanModel(tiny_config), scene, tiny_config, n_slide=2)
+    images = inference.Superresolver(MeanModel(tiny_config), tiny_config).window_images(scene, n_slide=2)
     assert images.shape == (3, HR_SIZE, HR_SIZE)
     for window in range(3):  # window n averages frames n..n+8
         np.testing.assert_allclose(images[window], scene["frames"][window:window + 9].mean(axis=0), rtol=1e-5)
-    sr = inference.superresolve_scene(MeanModel(tiny_config), scene, tiny_config, n_slide=2)
+    sr = inference.Superresolver(MeanModel(tiny_config), tiny_config).scene(scene, n_slide=2)
     np.testing.assert_allclose(sr, images.mean(axis=0), rtol=1e-6)  # the windows differ by a constant: no shift
-    assert inference.window_images(MeanModel(tiny_config), scene, tiny_config, n_slide=7).shape[0] == 4  # K - 9 + 1
+    assert inference.Superresolver(MeanModel(tiny_config), tiny_config).window_images(scene, n_slide=7).shape[0] == 4  # K - 9 + 1
 
 
 def test_network_runs_batched_windows_and_traces_once(tiny_config, tiny_model):
     scene = textured_scene(11)
-    images = inference.window_images(tiny_model, scene, tiny_config, n_slide=2)
-    one_by_one = inference.window_images(tiny_model, scene, tiny_config, n_slide=2, windows_per_call=1)
+    superresolver = inference.Superresolver(tiny_model, tiny_config)  # its tf.functions traced once
+    images = superresolver.window_images(scene, n_slide=2)
+    one_by_one = superresolver.window_images(scene, n_slide=2, windows_per_call=1)
     assert images.shape == (3, HR_SIZE, HR_SIZE) and np.all(np.isfinite(images))
     np.testing.assert_allclose(images, one_by_one, rtol=1e-4, atol=1e-2)
-    sr = inference.superresolve_scene(tiny_model, scene, tiny_config, n_slide=2)
+    sr = superresolver.scene(scene, n_slide=2)
     np.testing.assert_allclose(sr, inference.fuse_windows(images)[0], rtol=1e-6)
-    inference.superresolve_scene(tiny_model, textured_scene(9, seed=3), tiny_config)  # another size of batch
-    calls = inference.scene_calls(tiny_model, tiny_config)
+    superresolver.scene(textured_scene(9, seed=3))  # another size of batch
+    calls = superresolver
     assert calls.features.experimental_get_tracing_count() == calls.windows.experimental_get_tracing_count() == 1
 
 
 def test_features_once_per_scene_equal_the_per_window_network(tiny_config, tiny_model):
     scene = textured_scene(12, seed=6)
-    reused = inference.window_images(tiny_model, scene, tiny_config, n_slide=2)
+    reused = inference.Superresolver(tiny_model, tiny_config).window_images(scene, n_slide=2)
     x, masks = inference.window_inputs(scene, tiny_config, n_slide=2)  # [3, 9, H, W, 1] each
-    per_window = inference.network_call(tiny_model, tiny_config)(tf.constant(x), tf.constant(masks)).numpy()
+    per_window = inference.Superresolver(tiny_model, tiny_config).network_call(tf.constant(x), tf.constant(masks)).numpy()
     per_window = per_window[:, 0, :, :, 0] * tiny_config.sigma_rescaled + tiny_config.mu  # [3, H, W] DN
     assert np.max(np.abs(reused - per_window)) / np.max(np.abs(per_window)) < 1e-5
     frames, _, index = inference.scene_frames(scene, tiny_config, n_slide=2)
@@ -256,7 +257,7 @@ def test_features_once_per_scene_equal_the_per_window_network(tiny_config, tiny_
 
 
 def test_a_scene_with_fewer_than_9_frames_is_superresolved(tiny_config, tiny_model):
-    sr = inference.superresolve_scene(tiny_model, textured_scene(5), tiny_config, n_slide=2)
+    sr = inference.Superresolver(tiny_model, tiny_config).scene(textured_scene(5), n_slide=2)
     assert sr.shape == (HR_SIZE, HR_SIZE) and sr.dtype == np.float32 and np.all(np.isfinite(sr))
 
 
@@ -316,8 +317,8 @@ def test_superresolve_command_writes_a_valid_submission(tmp_path, synthetic_dir,
     assert len(names) == 4  # both bands, including the scenes with fewer than 9 usable frames
     images = inference.read_submission(zip_path)
     folder = synthetic_dir / "test" / "NIR" / names[-1]
-    expected = inference.superresolve_scene(
-        tiny_model, dataset.prepare_test_scene(probav.read_scene(folder)), tiny_config, n_slide=1)
+    expected = inference.Superresolver(tiny_model, tiny_config).scene(
+        dataset.prepare_test_scene(probav.read_scene(folder)), n_slide=1)
     np.testing.assert_array_equal(images[names[-1]], np.clip(np.rint(expected), 0, 65535).astype(np.uint16))
 
 
@@ -336,11 +337,11 @@ def test_evaluate_sliding_window_matches_superresolve_per_n_slide(tiny_config, t
     ragged.update(offsets=np.array([0, 11, 20]), names=np.array(["imgset0004", "imgset0005"]),
                   hr=np.stack([smooth_image(4) + smooth_image(14) / 20, smooth_image(5) + smooth_image(15) / 20]), hr_clear=np.ones((2, HR_SIZE, HR_SIZE), bool),
                   baseline=np.array([40.0, 42.0], np.float32))
-    rows = inference.evaluate_sliding_window(tiny_model, ragged, tiny_config, n_slides=(0, 2), progress=False)
+    rows = inference.evaluate_sliding_window(inference.Superresolver(tiny_model, tiny_config), ragged, n_slides=(0, 2), progress=False)
     assert [(row["method"], row["n_slide"]) for row in rows] == [("bicubic", None), ("DeepSUM", 0), ("DeepSUM", 2)]
     for row in rows:
-        images = [inference.bicubic_baseline(inference.scene_at(ragged, index)) if row["n_slide"] is None else
-                  inference.superresolve_scene(tiny_model, inference.scene_at(ragged, index), tiny_config, row["n_slide"])
+        images = [inference.bicubic_baseline(domain.scene_slice(ragged, index)) if row["n_slide"] is None else
+                  inference.Superresolver(tiny_model, tiny_config).scene(domain.scene_slice(ragged, index), row["n_slide"])
                   for index in range(2)]
         scores = [metrics.kelvins_score(image, ragged["hr"][index], ragged["hr_clear"][index], ragged["baseline"][index])
                   for index, image in enumerate(images)]
@@ -351,7 +352,7 @@ def test_evaluate_sliding_window_matches_superresolve_per_n_slide(tiny_config, t
 def test_a_real_probav_scene_with_corrupt_frames_gives_a_valid_384_submission(tmp_path, shared_data_dir, tiny_config, tiny_model):
     source = shared_data_dir / "probav_real" / "lr_only" / "train" / "NIR" / "imgset0594"  # 21 frames, 3 corrupt
     scene = dataset.prepare_test_scene(probav.read_scene(source, masks="assume_clear"))
-    sr = inference.superresolve_scene(tiny_model, scene, tiny_config)
+    sr = inference.Superresolver(tiny_model, tiny_config).scene(scene)
     assert sr.shape == (384, 384) and np.all(np.isfinite(sr))
     split_dir = tmp_path / "test"
     (split_dir / "NIR").mkdir(parents=True)

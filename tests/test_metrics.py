@@ -8,7 +8,7 @@ import pytest
 import tensorflow as tf
 
 from libraries import metrics
-from tests.conftest import relative_error
+from helpers import relative_error
 
 MU, SIGMA_RESCALED = 7754.664, 596.982  # the constants the reference case was made with
 TOLERANCE = 1e-4

@@ -9,9 +9,10 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from conftest import relative_error
+import helpers
+from helpers import relative_error
 from libraries import model as model_lib
-from libraries import preprocessing, tf1_checkpoint
+from libraries import checkpoints, preprocessing
 from libraries.config import default_config
 
 SMALL = default_config(n_features=8)
@@ -21,7 +22,7 @@ SMALL = default_config(n_features=8)
 def reference_run(reference_dir, reference_case):
     """DeepSUM with the case's TF1 checkpoint, its outputs, and the sub-step intermediates."""
     model = model_lib.DeepSUM()
-    tf1_checkpoint.load_tf1_checkpoint(model, reference_dir / "deepsum_tf1_case_a" / "checkpoint_tf1")
+    checkpoints.load_tf1_checkpoint(model, reference_dir / "deepsum_tf1_case_a" / "checkpoint_tf1")
     x, masks = reference_case["x"], reference_case["masks_lr"]
     out = model(x, masks)
     features = model.sisrnet(x)
@@ -79,7 +80,7 @@ def test_fill_agrees_with_the_fill_coefficients():
     rng = np.random.default_rng(0)
     masks = rng.random((2, 9, 12, 12, 1)) < 0.3  # many pixels with no clear frame too
     values = rng.normal(size=(2, 9, 12, 12, 5)).astype(np.float32)
-    coefficients = preprocessing.fill_coefficients(masks)  # [b, t, s, H, W, 1]
+    coefficients = helpers.fill_coefficients(masks)  # [b, t, s, H, W, 1]
     expected = np.sum(coefficients * values[:, None], axis=2)  # [b, t, H, W, 5]
     np.testing.assert_array_equal(model_lib.fill_masked(values, masks).numpy(), expected)
 

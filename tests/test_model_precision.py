@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from conftest import relative_error
-from libraries import metrics, tf1_checkpoint
+from helpers import relative_error
+from libraries import checkpoints, metrics
 from libraries.config import default_config
 from libraries.model import DeepSUM
 
@@ -21,7 +21,7 @@ BFLOAT16_RELATIVE = 0.1
 
 def reference_model(reference_dir, precision: str) -> DeepSUM:
     model = DeepSUM(default_config(precision=precision))
-    tf1_checkpoint.load_tf1_checkpoint(model, reference_dir / "deepsum_tf1_case_a" / "checkpoint_tf1")
+    checkpoints.load_tf1_checkpoint(model, reference_dir / "deepsum_tf1_case_a" / "checkpoint_tf1")
     return model
 
 

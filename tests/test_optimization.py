@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from libraries import metrics, optimization
+from libraries import metrics
+from libraries.training import optimization
 from libraries.config import default_config
 from libraries.model import DeepSUM
 

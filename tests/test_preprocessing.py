@@ -8,7 +8,7 @@ import pytest
 import scipy.ndimage
 import skimage.transform
 
-from libraries import preprocessing, probav
+from libraries import domain, preprocessing, probav
 
 
 def smooth_image(rng: np.random.Generator, size: int) -> np.ndarray:
@@ -184,7 +184,7 @@ def test_real_frames_lose_exactly_their_corrupt_frames(shared_data_dir):
     root = shared_data_dir / "probav_real" / "lr_only"
     dropped: dict[tuple[str, str], set[str]] = {}
     scenes = 0
-    for band in probav.BANDS:
+    for band in domain.BANDS:
         for folder in probav.list_scenes(root, "train", band):
             scene = probav.read_scene(folder, band=band, split="train", masks="assume_clear")
             _, _, kept = preprocessing.drop_corrupt_frames(scene.lr, scene.clear)

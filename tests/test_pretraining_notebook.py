@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from tests.notebooks import notebook_code_cells_are_short, run_notebook
+from notebooks import notebook_code_cells_are_short, run_notebook
 
 NOTEBOOK = Path(__file__).resolve().parent.parent / "DeepSUM_pretraining.ipynb"
 

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from libraries import probav
+from libraries import domain, probav
 
 LR_SIZE = 16
 
@@ -68,7 +68,7 @@ def test_read_split_lists_sorted_scenes(tmp_path):
 def test_real_frames_read_bit_exact(shared_data_dir):
     root = shared_data_dir / "probav_real" / "lr_only"
     corrupt = []
-    for band in probav.BANDS:
+    for band in domain.BANDS:
         for scene in probav.read_split(root, "train", band, progress=False, masks="assume_clear"):
             assert scene.lr.shape[1:] == (128, 128) and scene.clear.all() and scene.hr is None
             for name, frame in zip(scene.frame_names, scene.lr):

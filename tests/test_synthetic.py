@@ -11,7 +11,7 @@ from scipy import ndimage
 from skimage.registration import phase_cross_correlation
 from skimage.transform import resize
 
-from libraries import metrics, probav, synthetic
+from libraries import domain, metrics, probav, synthetic
 from libraries.__main__ import main
 
 SEED = 3
@@ -29,7 +29,7 @@ def synthetic_set(tmp_path_factory) -> tuple[Path, dict]:
 @pytest.fixture(scope="module")
 def scenes(synthetic_set) -> list[probav.Scene]:
     out, _ = synthetic_set
-    return [scene for split in probav.SPLITS for band in probav.BANDS
+    return [scene for split in domain.SPLITS for band in domain.BANDS
             for scene in probav.read_split(out, split, band, progress=False)]
 
 
@@ -85,7 +85,7 @@ def test_frame_counts_and_usable_frames(scenes, truth):
     usable = {}
     for scene in scenes:
         assert 9 <= scene.n_frames <= 35
-        corrupt = scene.lr.max(axis=(1, 2)) > synthetic.CORRUPT_THRESHOLD
+        corrupt = scene.lr.max(axis=(1, 2)) > domain.CORRUPT_VALUE
         np.testing.assert_array_equal(corrupt, truth[scene.name]["corrupt"])
         usable[scene.name] = (scene.split, int((~corrupt).sum()))
     assert all(count >= 9 for split, count in usable.values() if split == "train")
@@ -94,23 +94,23 @@ def test_frame_counts_and_usable_frames(scenes, truth):
 
 
 def test_corrupt_frames_hold_65520_wedges(scenes):
-    corrupt = [frame for scene in scenes for frame in scene.lr if frame.max() > synthetic.CORRUPT_THRESHOLD]
+    corrupt = [frame for scene in scenes for frame in scene.lr if frame.max() > domain.CORRUPT_VALUE]
     assert len(corrupt) >= 3
     for frame in corrupt:
-        bad = frame > synthetic.CORRUPT_THRESHOLD
+        bad = frame > domain.CORRUPT_VALUE
         assert np.all(frame[bad] == synthetic.CORRUPT_VALUE) and 0 < bad.mean() < 0.5
         assert bad[[0, 0, -1, -1], [0, -1, 0, -1]].any()  # cut off a corner, like the real ones
 
 
 def test_values_are_14_bit_like_multiples_of_16(scenes):
     for scene in scenes:
-        good = scene.lr[scene.lr.max(axis=(1, 2)) <= synthetic.CORRUPT_THRESHOLD]
+        good = scene.lr[scene.lr.max(axis=(1, 2)) <= domain.CORRUPT_VALUE]
         assert np.all(good % 16 == 0) and good.max() < 40000
-        clear_values = good[scene.clear[scene.lr.max(axis=(1, 2)) <= synthetic.CORRUPT_THRESHOLD]]
+        clear_values = good[scene.clear[scene.lr.max(axis=(1, 2)) <= domain.CORRUPT_VALUE]]
         assert 1000 < np.median(clear_values) < 16384
         if scene.hr is not None:
             assert scene.hr.max() <= 16383 and 1000 < np.median(scene.hr) < 16384
-    medians = {band: np.median([np.median(s.lr) for s in scenes if s.band == band]) for band in probav.BANDS}
+    medians = {band: np.median([np.median(s.lr) for s in scenes if s.band == band]) for band in domain.BANDS}
     assert 3000 < medians["RED"] < medians["NIR"] < 15000
 
 

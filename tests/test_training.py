@@ -18,9 +18,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 import tensorflow as tf
+from tensorboard.backend.event_processing import event_accumulator
 
 from libraries import config as config_module
 from libraries import dataset, fileio, model, synthetic, training
+from libraries.training import deepsum as deepsum_training
 
 REPOSITORY_ROOT = Path(__file__).resolve().parent.parent
 SKIP_STEP = 3
@@ -183,14 +185,19 @@ def test_checkpoints_config_and_tensorboard_logs_are_written(trained):
     assert tf.train.latest_checkpoint(str(folder)).endswith(f"ckpt-{FIRST_STEPS}")
     assert tf.train.latest_checkpoint(str(folder / "best")) is not None
     assert config_module.load_config(folder / "config.json") == trainer.config
-    tags = {}
+    # TensorBoard's own reader finds the scalars and the images
+    plugins = {}
     for split in ("train", "validation"):
-        files = list((folder / "logs" / split).glob("events.out.tfevents.*"))
-        assert files, split
-        tags[split] = {value.tag for file in files for event in tf.compat.v1.train.summary_iterator(str(file))
-                       for value in event.summary.value}
-    assert "loss" in tags["train"]
-    assert {"loss", "cpsnr", "score", "regnet_accuracy", "baseline_cpsnr", "sr", "hr", "filters"} <= tags["validation"]
+        events = event_accumulator.EventAccumulator(str(folder / "logs" / split), size_guidance={"tensors": 0})
+        events.Reload()
+        plugins[split] = {tag: events.SummaryMetadata(tag).plugin_data.plugin_name for tag in events.Tags()["tensors"]}
+    assert plugins["train"] == {"loss": "scalars"}
+    assert {name: plugins["validation"][name] for name in ("loss", "cpsnr", "score", "regnet_accuracy",
+                                                            "baseline_cpsnr", "sr", "hr", "filters")} == {
+        **{name: "scalars" for name in ("loss", "cpsnr", "score", "regnet_accuracy", "baseline_cpsnr")},
+        **{name: "images" for name in ("sr", "hr", "filters")}}
+    steps = [event.step for event in events.Tensors("score")]
+    assert steps == [SKIP_STEP, FIRST_STEPS]
 
 
 def test_freezing_keeps_those_weights_unchanged(tmp_path, data_path):
@@ -368,25 +375,15 @@ def test_authors_pretraining_checkpoints_are_loaded(tmp_path, data_path, referen
             np.testing.assert_array_equal(variable.numpy(), reader.get_tensor(name), err_msg=name)
 
 
-def test_registration_taps_follow_the_authors_labels():
-    shifts = np.array([[0, 0], [-4, -4], [4, 4], [1, -2], [-3, 2]])
-    # The authors' label: a one-hot 9x9 filter at [dy + 4, dx + 4], flattened row-major.
-    one_hot = np.zeros((len(shifts), 9, 9))
-    one_hot[np.arange(len(shifts)), shifts[:, 0] + 4, shifts[:, 1] + 4] = 1
-    expected = one_hot.reshape(len(shifts), 81).argmax(axis=1)  # [n,9,9] -> [n,81]
-    np.testing.assert_array_equal(training.registration_taps(shifts).numpy(), expected)
-    assert training.registration_taps(shifts).numpy().tolist() == [40, 0, 80, 47, 15]
-
-
 def test_command_line_overrides_the_config(tmp_path, data_path):
     import argparse
 
     parser = argparse.ArgumentParser()
-    training.add_train_arguments(parser)
+    deepsum_training.add_train_arguments(parser)
     config_file = write_config(tiny_config(tmp_path, data_path), tmp_path / "config.json")
     args = parser.parse_args(["--config", str(config_file), "--steps", "7", "--checkpoint-dir", "here",
                               "--skip-step", "3", "--freeze", "regnet", "--lr", "0.5"])
-    config = training.config_from_arguments(args)
+    config = deepsum_training.config_from_arguments(args)
     assert args.steps == 7
     assert config.checkpoint_dir == Path("here").absolute() and config.skip_step == 3
     assert config.freeze == ("regnet",) and config.lr == 0.5 and config.n_features == 8

@@ -24,7 +24,7 @@ import tensorflow as tf
 
 import libraries
 from libraries import __main__ as cli
-from libraries import config, weights
+from libraries import checkpoints, config, model, weights
 
 PRETRAINING = tuple(entry for entry in weights.AUTHORS_CHECKPOINTS if entry.group == "pretraining")
 CHALLENGE = tuple(entry for entry in weights.AUTHORS_CHECKPOINTS if entry.group == "challenge")
@@ -290,9 +290,7 @@ def test_challenge_conversion_path_calls_converter_once(reference_dir, tmp_path,
         checkpoint = tf.train.Checkpoint(step=tf.Variable(1))
         return Path(tf.train.CheckpointManager(checkpoint, str(destination), max_to_keep=1).save())
 
-    fake = types.SimpleNamespace(convert_tf1_checkpoint=fake_convert)
-    monkeypatch.setattr(libraries, "tf1_checkpoint", fake, raising=False)
-    monkeypatch.setitem(sys.modules, "libraries.tf1_checkpoint", fake)
+    monkeypatch.setattr(checkpoints, "convert_tf1_checkpoint", fake_convert)
     dest = tmp_path / "repo"
     with _serve(root) as (url, _):
         first = weights.fetch_weights(dest, url, which=("challenge",))
@@ -305,10 +303,6 @@ def test_challenge_conversion_path_calls_converter_once(reference_dir, tmp_path,
     assert tf.train.load_checkpoint(str(tf1_folder)).get_tensor("conv_fuse_4/W").shape == (1, 1, 1, 64, 1)
 
 
-@pytest.mark.skipif(
-    importlib.util.find_spec("libraries.tf1_checkpoint") is None,
-    reason="libraries/tf1_checkpoint.py (convert_tf1_checkpoint) is not in the repository yet",
-)
 def test_challenge_conversion_with_the_real_converter(reference_dir, tmp_path, monkeypatch):
     entry, root = _stand_in_challenge_entry(reference_dir, tmp_path)
     monkeypatch.setattr(weights, "AUTHORS_CHECKPOINTS", (entry,))
@@ -316,8 +310,6 @@ def test_challenge_conversion_with_the_real_converter(reference_dir, tmp_path, m
         fetched = weights.fetch_weights(tmp_path / "repo", url, which=("challenge",))
     converted = fetched["DeepSUM_NIR"].converted
     assert converted == tmp_path / "repo/checkpoints/DeepSUM_NIR_challenge"
-
-    from libraries import checkpoints, model
 
     network = model.DeepSUM(config.default_config())
     frames = tf.zeros([1, 9, 36, 36, 1])

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from libraries import checkpoints, tf1_checkpoint
+from libraries import checkpoints
 from libraries.__main__ import main
 from libraries.checkpoints import CheckpointError
 from libraries.config import default_config, load_config
@@ -28,7 +28,7 @@ def pretraining(reference_dir):
 def test_sisrnet_pretraining_checkpoint_loads_every_sisrnet_variable(pretraining):
     model = DeepSUM()
     before = {name: v.numpy() for name, v in model.tf1_variables().items()}
-    loaded = tf1_checkpoint.load_tf1_checkpoint(model, pretraining / "SISRNet")
+    loaded = checkpoints.load_tf1_checkpoint(model, pretraining / "SISRNet")
     assert loaded == sorted(model.sisrnet.tf1_variables())
     assert len(loaded) == 32 and not any("conv_up_8" in n or "Adam" in n for n in loaded)
     reader = tf.train.load_checkpoint(str(pretraining / "SISRNet"))
@@ -39,19 +39,19 @@ def test_sisrnet_pretraining_checkpoint_loads_every_sisrnet_variable(pretraining
 
 def test_regnet_pretraining_checkpoint_loads_by_prefix_and_into_the_sub_network(pretraining):
     model = DeepSUM()
-    loaded = tf1_checkpoint.load_tf1_checkpoint(model.regnet, pretraining / "RegNet" / "model.ckpt-5999")
+    loaded = checkpoints.load_tf1_checkpoint(model.regnet, pretraining / "RegNet" / "model.ckpt-5999")
     assert loaded == sorted(model.regnet.tf1_variables()) and len(loaded) == 10
     assert checkpoints.restore_weights(SISRNet(), pretraining / "SISRNet") == "tf1"
 
 
 def test_shape_mismatch_names_the_variable(case_checkpoint):
     with pytest.raises(CheckpointError, match=r"Rconv1b/W has shape \[2, 3, 3, 64, 128\].*expects \[2, 3, 3, 8, 16\]"):
-        tf1_checkpoint.load_tf1_checkpoint(DeepSUM(SMALL), case_checkpoint)
+        checkpoints.load_tf1_checkpoint(DeepSUM(SMALL), case_checkpoint)
 
 
 def test_load_tf1_variables_assigns_only_names_present(case_checkpoint):
     variables = {"conv_fuse_4/b": tf.Variable([0.0]), "no_such/W": tf.Variable([1.0])}
-    assert tf1_checkpoint.load_tf1_variables(variables, case_checkpoint) == ["conv_fuse_4/b"]
+    assert checkpoints.load_tf1_variables(variables, case_checkpoint) == ["conv_fuse_4/b"]
     reader = tf.train.load_checkpoint(str(case_checkpoint))
     np.testing.assert_array_equal(variables["conv_fuse_4/b"], reader.get_tensor("conv_fuse_4/b"))
     assert variables["no_such/W"].numpy()[0] == 1.0
@@ -61,9 +61,9 @@ def test_paths_that_are_not_checkpoints_are_named(tmp_path):
     empty = tmp_path / "empty"
     empty.mkdir()
     with pytest.raises(CheckpointError, match="empty: folder has no `checkpoint` file"):
-        tf1_checkpoint.load_tf1_checkpoint(DeepSUM(SMALL), empty)
+        checkpoints.load_tf1_checkpoint(DeepSUM(SMALL), empty)
     with pytest.raises(CheckpointError, match="nowhere: not a checkpoint"):
-        tf1_checkpoint.load_tf1_checkpoint(DeepSUM(SMALL), tmp_path / "nowhere")
+        checkpoints.load_tf1_checkpoint(DeepSUM(SMALL), tmp_path / "nowhere")
     (tmp_path / "junk.index").write_bytes(b"not a checkpoint index")
     with pytest.raises(CheckpointError, match="junk: not a readable TensorFlow checkpoint"):
         checkpoints.restore_weights(DeepSUM(SMALL), tmp_path / "junk")
@@ -75,7 +75,7 @@ def test_restore_weights_detects_the_kind_and_refuses_partial_checkpoints(case_c
     with pytest.raises(CheckpointError, match="lacks 28 variable"):
         checkpoints.restore_weights(DeepSUM(), pretraining / "SISRNet")
     with pytest.raises(CheckpointError, match="TF2 checkpoint, not a TF1"):
-        tf1_checkpoint.load_tf1_checkpoint(model, checkpoints.save_model_checkpoint(model, tmp_path / "ours"))
+        checkpoints.load_tf1_checkpoint(model, checkpoints.save_model_checkpoint(model, tmp_path / "ours"))
     with pytest.raises(CheckpointError, match="does not fit DeepSUM"):
         checkpoints.restore_weights(DeepSUM(SMALL), tmp_path / "ours")
 
@@ -85,7 +85,7 @@ def test_convert_tf1_round_trips_to_identical_outputs(case_checkpoint, reference
     assert main(["convert-tf1", str(case_checkpoint), str(destination)]) == 0
     assert load_config(destination / "config.json") == default_config()
     original, restored = DeepSUM(), DeepSUM(default_config(seed=7))
-    tf1_checkpoint.load_tf1_checkpoint(original, case_checkpoint)
+    checkpoints.load_tf1_checkpoint(original, case_checkpoint)
     assert checkpoints.restore_weights(restored, destination) == "tf2"
     for name, variable in original.tf1_variables().items():
         np.testing.assert_array_equal(restored.tf1_variables()[name], variable, err_msg=name)

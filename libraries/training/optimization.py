@@ -1,11 +1,14 @@
-"""The gradients of one training step, computed in micro-batches when memory is short.
+"""The optimiser of every training, and the gradients of one step in micro-batches.
+
+`adam` is TF1's AdamOptimizer as the authors used it (epsilon 1e-8, where Keras' default is
+1e-7), for DeepSUM and both pretrainings.
 
 A training step's loss is a batch mean of per-scene losses (the cL2 loss), so its gradient is
 the sum over any split of the batch of each part's gradient weighted by the part's share of
 the batch. `batch_gradients` computes it `micro_batch` scenes at a time in a sequential
 `tf.while_loop`: the activations kept for the backward pass are those of one micro-batch, not
 of the whole batch, and the Adam update that follows is the same (up to float32 summation
-order). Used by `libraries.training.Trainer` and by `bench/train_step.py`.
+order). Used by `libraries.training.deepsum.Trainer` and by `bench/train_step.py`.
 """
 
 from __future__ import annotations
@@ -15,6 +18,13 @@ from typing import Callable, Sequence
 import tensorflow as tf
 
 LossFunction = Callable[..., tf.Tensor]
+ADAM_BETAS = (0.9, 0.999)
+ADAM_EPSILON = 1e-8  # TF1 AdamOptimizer's default (the authors'); Keras' is 1e-7
+
+
+def adam(learning_rate: float) -> tf.keras.optimizers.Adam:
+    """Adam with TF1's defaults (the authors' optimiser)."""
+    return tf.keras.optimizers.Adam(learning_rate, beta_1=ADAM_BETAS[0], beta_2=ADAM_BETAS[1], epsilon=ADAM_EPSILON)
 
 
 def batch_gradients(loss_of: LossFunction, variables: Sequence[tf.Variable], batch: Sequence[tf.Tensor],

@@ -1,0 +1,195 @@
+"""The prepared data set on disk: its layout, its arrays and their readers.
+
+Layout of `<out>/<BAND>/` (every array an .npy file, read with allow_pickle=False;
+ragged data is flat with offsets; names are fixed-width unicode arrays)::
+
+    manifest.json                      parameters, seed, version, counts, every scene held
+    split.json                         seed, share, the train and validation scene names
+    raw/{train,test}/                  as read: lr [F,128,128] uint16, clear [F,128,128] bool,
+                                       offsets [S+1] int64, names [S], frame_names [F],
+                                       train only: hr [S,384,384] uint16, hr_clear bool, baseline [S] float32
+    {train,validation,test}/           kept frames of kept scenes, reference first:
+                                       frames [F,384,384] float32 (bicubic, NOT registered),
+                                       masks [F,384,384] bool (upsampled, NOT registered),
+                                       shifts [F,2] int32, offsets [S+1], names [S], frame_names [F];
+                                       train, validation: hr [S,384,384] uint16, hr_clear, baseline
+    train/chunk_{k}/                   corners [N,2] int32 (top-left, row, col), scene [N] int32
+    best9/train/chunk_{k}/             frames [N,9,P,P] float32, masks [N,9,P,P] bool (registered),
+                                       shifts [N,9,2] int32, hr [N,P,P] uint16, hr_clear [N,P,P] bool,
+                                       baseline [N] float32, scene [N] int32, corners [N,2] int32
+    best9/validation/                  the same at 384x384, one row per scene (corners all 0)
+
+Shifts are each frame's integer displacement from the reference on the 384 grid (see
+`preprocessing`): the RegNet label, and `preprocessing.translate_masks` registers masks with them.
+Best-9 of a training patch counts clear pixels inside the patch, as the original.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any, Iterable, Iterator, Mapping, Sequence
+
+import numpy as np
+
+import libraries
+from libraries import domain, fileio, preprocessing
+
+RAW = "raw"
+BEST9 = "best9"
+MANIFEST = "manifest.json"
+SPLIT_FILE = "split.json"
+DEFAULT_SEED = 1  # the original's shuffle used random_state=1 (our permutation differs: sorted names, NumPy)
+DEFAULT_SHARE = 0.7
+
+
+class DatasetError(ValueError):
+    """A prepared dataset folder is missing, incomplete or not what the caller asked for."""
+
+
+def save_arrays(folder: Path, arrays: Mapping[str, np.ndarray]) -> None:
+    for key, value in arrays.items():
+        fileio.save_npy(folder / f"{key}.npy", value)
+
+
+def names_array(names: Sequence[str]) -> np.ndarray:
+    """Fixed-width unicode array (never object) of names."""
+    width = max((len(name) for name in names), default=1)
+    return np.asarray(list(names), dtype=f"<U{width}")
+
+
+def load_arrays(folder: Path, keys: Iterable[str], mmap: bool = True) -> dict[str, np.ndarray]:
+    """Load `folder/<key>.npy` without pickle; memory-mapped unless `mmap` is False."""
+    arrays = {}
+    for key in keys:
+        path = folder / f"{key}.npy"
+        if not path.is_file():
+            raise DatasetError(f"{path}: file missing (expected an array of a prepared dataset; "
+                               f"run `python -m libraries prepare` or the dataset_creation notebooks)")
+        arrays[key] = np.load(path, mmap_mode="r" if mmap else None, allow_pickle=False)
+    return arrays
+
+
+def read_manifest(band_dir: Path) -> dict[str, Any]:
+    path = band_dir / MANIFEST
+    return json.loads(path.read_text()) if path.is_file() else {}
+
+
+def update_manifest(band_dir: Path, section: str, content: Any) -> dict[str, Any]:
+    manifest = read_manifest(band_dir)
+    manifest.update({"band": band_dir.name, "library_version": libraries.__version__, section: content})
+    fileio.save_json(band_dir / MANIFEST, manifest)
+    return manifest
+
+
+def band_folder(dataset_path: str | os.PathLike, band: str) -> Path:
+    """`dataset_path/band`, checked to exist."""
+    if band not in domain.BANDS:
+        raise DatasetError(f"band {band!r} is not one of {domain.BANDS}")
+    folder = Path(dataset_path) / band
+    if not folder.is_dir():
+        raise DatasetError(f"{folder}: folder missing (expected a dataset prepared with "
+                           f"`python -m libraries prepare --band {band}`)")
+    return folder
+
+
+def best9_windows(store: Mapping[str, np.ndarray], scene: np.ndarray, corners: np.ndarray,
+                  size: int) -> Iterator[dict[str, np.ndarray]]:
+    """Best-9 network inputs of windows cut from a scene store, one dict per run of equal `scene`.
+
+    store: a train or validation store (`load_arrays`); scene [N] int, corners [N, 2] int.
+    Yields frames [n,9,size,size] float32, masks [n,9,size,size] bool registered by their
+    shifts, shifts [n,9,2] int32, hr [n,size,size] uint16, hr_clear bool, baseline [n] float32,
+    scene [n] int32, corners [n,2] int32. Best-9 counts clear pixels inside each window.
+    """
+    scene, corners = np.asarray(scene), np.asarray(corners)
+    breaks = np.flatnonzero(np.diff(scene)) + 1
+    for rows in np.split(np.arange(scene.size), breaks):
+        if rows.size == 0:
+            continue
+        index = int(scene[rows[0]])
+        arrays = domain.scene_slice(store, index, ["frames", "masks", "shifts", "hr", "hr_clear", "baseline"])
+        where = corners[rows]
+        frames = preprocessing.cut_windows(arrays["frames"], where, size)  # [n, K, size, size]
+        masks = preprocessing.cut_windows(arrays["masks"], where, size)  # [n, K, size, size]
+        shifts = np.broadcast_to(arrays["shifts"], (rows.size,) + arrays["shifts"].shape)  # [n, K, 2]
+        frames, masks, shifts = preprocessing.select_best_frames(frames, masks, shifts)
+        yield {"frames": frames.astype(np.float32), "masks": preprocessing.translate_masks(masks, shifts),
+               "shifts": shifts.astype(np.int32),
+               "hr": preprocessing.cut_windows(arrays["hr"], where, size),
+               "hr_clear": preprocessing.cut_windows(arrays["hr_clear"], where, size),
+               "baseline": np.full(rows.size, arrays["baseline"], dtype=np.float32),
+               "scene": np.full(rows.size, index, dtype=np.int32), "corners": where.astype(np.int32)}
+
+
+def validation_windows(store: Mapping[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray, int]:
+    scenes = len(store["names"])
+    size = int(store["hr"].shape[-1])
+    return np.arange(scenes, dtype=np.int32), np.zeros((scenes, 2), dtype=np.int32), size
+
+
+def float_hr(arrays: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    arrays["hr"] = np.asarray(arrays["hr"], dtype=np.float32)
+    return arrays
+
+
+def best9_store(folder: Path) -> dict[str, np.ndarray]:
+    return float_hr(load_arrays(folder, ["frames", "masks", "shifts", "hr", "hr_clear", "baseline", "scene"]))
+
+
+def store_for_windows(band_dir: Path, split: str) -> dict[str, np.ndarray]:
+    return load_arrays(band_dir / split, ["frames", "masks", "shifts", "offsets", "hr", "hr_clear", "baseline", "names"])
+
+
+def concatenate(blocks: Iterable[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
+    blocks = list(blocks)
+    return float_hr({key: np.concatenate([block[key] for block in blocks]) for key in blocks[0] if key != "corners"})
+
+
+def load_training_chunk(dataset_path: str | os.PathLike, band: str, chunk: int, full: bool = False) -> dict[str, np.ndarray]:
+    """Training patches of one chunk.
+
+    Returns frames [N,9,P,P] float32 (raw DN, bicubic, unregistered, reference then best-9 order),
+    masks [N,9,P,P] bool registered by their shifts, shifts [N,9,2] int32, hr [N,P,P] float32 DN,
+    hr_clear [N,P,P] bool, baseline [N] float32, scene [N] int32 (index into the train store).
+    full=False reads the best-9 arrays (memory-mapped); full=True cuts the windows from the
+    all-frames store and chooses the best 9 now (the same arrays).
+    """
+    band_dir = band_folder(dataset_path, band)
+    if not full:
+        return best9_store(band_dir / BEST9 / "train" / f"chunk_{chunk}")
+    windows = load_arrays(band_dir / "train" / f"chunk_{chunk}", ["corners", "scene"], mmap=False)
+    size = int(read_manifest(band_dir)["patches"]["patch_size"])
+    return concatenate(best9_windows(store_for_windows(band_dir, "train"), windows["scene"], windows["corners"], size))
+
+
+def load_validation(dataset_path: str | os.PathLike, band: str, full: bool = False) -> dict[str, np.ndarray]:
+    """The validation set, whole 384x384 images, one row per scene: the keys of
+    `load_training_chunk` plus names [S]."""
+    band_dir = band_folder(dataset_path, band)
+    if not full:
+        arrays = best9_store(band_dir / BEST9 / "validation")
+        arrays["names"] = np.load(band_dir / BEST9 / "validation" / "names.npy", allow_pickle=False)
+        return arrays
+    store = store_for_windows(band_dir, "validation")
+    arrays = concatenate(best9_windows(store, *validation_windows(store)))
+    arrays["names"] = np.asarray(store["names"])
+    return arrays
+
+
+def load_scenes(dataset_path: str | os.PathLike, band: str, split: str) -> dict[str, np.ndarray]:
+    """All kept frames of every scene of `split` ("train", "validation", "test"), memory-mapped.
+
+    frames [F,384,384] float32, masks [F,384,384] bool (NOT registered), shifts [F,2] int32,
+    frame_names [F], offsets [S+1] (scene s holds rows offsets[s]:offsets[s+1], reference first),
+    names [S]; train and validation also hr [S,384,384] float32, hr_clear [S,384,384] bool,
+    baseline [S] float32. Test scenes hold at least 9 frames.
+    """
+    band_dir = band_folder(dataset_path, band)
+    keys = ["frames", "masks", "shifts", "frame_names", "offsets", "names"]
+    if split == "test":
+        return load_arrays(band_dir / split, keys)
+    if split not in ("train", "validation"):
+        raise DatasetError(f"split {split!r} is not one of ('train', 'validation', 'test')")
+    return float_hr(load_arrays(band_dir / split, keys + ["hr", "hr_clear", "baseline"]))

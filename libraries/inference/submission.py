@@ -1,0 +1,250 @@
+"""The Kelvins submission: writing, checking and scoring the zip, and the `superresolve` and
+`score` commands.
+
+A submission is a zip of one 16-bit PNG `imgsetNNNN.png` per scene of the split, each of its
+HR size. `write_submission` writes it atomically, `validate_submission` checks it against the
+scenes of a PROBA-V folder, `score_submission` scores it against HR images and norm.csv.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import io
+import re
+import sys
+import zipfile
+from collections import Counter
+from pathlib import Path
+from typing import Any, Iterable, Mapping
+
+import imageio.v3 as iio
+import numpy as np
+
+from libraries import config as config_module
+from libraries import domain, fileio, metrics, probav
+from libraries.inference.superresolve import Superresolver, load_model
+
+SCENE_NAME = re.compile(r"imgset\d{4}")
+PNG_NAME = re.compile(r"imgset\d{4}\.png")
+
+
+class SubmissionError(ValueError):
+    """A submission zip (or an image for it) that the Kelvins rules would not accept."""
+
+
+def image_to_png(name: str, image: np.ndarray) -> bytes:
+    """A 2-D DN image as 16-bit PNG bytes (rounded, clipped to 0..65535); NaN is an error."""
+    image = np.asarray(image)
+    if image.ndim != 2:
+        raise SubmissionError(f"{name}: expected a 2-D image, got shape {image.shape}")
+    if not np.all(np.isfinite(image)):
+        raise SubmissionError(f"{name}: the image holds NaN or infinite values")
+    pixels = np.clip(np.rint(image), 0, np.iinfo(np.uint16).max).astype(np.uint16)
+    return iio.imwrite("<bytes>", pixels, extension=".png", plugin="pillow")
+
+
+def write_submission(images: Mapping[str, np.ndarray], zip_path: str | Path) -> Path:
+    """Write one 16-bit PNG `imgsetNNNN.png` per scene into a zip, atomically (no zip on error)."""
+    zip_path = Path(zip_path)
+    if not images:
+        raise SubmissionError(f"{zip_path}: no image to write")
+    with fileio.atomic_path(zip_path, suffix=".zip") as temporary:
+        with zipfile.ZipFile(temporary, "w", compression=zipfile.ZIP_STORED) as archive:  # PNG is compressed
+            for name in sorted(images):
+                if not SCENE_NAME.fullmatch(name):
+                    raise SubmissionError(f"{name}: expected a scene name like imgset0123")
+                archive.writestr(f"{name}.png", image_to_png(name, images[name]))
+    return zip_path
+
+
+def expected_scenes(split_dir: str | Path, bands: Iterable[str] | None = None, scale: int = domain.SCALE) -> dict[str, tuple[int, int]]:
+    """Scene name -> expected SR shape (HR.png's, else `scale` x the first LR frame's) of the
+    scenes under `split_dir/{band}/` for `bands` (default: the bands present)."""
+    split_dir = Path(split_dir)
+    bands = [band for band in domain.BANDS if (split_dir / band).is_dir()] if bands is None else list(bands)
+    expected = {}
+    for band in bands:
+        if not (split_dir / band).is_dir():
+            raise SubmissionError(f"{split_dir / band}: no such folder (expected PROBA-V scenes of band {band})")
+        for folder in sorted(path for path in (split_dir / band).glob("imgset*") if path.is_dir()):
+            hr = folder / "HR.png"
+            if hr.is_file():
+                expected[folder.name] = tuple(iio.improps(hr, plugin="pillow").shape[:2])
+            else:
+                lr = sorted(folder.glob("LR*.png"))
+                if not lr:
+                    raise SubmissionError(f"{folder}: no LR*.png frame")
+                height, width = iio.improps(lr[0], plugin="pillow").shape[:2]
+                expected[folder.name] = (scale * height, scale * width)
+    if not expected:
+        raise SubmissionError(f"{split_dir}: no scene folder imgsetNNNN under bands {bands}")
+    return expected
+
+
+def validate_submission(zip_path: str | Path, split_dir: str | Path, bands: Iterable[str] | None = None,
+                        scale: int = domain.SCALE) -> list[str]:
+    """Check a submission zip against the scenes of `split_dir` (e.g. probav_data/test).
+
+    Every scene of `bands` (default: the bands present in split_dir) must be there exactly once
+    as a 16-bit PNG `imgsetNNNN.png` of its HR size, and nothing else. Raises one SubmissionError
+    listing every problem by scene; returns the sorted scene names.
+    """
+    zip_path = Path(zip_path)
+    expected = expected_scenes(split_dir, bands, scale)
+    try:
+        archive = zipfile.ZipFile(zip_path)
+    except (OSError, zipfile.BadZipFile) as error:
+        raise SubmissionError(f"{zip_path}: not a readable zip file ({error})") from None
+    problems = []
+    with archive:
+        entries = Counter(archive.namelist())
+        for entry, count in sorted(entries.items()):
+            scene = entry[:-4]
+            if not PNG_NAME.fullmatch(entry) or scene not in expected:
+                problems.append(f"{entry}: unexpected file (not a scene of {split_dir})")
+                continue
+            if count > 1:
+                problems.append(f"{scene}: {count} copies of {entry} (duplicate)")
+            try:
+                properties = iio.improps(archive.read(entry), extension=".png", plugin="pillow")
+            except Exception as error:  # imageio raises several types for a corrupt PNG
+                problems.append(f"{scene}: {entry} is not a readable PNG ({error})")
+                continue
+            if properties.dtype != np.uint16:
+                problems.append(f"{scene}: wrong dtype {properties.dtype}, expected uint16 (16-bit PNG)")
+            if tuple(properties.shape) != expected[scene]:
+                problems.append(f"{scene}: wrong size {'x'.join(map(str, properties.shape))}, "
+                                f"expected {expected[scene][0]}x{expected[scene][1]} (single channel)")
+        problems += [f"{scene}: missing ({scene}.png not in the zip)" for scene in sorted(expected)
+                     if f"{scene}.png" not in entries]
+    if problems:
+        shown = "\n  ".join(problems[:20]) + ("\n  ..." if len(problems) > 20 else "")
+        raise SubmissionError(f"{zip_path}: {len(problems)} problem(s):\n  {shown}")
+    return sorted(expected)
+
+
+def read_submission(zip_path: str | Path) -> dict[str, np.ndarray]:
+    """The images of a submission zip: scene name -> uint16 `[H, W]`."""
+    zip_path = Path(zip_path)
+    try:
+        with zipfile.ZipFile(zip_path) as archive:
+            return {Path(entry).stem: iio.imread(archive.read(entry), extension=".png", plugin="pillow")
+                    for entry in archive.namelist() if PNG_NAME.fullmatch(entry)}
+    except (OSError, zipfile.BadZipFile) as error:
+        raise SubmissionError(f"{zip_path}: not a readable zip file ({error})") from None
+
+
+def score_submission(zip_path: str | Path, data_dir: str | Path, band: str = "all",
+                     csv_path: str | Path | None = None) -> tuple[float, list[dict[str, Any]]]:
+    """Kelvins score of the scenes of a zip that have an HR image under `data_dir/train/{band}`.
+
+    Uses `metrics.kelvins_score` with the baselines of `data_dir/norm.csv`. Writes one row per
+    scene (scene, band, cpsnr, baseline, score) to `csv_path` (default `<zip>_scores.csv`).
+    Returns (mean score, rows).
+    """
+    zip_path, data_dir = Path(zip_path), Path(data_dir)
+    images = read_submission(zip_path)
+    norm = probav.read_norm(data_dir / "norm.csv")
+    rows = []
+    for scene_band in domain.BANDS if band == "all" else (band,):
+        for name in sorted(images):
+            folder = data_dir / "train" / scene_band / name
+            if not (folder / "HR.png").is_file():
+                continue
+            hr, clear = probav.read_image_png(folder / "HR.png"), probav.read_mask_png(folder / "SM.png")
+            if images[name].shape != hr.shape:
+                raise SubmissionError(f"{name}: wrong size {images[name].shape}, expected {hr.shape} (its HR.png)")
+            if name not in norm:
+                raise SubmissionError(f"{name}: no baseline in {data_dir / 'norm.csv'}")
+            sr = images[name]
+            rows.append({"scene": name, "band": scene_band, "cpsnr": metrics.kelvins_cpsnr(sr, hr, clear),
+                         "baseline": norm[name], "score": metrics.kelvins_score(sr, hr, clear, norm[name])})
+    if not rows:
+        raise SubmissionError(f"{zip_path}: no scene of the zip has an HR image under {data_dir / 'train'} ({band})")
+    csv_path = Path(csv_path) if csv_path is not None else zip_path.with_name(f"{zip_path.stem}_scores.csv")
+    text = io.StringIO()
+    writer = csv.DictWriter(text, fieldnames=list(rows[0]))
+    writer.writeheader()
+    writer.writerows(rows)
+    fileio.save_bytes(csv_path, text.getvalue().encode())
+    return float(np.mean([row["score"] for row in rows])), rows
+
+
+def add_superresolve_arguments(parser: argparse.ArgumentParser) -> None:
+    per_band = "; give it once for every band, or once per band as BAND=PATH (e.g. NIR=... RED=...)"
+    parser.add_argument("--config", required=True, action="append",
+                        help="DeepSUM JSON config (config_files/DeepSUM_config_NIR.json)" + per_band)
+    parser.add_argument("--checkpoint", required=True, action="append",
+                        help="our checkpoint or an authors' TF1 checkpoint (folder or prefix)" + per_band)
+    parser.add_argument("--data", help="PROBA-V folder (as downloaded, or written by `synth`; default: the config's "
+                                       "base_dir)")
+    parser.add_argument("--split", choices=("train", "test"), default="test")
+    parser.add_argument("--band", choices=(*domain.BANDS, "all"), default="all", help="'all': both bands in one zip")
+    parser.add_argument("--out", required=True, help="submission zip to write")
+    parser.add_argument("--n-slide", type=int, default=None, help="sliding-window passes (default: the config's n_slide)")
+    parser.add_argument("--windows-per-call", type=int, default=3, help="windows per network call (memory)")
+
+
+def paths_per_band(values: list[str], bands: Iterable[str], option: str) -> dict[str, str]:
+    """`--option PATH` (every band) or `--option NIR=PATH --option RED=PATH` -> {band: path}."""
+    if len(values) == 1 and values[0].partition("=")[0] not in domain.BANDS:
+        return {band: values[0] for band in bands}
+    paths = {}
+    for value in values:
+        band, separator, path = value.partition("=")
+        if not separator or band not in domain.BANDS or not path:
+            raise ValueError(f"{option} {value!r}: expected one PATH for every band, or BAND=PATH with BAND in {domain.BANDS}")
+        paths[band] = path
+    missing = [band for band in bands if band not in paths]
+    if missing:
+        raise ValueError(f"{option}: no path for band {', '.join(missing)} (give {missing[0]}=PATH)")
+    return paths
+
+
+def _superresolve(args: argparse.Namespace) -> None:
+    bands = domain.BANDS if args.band == "all" else (args.band,)
+    config_paths = paths_per_band(args.config, bands, "--config")
+    checkpoint_paths = paths_per_band(args.checkpoint, bands, "--checkpoint")
+    images = {}
+    for band in bands:  # the authors trained one model per band (RED fine-tuned from NIR)
+        config = config_module.load_config(config_paths[band])
+        n_slide = config.n_slide if args.n_slide is None else args.n_slide
+        superresolver = Superresolver(load_model(config, checkpoint_paths[band]), config)
+        data = Path(args.data) if args.data is not None else config.base_dir
+        images.update(superresolver.folder(data, args.split, [band], n_slide, args.windows_per_call))
+        print(f"{band}: {checkpoint_paths[band]}, n_slide {n_slide}", file=sys.stderr)
+    write_submission(images, args.out)
+    validate_submission(args.out, data / args.split, bands)
+    print(f"wrote {args.out}: {len(images)} scenes ({', '.join(bands)}), validated")
+
+
+def run_superresolve(args: argparse.Namespace) -> int:
+    return _report_errors(_superresolve, args)
+
+
+def _report_errors(command: Any, args: argparse.Namespace) -> int:
+    """Run a command; a bad input (every error of this project is a ValueError) is one line, exit 1."""
+    try:
+        command(args)
+    except ValueError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def add_score_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--data", required=True, help="PROBA-V folder with train/{band}/*/HR.png and norm.csv")
+    parser.add_argument("--band", choices=(*domain.BANDS, "all"), default="all")
+    parser.add_argument("--submission", required=True, help="zip written by `superresolve --split train`")
+    parser.add_argument("--csv", default=None, help="per-scene CSV to write (default: <zip>_scores.csv)")
+
+
+def _score(args: argparse.Namespace) -> None:
+    mean_score, rows = score_submission(args.submission, args.data, args.band, args.csv)
+    print(f"scored {len(rows)} scenes; mean cPSNR {np.mean([row['cpsnr'] for row in rows]):.3f} dB", file=sys.stderr)
+    print(f"{mean_score:.6f}")
+
+
+def run_score(args: argparse.Namespace) -> int:
+    return _report_errors(_score, args)

@@ -1,0 +1,13 @@
+"""The DeepSUM network: `layers` (building blocks) -> `networks` (SISRNet, RegNet, FusionNet)
+-> `deepsum` (registration, fill and the whole network). The names below are the package's
+public interface (`from libraries import model; model.DeepSUM(config)`)."""
+
+from libraries.model.deepsum import (DeepSUM, InputError, fill_masked, fill_masked_frame_by_frame, register_frame_by_frame,
+                                     register_frames)
+from libraries.model.layers import (LEAKY_SLOPE, NORM_EPSILON, Conv, InstanceNorm, Network, conv2d, conv3d, frame_list,
+                                    one_after_another, reflect_pad, sum_one_after_another)
+from libraries.model.networks import FusionNet, RegNet, SISRNet
+
+__all__ = ["DeepSUM", "InputError", "fill_masked", "fill_masked_frame_by_frame", "register_frame_by_frame",
+           "register_frames", "LEAKY_SLOPE", "NORM_EPSILON", "Conv", "InstanceNorm", "Network", "conv2d", "conv3d",
+           "frame_list", "one_after_another", "reflect_pad", "sum_one_after_another", "FusionNet", "RegNet", "SISRNet"]

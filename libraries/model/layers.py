@@ -1,0 +1,232 @@
+"""The building blocks of the three sub-networks: convolutions, InstanceNorm, sequencing.
+
+Every variable has exactly the shape it had in the authors' TF1 graph (conv kernels
+`[kt, kh, kw, in, out]`) and is listed under its TF1 name by `tf1_variables()`, so an authors'
+checkpoint is a name-by-name copy (`libraries.checkpoints`).
+
+In training, the convolutions' kernel gradients can be computed by XLA (`conv2d`, `conv3d`):
+oneDNN's weight-gradient convolutions are much slower than its forward ones on AVX2 CPUs
+(`bench/kernel_gradients.py` measures both on the machine at hand).
+"""
+
+from __future__ import annotations
+
+import zlib
+
+import tensorflow as tf
+
+LEAKY_SLOPE = 0.2  # tf.nn.leaky_relu's default, as in the original
+NORM_EPSILON = 1e-3  # the original InstanceNorm's epsilon
+
+
+def _seed(seed: int, name: str) -> int:
+    """A per-variable seed: the same model seed gives the same weights whatever the build order."""
+    return (seed * 1_000_003 + zlib.crc32(name.encode())) % (2**31 - 1)
+
+
+def conv2d(padded: tf.Tensor, kernel: tf.Tensor, xla_kernel_gradient: bool = True) -> tf.Tensor:
+    """VALID 2-D cross-correlation: padded `[n, H+kh-1, W+kw-1, in]`, kernel `[kh, kw, in, out]`
+    -> `[n, H, W, out]`, as `tf.nn.conv2d`.
+
+    xla_kernel_gradient: the gradient for the kernel is computed by XLA (`_kernel_gradient_2d`)
+    instead of the default kernel. On CPU, oneDNN's weight-gradient convolution ran at a
+    quarter of its forward convolution's speed (37 against 148 GFLOP/s, 72x96x96x64, AVX2);
+    XLA's ran 2.2-2.5x faster than oneDNN's. Same values up to float32 summation order.
+    Only float32 takes this path (the reduced precisions keep TensorFlow's kernels).
+    """
+    if xla_kernel_gradient and kernel.dtype == tf.float32:
+        return _conv2d_xla_kernel_gradient(padded, kernel)
+    return tf.nn.conv2d(padded, kernel, strides=1, padding="VALID")
+
+
+def conv3d(padded: tf.Tensor, kernel: tf.Tensor, xla_kernel_gradient: bool = True) -> tf.Tensor:
+    """VALID 3-D cross-correlation: padded `[b, T, H+2, W+2, in]`, kernel `[kt, 3, 3, in, out]`
+    -> `[b, T-kt+1, H, W, out]`, as `tf.nn.conv3d`.
+
+    xla_kernel_gradient: the kernel's gradient as kt 2-D weight gradients (time tap t pairs
+    input frames t.. with the output frames) computed by XLA: 3.6x faster than oneDNN's 3-D
+    weight-gradient convolution at 8x9x96x96x64 (1.1 against 4.1 s). Float32 only.
+    """
+    if xla_kernel_gradient and kernel.dtype == tf.float32:
+        return _conv3d_xla_kernel_gradient(padded, kernel)
+    return tf.nn.conv3d(padded, kernel, strides=[1] * 5, padding="VALID")
+
+
+@tf.function(jit_compile=True)
+def _kernel_gradient_2d(padded: tf.Tensor, out_grad: tf.Tensor, kernel: tf.Tensor) -> tf.Tensor:
+    """d loss / d kernel of `conv2d(padded, kernel)` given d loss / d output `out_grad`
+    (`kernel` gives the shape: XLA needs it at compile time, and it is known there)."""
+    return tf.raw_ops.Conv2DBackpropFilter(input=padded, filter_sizes=tf.shape(kernel), out_backprop=out_grad,
+                                           strides=[1, 1, 1, 1], padding="VALID")
+
+
+def _input_gradient_2d(padded: tf.Tensor, out_grad: tf.Tensor, kernel: tf.Tensor) -> tf.Tensor:
+    return tf.raw_ops.Conv2DBackpropInput(input_sizes=tf.shape(padded), filter=kernel, out_backprop=out_grad,
+                                          strides=[1, 1, 1, 1], padding="VALID")
+
+
+@tf.custom_gradient
+def _conv2d_xla_kernel_gradient(padded: tf.Tensor, kernel: tf.Tensor):
+    def gradient(out_grad: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
+        # unused (e.g. for the input frames, which need none) it is pruned from the graph
+        return _input_gradient_2d(padded, out_grad, kernel), _kernel_gradient_2d(padded, out_grad, kernel)
+
+    return tf.nn.conv2d(padded, kernel, strides=1, padding="VALID"), gradient
+
+
+@tf.custom_gradient
+def _conv3d_xla_kernel_gradient(padded: tf.Tensor, kernel: tf.Tensor):
+    def gradient(out_grad: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
+        d_padded = tf.raw_ops.Conv3DBackpropInputV2(input_sizes=tf.shape(padded), filter=kernel, out_backprop=out_grad,
+                                                    strides=[1] * 5, padding="VALID")
+        frames_out = out_grad.shape[1]  # static: T - kt + 1
+        out_images = frames_as_images(out_grad)  # [b*T_out, H, W, out]
+        # The slices are taken outside XLA: inside one compiled function with the three
+        # gradients they made it 1.3x slower (measured).
+        taps = [_kernel_gradient_2d(frames_as_images(padded[:, t:t + frames_out]), out_images, kernel[t])
+                for t in range(kernel.shape[0])]
+        return d_padded, tf.stack(taps)  # [kt, 3, 3, in, out]
+
+    return tf.nn.conv3d(padded, kernel, strides=[1] * 5, padding="VALID"), gradient
+
+
+class Conv(tf.Module):
+    """The weights of one TF1 `Conv3D` layer: kernel `W` `[kt, kh, kw, in, out]` and bias `b` `[out]`.
+
+    xla_kernel_gradient (attribute, read when traced): the kernel's gradient computed by XLA
+    (`conv2d`, `conv3d`), the default; False: by TensorFlow's own kernels. Set by `DeepSUM`.
+    """
+
+    def __init__(self, tf1_name: str, shape: list[int], seed: int):
+        super().__init__(name=tf1_name)
+        self.tf1_name = tf1_name
+        initializer = tf.keras.initializers.GlorotNormal(seed=_seed(seed, tf1_name))
+        self.W = tf.Variable(initializer(shape, dtype=tf.float32), name=f"{tf1_name}/W")
+        self.b = tf.Variable(tf.zeros([shape[-1]], tf.float32), name=f"{tf1_name}/b")
+        self.xla_kernel_gradient = True
+
+    def tf1_variables(self) -> dict[str, tf.Variable]:
+        return {f"{self.tf1_name}/W": self.W, f"{self.tf1_name}/b": self.b}
+
+    def spatial(self, images: tf.Tensor, tap: int = 0, kernel: tf.Tensor | None = None) -> tf.Tensor:
+        """Time slice `tap` of the kernel (or `kernel` `[3, 3, in, out]`, a part of it) as a 3x3
+        "same" convolution with REFLECT padding.
+
+        images: `[n, H, W, in]` -> `[n, H, W, out]` (bias NOT added: RegNet sums two taps first).
+        """
+        return self.padded(reflect_pad(images), tap, kernel)
+
+    def padded(self, padded: tf.Tensor, tap: int = 0, kernel: tf.Tensor | None = None) -> tf.Tensor:
+        """`spatial` on images already padded by `reflect_pad`: `[n, H+2, W+2, in]` -> `[n, H, W, out]`."""
+        kernel = self.W[tap] if kernel is None else kernel
+        return conv2d(padded, cast_like(kernel, padded), self.xla_kernel_gradient)
+
+    def volume(self, values: tf.Tensor) -> tf.Tensor:
+        """The whole kernel as a 3-D convolution, REFLECT "same" in space and VALID in time.
+
+        values: `[b, T, H, W, in]` -> `[b, T-kt+1, H, W, out]` (bias NOT added)."""
+        padded = tf.pad(values, [[0, 0], [0, 0], [1, 1], [1, 1], [0, 0]], mode="REFLECT")
+        return conv3d(padded, cast_like(self.W, values), self.xla_kernel_gradient)
+
+    def bias(self, like: tf.Tensor) -> tf.Tensor:
+        """The bias `[out]` in the dtype of `like` (the compute precision)."""
+        return cast_like(self.b, like)
+
+
+def reflect_pad(images: tf.Tensor) -> tf.Tensor:
+    """`[n, H, W, C]` -> `[n, H+2, W+2, C]`, one pixel of REFLECT padding on each side."""
+    return tf.pad(images, [[0, 0], [1, 1], [1, 1], [0, 0]], mode="REFLECT")
+
+
+class InstanceNorm(tf.Module):
+    """Normalise every (image, channel) over height and width, then scale by gamma, shift by beta."""
+
+    def __init__(self, tf1_name: str, channels: int):
+        super().__init__(name=tf1_name)
+        self.tf1_name = tf1_name
+        self.gamma = tf.Variable(tf.ones([channels], tf.float32), name=f"{tf1_name}/gamma")
+        self.beta = tf.Variable(tf.zeros([channels], tf.float32), name=f"{tf1_name}/beta")
+
+    def tf1_variables(self) -> dict[str, tf.Variable]:
+        return {f"{self.tf1_name}/gamma": self.gamma, f"{self.tf1_name}/beta": self.beta}
+
+    def __call__(self, values: tf.Tensor, axes: list[int]) -> tf.Tensor:
+        # The original's exact formula: biased moments, then tf.nn.batch_normalization. The
+        # moments are taken in float32 whatever the compute precision (a bfloat16 sum over
+        # H*W pixels would lose most of its bits); in float32 every cast is the identity.
+        mean, variance = tf.nn.moments(tf.cast(values, tf.float32), axes, keepdims=True)
+        return tf.nn.batch_normalization(values, cast_like(mean, values), cast_like(variance, values), cast_like(self.beta, values),
+                                         cast_like(self.gamma, values), NORM_EPSILON)
+
+
+class Network(tf.Module):
+    """A sub-network: `tf1_variables()` gathers its layers' variables under their TF1 names."""
+
+    def tf1_variables(self) -> dict[str, tf.Variable]:
+        layers = [m for m in self.submodules if isinstance(m, (Conv, InstanceNorm))]
+        named = {name: v for layer in layers for name, v in layer.tf1_variables().items()}
+        return dict(sorted(named.items()))
+
+
+def leaky_relu(values: tf.Tensor) -> tf.Tensor:
+    return tf.nn.leaky_relu(values, alpha=LEAKY_SLOPE)
+
+
+def cast_like(value: tf.Tensor, like: tf.Tensor) -> tf.Tensor:
+    """`value` cast to the dtype of `like`: float32 variables used at the compute precision
+    (the identity, no op, when both are float32)."""
+    return tf.cast(value, like.dtype)
+
+
+def checkpointed(layer, recompute: bool):
+    """`layer` (a function of one tensor) as it is, or wrapped in `tf.recompute_grad`: the
+    backward pass then keeps only the layer's input and recomputes its intermediates (pad,
+    convolution, normalisation) instead of storing them. Same values, same gradients."""
+    return tf.recompute_grad(layer) if recompute else layer
+
+
+def frames_as_images(values: tf.Tensor) -> tf.Tensor:
+    """`[b, T, H, W, C]` -> `[b*T, H, W, C]`."""
+    shape = tf.shape(values)
+    return tf.reshape(values, tf.concat([[-1], shape[2:]], axis=0))  # [b*T, H, W, C]
+
+
+def one_after_another(function, arguments: list[list[tf.Tensor]], after: list[tf.Tensor] | None = None
+                      ) -> list[tf.Tensor]:
+    """`[function(*args) for args in arguments]`, each call after the previous one's result,
+    the first after the tensors `after` (the end of the previous chain).
+
+    Inside a `tf.function` the executor would otherwise run independent calls side by side and
+    hold all their intermediates at once; the control dependency (on an identity, which does
+    not copy) makes the peak memory that of one call. Eagerly, calls are sequential anyway.
+    """
+    outputs: list[tf.Tensor] = list(after or [])
+    for args in arguments:
+        with tf.control_dependencies(outputs[-1:]):
+            args = [tf.identity(arg) for arg in args]
+        outputs.append(function(*args))
+    return outputs[len(after or []):]
+
+
+def sum_one_after_another(function, arguments: list[list[tf.Tensor]]) -> tf.Tensor:
+    """`tf.add_n([function(*args) for args in arguments])`, each term computed after the sum of
+    the previous ones: the intermediates of one term alive at a time (a 3-frame window of
+    FusionNet, the two halves of RegNet's pair layer), as `one_after_another`."""
+    total = None
+    for args in arguments:
+        with tf.control_dependencies([] if total is None else [total]):
+            args = [tf.identity(arg) if tf.is_tensor(arg) else arg for arg in args]
+        term = function(*args)
+        total = term if total is None else total + term
+    return total
+
+
+def frame_list(values: tf.Tensor) -> list[tf.Tensor]:
+    """`[b, T, H, W, C]` (T static) -> T tensors `[b, 1, H, W, C]`."""
+    return tf.split(values, values.shape[1], axis=1)
+
+
+def images_as_frames(images: tf.Tensor, batch: tf.Tensor) -> tf.Tensor:
+    """`[b*T, H, W, C]` -> `[b, T, H, W, C]`."""
+    shape = tf.shape(images)
+    return tf.reshape(images, tf.concat([[batch, -1], shape[1:]], axis=0))  # [b, T, H, W, C]

@@ -1,0 +1,238 @@
+"""DeepSUM training: the authors' `SR_network.train` in TensorFlow 2, on the one training loop.
+
+`Trainer`: DeepSUM and Adam under a `tf.distribute` strategy. Before the first step SISRNet
+and RegNet are loaded from the pretraining checkpoints (or every weight from `init_from`, e.g.
+the NIR model to fine-tune RED); a run whose `checkpoint_dir` holds a checkpoint resumes from
+it instead (weights, Adam, step, best validation score). Every `skip_step` steps the loop
+(`libraries.training.loop`) validates on the whole validation set (`evaluation.evaluate`),
+checkpoints, and keeps the best score's checkpoint in `checkpoint_dir/best`.
+
+CLI: `python -m libraries train --config C [--steps N] [--checkpoint-dir D] ...`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+import tensorflow as tf
+from tqdm.auto import tqdm
+
+from libraries import checkpoints, metrics
+from libraries import config as config_module
+from libraries.model import DeepSUM
+from libraries.training import data, evaluation, optimization
+from libraries.training.loop import TrainingLoop
+
+LOG = logging.getLogger(__name__)
+PRETRAINED = (("sisrnet", "SISRNet_pretrain_dir"), ("regnet", "RegNet_pretrain_dir"))
+
+
+def choose_strategy() -> tf.distribute.Strategy:
+    """MultiWorkerMirroredStrategy when TF_CONFIG is set, MirroredStrategy when several GPUs
+    are visible, else the default (one device) strategy. Call it before other TF work."""
+    if os.environ.get("TF_CONFIG"):
+        return tf.distribute.MultiWorkerMirroredStrategy()
+    if len(tf.config.list_logical_devices("GPU")) > 1:
+        return tf.distribute.MirroredStrategy()
+    return tf.distribute.get_strategy()
+
+
+def _is_chief(strategy: tf.distribute.Strategy) -> bool:
+    """True except on the non-chief workers of a multi-worker cluster."""
+    resolver = getattr(strategy, "cluster_resolver", None)
+    if resolver is None or not resolver.task_type:
+        return True
+    if resolver.task_type == "chief":
+        return True
+    has_chief = "chief" in resolver.cluster_spec().as_dict()
+    return resolver.task_type == "worker" and resolver.task_id == 0 and not has_chief
+
+
+def load_pretrained(model: DeepSUM, config: config_module.DeepSUMConfig, required: bool = False) -> dict[str, list[str]]:
+    """Load SISRNet and RegNet from `config.SISRNet_pretrain_dir` and `config.RegNet_pretrain_dir`.
+
+    Either folder may hold the authors' TF1 checkpoint or ours; both are read by
+    `checkpoints.restore_weights`. A folder without a checkpoint is a logged warning (that
+    sub-network starts from its initialisation, as the authors' code silently did), or a
+    `FileNotFoundError` when `required`. Returns {sub-network: names of the variables loaded}.
+    """
+    folders = {name: Path(getattr(config, key)) for name, key in PRETRAINED}
+    missing = [(name, key) for name, key in PRETRAINED if not checkpoints.has_checkpoint(folders[name])]
+    messages = [f"no {name} pretraining checkpoint in {folders[name]} (config {key})" for name, key in missing]
+    if required and missing:
+        commands = " and ".join(f"`python -m libraries pretrain-{name}`" for name, _ in missing)
+        raise FileNotFoundError(f"{'; '.join(messages)}: run {commands} or `python -m libraries fetch-weights` first")
+    for (name, _), message in zip(missing, messages):
+        LOG.warning("%s: %s starts from its random initialisation", message, name)
+    loaded = {}
+    for name, _ in PRETRAINED:
+        if checkpoints.has_checkpoint(folders[name]):
+            network = getattr(model, name)
+            checkpoints.restore_weights(network, folders[name])
+            loaded[name] = sorted(network.tf1_variables())
+    return loaded
+
+
+class Trainer:
+    """DeepSUM training with resumable checkpoints (see the module docstring).
+
+    config: the resolved config (its JSON is written to `config.checkpoint_dir/config.json`).
+    strategy: a `tf.distribute` strategy (default `choose_strategy()`).
+    require_pretrained: raise instead of warning when a pretraining folder has no checkpoint.
+    init_from: start from these full-model weights (ours or the authors' TF1, e.g. the NIR
+    model to fine-tune RED) instead of the pretraining checkpoints.
+    chunks, validation: in-memory training chunks / validation arrays instead of
+    `config.dataset_path` (tests, notebooks).
+    """
+
+    def __init__(self, config: config_module.DeepSUMConfig, strategy: tf.distribute.Strategy | None = None, *,
+                 require_pretrained: bool = False, init_from: str | os.PathLike | None = None,
+                 chunks: Sequence[int | Mapping[str, np.ndarray]] | None = None,
+                 validation: Mapping[str, np.ndarray] | None = None, progress: bool = True):
+        self.config = config
+        self.strategy = strategy or choose_strategy()
+        self.chunks = chunks
+        self.progress = progress
+        self._validation_arrays = validation
+        self.is_chief = _is_chief(self.strategy)
+        with self.strategy.scope():
+            self.model = DeepSUM(config, recompute=config.recompute)
+            self.variables = self._trained_variables()
+            self.optimizer = optimization.adam(config.lr)
+            self.optimizer.build(self.variables)
+        worker = None if self.is_chief else self.strategy.cluster_resolver.task_id
+        self.loop = TrainingLoop(config.checkpoint_dir, {"model": self.model, "optimizer": self.optimizer},
+                                 config.skip_step, title=f"train {config.spectral_band}", best_key="score",
+                                 best_mode="min", config=config, worker=worker, progress=progress)
+        self.step, self.best_score = self.loop.step, self.loop.best
+        self.pretrained: dict[str, list[str]] = {}
+        self.resumed_from = self.loop.restore()
+        if self.resumed_from:
+            LOG.info("resuming from %s (step %d)", self.resumed_from, int(self.step))
+        elif init_from is not None:
+            checkpoints.restore_weights(self.model, init_from)
+            LOG.info("initialised every weight from %s", init_from)
+        else:
+            self.pretrained = load_pretrained(self.model, config, required=require_pretrained)
+        self._train_step = self._make_train_step()
+        self.evaluator = evaluation.Evaluator(self.model, config)
+
+    def _trained_variables(self) -> list:
+        """Trainable variables minus those of the sub-networks named in `config.freeze`."""
+        frozen = {id(variable) for name in self.config.freeze for variable in getattr(self.model, name).trainable_variables}
+        return [variable for variable in self.model.trainable_variables if id(variable) not in frozen]
+
+    def _make_train_step(self):
+        model, optimizer, variables, config = self.model, self.optimizer, self.variables, self.config
+        strategy = self.strategy
+
+        def scene_loss(x, masks, y, y_mask):
+            loss = metrics.cl2_loss(y, model(x, masks, training=True)["sr"], y_mask, border=config.border)
+            return tf.debugging.check_numerics(loss, "training loss (cL2) is NaN or Inf")
+
+        def replica_step(x, masks, y, y_mask):
+            # A replica holds a slice of the global batch and the optimiser sums the replicas'
+            # gradients: each part's batch mean is weighted by its share of the global batch.
+            loss, gradients = optimization.batch_gradients(scene_loss, variables, (x, masks, y, y_mask),
+                                                           config.batch_size, config.micro_batch,
+                                                           config.jit_compile)
+            optimizer.apply_gradients(zip(gradients, variables))
+            return loss
+
+        @tf.function
+        def train_step(batch):
+            per_replica = strategy.run(replica_step, args=batch)
+            return {"loss": strategy.reduce(tf.distribute.ReduceOp.SUM, per_replica, axis=None)}
+
+        return train_step
+
+    def validation_dataset(self) -> tf.data.Dataset:
+        if self._validation_arrays is None:
+            self._validation_arrays = data.load_validation_arrays(self.config)
+        return data.make_validation_dataset(self.config, self._validation_arrays)
+
+    def validate(self, step: int | None = None) -> dict[str, Any]:
+        """`evaluate` at the current step, logged to `logs/validation`."""
+        step = int(self.step) if step is None else step
+        results = self.evaluator(self.validation_dataset(), self.loop.validation_writer, step, progress=self.progress)
+        tqdm.write(f"step {step}: validation loss {results['loss']:.5g}, cPSNR {results['cpsnr']:.3f} dB "
+                   f"(bicubic baseline {results['baseline_cpsnr']:.3f} dB), score {results['score']:.4f}, "
+                   f"RegNet accuracy {results['regnet_accuracy']:.3f}")
+        return results
+
+    def save(self) -> str:
+        """Checkpoint the model, Adam, step and best score (non-chief workers: scratch copy)."""
+        return self.loop.save()
+
+    def train(self, steps: int | None = None) -> dict[str, list]:
+        """Train until global step `steps` (default `config.max_steps`; 0 = until interrupted).
+
+        Returns the loop's history of this call: {"step", "loss", "seconds": [...],
+        "validation": [evaluate results with "step" and "improved"]}.
+        """
+        target = self.config.max_steps if steps is None else steps
+
+        def batches(start: int):
+            dataset = data.make_training_dataset(self.config, self.chunks, start_step=start)
+            return self.strategy.experimental_distribute_dataset(dataset)
+
+        return self.loop.run(self._train_step, batches, target, self.validate)
+
+
+def add_train_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--config", required=True, type=Path, help="JSON config (config_files/DeepSUM_config_NIR.json)")
+    parser.add_argument("--steps", type=int, default=None,
+                        help="train until this global step (default: the config's max_steps; 0: until interrupted)")
+    parser.add_argument("--checkpoint-dir", type=Path, help="override checkpoint_dir (checkpoints, logs, config.json)")
+    parser.add_argument("--dataset-path", type=Path, help="override dataset_path (folder written by `prepare`)")
+    parser.add_argument("--skip-step", type=int, help="override skip_step (steps between validation + checkpoint)")
+    parser.add_argument("--batch-size", type=int, help="override batch_size")
+    parser.add_argument("--lr", type=float, help="override the learning rate")
+    parser.add_argument("--freeze", nargs="+", choices=config_module.SUB_NETWORKS, help="sub-networks not trained")
+    parser.add_argument("--init-from", type=Path, help="start from these full-model weights (e.g. NIR to fine-tune RED)")
+    parser.add_argument("--require-pretrained", action="store_true",
+                        help="fail (instead of warning) when a pretraining checkpoint folder is empty")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bars")
+
+
+def load_training_config(config_path: str | os.PathLike, dataset_path: str | os.PathLike | None = None,
+                         checkpoint_dir: str | os.PathLike | None = None, **changes: Any) -> config_module.DeepSUMConfig:
+    """The config file at `config_path` with overrides (None keeps the file's value).
+
+    dataset_path, checkpoint_dir: relative to the current directory; changes: other fields.
+    """
+    for field, value in (("dataset_path", dataset_path), ("checkpoint_dir", checkpoint_dir)):
+        if value is not None:
+            changes[field] = Path(value).absolute()
+    for field, value in list(changes.items()):
+        if isinstance(value, list):  # JSON-like lists for tuple fields (patch sizes, freeze)
+            changes[field] = tuple(value)
+    return config_module.load_config(config_path).replace(**changes)
+
+
+def config_from_arguments(args: argparse.Namespace) -> config_module.DeepSUMConfig:
+    """The config file of `--config` with the command-line overrides applied."""
+    changes = {field: getattr(args, field) for field in ("skip_step", "batch_size", "lr") if getattr(args, field) is not None}
+    if args.freeze:
+        changes["freeze"] = tuple(args.freeze)
+    return load_training_config(args.config, args.dataset_path, args.checkpoint_dir, **changes)
+
+
+def run_train(args: argparse.Namespace) -> int:
+    logging.basicConfig(format="%(levelname)s %(name)s: %(message)s")
+    logging.getLogger("libraries").setLevel(logging.INFO)
+    config = config_from_arguments(args)
+    trainer = Trainer(config, require_pretrained=args.require_pretrained, init_from=args.init_from,
+                      progress=not args.no_progress)
+    history = trainer.train(args.steps)
+    summary = {"step": int(trainer.step), "checkpoint_dir": str(config.checkpoint_dir),
+               "last_loss": history["loss"][-1] if history["loss"] else None,
+               "validation": history["validation"][-1] if history["validation"] else None}
+    print(json.dumps(summary, indent=2))
+    return 0

@@ -1,0 +1,161 @@
+"""The one training loop: DeepSUM training and both pretrainings run it with their own step.
+
+A `TrainingLoop` owns what every training needs and nothing a particular one does:
+
+- one `tf.train.Checkpoint` holding the caller's objects (the network under `model`, the
+  optimiser, anything else) plus the global `step` and the `best` validation metric, written
+  by a `tf.train.CheckpointManager` every `skip_step` steps and at the end; the checkpoint
+  with the best metric is kept in `best/` beside them;
+- resume: `restore()` reads the newest checkpoint of the folder, so a run killed at any
+  moment (even by SIGKILL, mid-write: the manager's `checkpoint` file is replaced last)
+  continues from the last checkpoint. The data position is the step: every pipeline of the
+  project yields the batch of step s as a pure function of (seed, s), so the resumed run sees
+  the batches the uninterrupted one would have seen;
+- logs through `tf.summary` in `logs/train` (every step's values) and `logs/validation`;
+- a tqdm bar, a finite check of every step's values, and the validation every `skip_step`.
+
+Several workers (`tf.distribute.MultiWorkerMirroredStrategy`): every worker saves (a save is
+collective), the non-chief ones into a scratch folder `.worker_<id>` inside the chief's; all
+restore from the chief's folder; only the chief writes logs and the config.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from pathlib import Path
+from typing import Any, Callable, Iterable, Mapping
+
+import numpy as np
+import tensorflow as tf
+from tqdm.auto import tqdm
+
+from libraries import config as config_module
+from libraries import fileio
+
+KEEP_CHECKPOINTS = 3
+CONFIG_FILE = "config.json"
+
+StepFunction = Callable[[Any], Mapping[str, tf.Tensor]]  # batch -> {name: scalar}
+Validation = Callable[[int], Mapping[str, Any]]  # step -> {name: value}; summaries by the callee
+
+
+class TrainingError(ValueError):
+    """Training cannot go on (a NaN or infinite loss, a checkpoint that does not fit)."""
+
+
+class TrainingLoop:
+    """Checkpoints, resume, logs, progress and validation around a caller's train step.
+
+    folder: checkpoints, `best/`, `logs/` and `config.json` go here.
+    objects: what the checkpoint holds besides `step` and `best` (e.g. model=..., optimizer=...).
+    skip_step: steps between validation + checkpoint.
+    best_key: the validation value whose best is kept (`best_mode` "min" or "max").
+    config: saved as JSON to `folder/config.json` (chief only) when the loop is created.
+    worker: None for the chief (or a single process), else the task id of a non-chief worker.
+    """
+
+    def __init__(self, folder: str | Path, objects: Mapping[str, Any], skip_step: int, title: str = "train",
+                 best_key: str | None = None, best_mode: str = "min", config: Any = None,
+                 worker: int | None = None, progress: bool = True):
+        if best_mode not in ("min", "max"):
+            raise ValueError(f"best_mode: expected 'min' or 'max', got {best_mode!r}")
+        self.folder = Path(folder)
+        self.skip_step = int(skip_step)
+        self.title = title
+        self.best_key, self.best_mode = best_key, best_mode
+        self.is_chief = worker is None
+        self.progress = progress
+        self.step = tf.Variable(0, dtype=tf.int64, trainable=False, name="step")
+        self.best = tf.Variable(np.inf if best_mode == "min" else -np.inf, dtype=tf.float32, trainable=False,
+                                name="best")
+        self.checkpoint = tf.train.Checkpoint(step=self.step, best=self.best, **objects)
+        save_dir = self.folder if self.is_chief else self.folder / f".worker_{worker}"
+        self.manager = tf.train.CheckpointManager(self.checkpoint, str(save_dir),
+                                                  max_to_keep=KEEP_CHECKPOINTS if self.is_chief else 1)
+        self.best_manager = tf.train.CheckpointManager(self.checkpoint, str(save_dir / "best"), max_to_keep=1)
+        if self.is_chief:
+            if config is not None:
+                fileio.save_json(self.folder / CONFIG_FILE, config_module.to_json(config))
+            self.train_writer = tf.summary.create_file_writer(str(self.folder / "logs" / "train"))
+            self.validation_writer = tf.summary.create_file_writer(str(self.folder / "logs" / "validation"))
+        else:
+            self.train_writer = self.validation_writer = tf.summary.create_noop_writer()
+
+    def latest(self) -> str | None:
+        """The newest checkpoint of the chief's folder, or None."""
+        return tf.train.latest_checkpoint(str(self.folder)) if self.folder.is_dir() else None
+
+    def restore(self) -> str | None:
+        """Restore the newest checkpoint of the folder (every object, step and best); its path or None."""
+        latest = self.latest()
+        if latest is None:
+            return None
+        try:
+            self.checkpoint.restore(latest).assert_existing_objects_matched()
+        except (AssertionError, ValueError, tf.errors.OpError) as error:
+            message = str(error).splitlines()[0][:240]
+            raise TrainingError(f"{latest}: cannot resume from this checkpoint ({message}); "
+                                f"use another checkpoint_dir for a different network") from None
+        return latest
+
+    def save(self) -> str:
+        return self.manager.save(checkpoint_number=int(self.step))
+
+    def run(self, train_step: StepFunction, batches: Callable[[int], Iterable], steps: int,
+            validate: Validation | None = None) -> dict[str, list]:
+        """Train from the current step until global step `steps` (0: until interrupted).
+
+        train_step: runs one step on a batch and returns its scalars (e.g. {"loss": ...}).
+        batches: `batches(start_step)` -> the batches from that step on.
+        validate: `validate(step)` -> validation values (chief only), every `skip_step` steps
+        and at the last step.
+        Returns the history of this call: {"step": [...], each scalar: [...], "seconds": [...],
+        "validation": [{"step": s, ...}, ...]}.
+        """
+        start = int(self.step)
+        history: dict[str, list] = {"step": [], "seconds": [], "validation": []}
+        if steps and start >= steps:
+            return history
+        iterator = iter(batches(start))
+        bar = tqdm(total=steps or None, initial=start, desc=self.title, unit="step", disable=not self.progress)
+        try:
+            while not steps or int(self.step) < steps:
+                began = time.perf_counter()
+                values = {name: float(value) for name, value in train_step(next(iterator)).items()}
+                step = int(self.step) + 1
+                if not all(math.isfinite(value) for value in values.values()):
+                    raise TrainingError(f"{self.title} step {step}: non-finite values {values} (lower the "
+                                        f"learning rate, or check the data)")
+                self.step.assign(step)
+                history["step"].append(step)
+                history["seconds"].append(time.perf_counter() - began)
+                with self.train_writer.as_default(step=step):
+                    for name, value in values.items():
+                        history.setdefault(name, []).append(value)
+                        tf.summary.scalar(name, value)
+                bar.set_postfix({name: f"{value:.4g}" for name, value in values.items()})
+                bar.update()
+                if step % self.skip_step == 0 or step == steps:
+                    self._validate_and_save(validate, history)
+        finally:
+            bar.close()
+            self.train_writer.flush()
+        return history
+
+    def _validate_and_save(self, validate: Validation | None, history: dict[str, list]) -> None:
+        step = int(self.step)
+        results = dict(validate(step)) if validate is not None and self.is_chief else None
+        improved = False
+        if results is not None:
+            results["step"] = step
+            if self.best_key is not None:
+                value = float(results[self.best_key])
+                better = value < float(self.best) if self.best_mode == "min" else value > float(self.best)
+                if better:
+                    self.best.assign(value)
+                improved = results["improved"] = bool(better)
+            history["validation"].append(results)
+        self.save()
+        if improved:
+            self.best_manager.save(checkpoint_number=step)

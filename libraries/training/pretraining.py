@@ -1,0 +1,298 @@
+"""Pretraining of SISRNet and RegNet (the authors ship only the checkpoints), on the one loop.
+
+**SISRNet** learns single-image super-resolution. A pretraining head `conv_up_8` (1x1x1,
+F -> 1) turns SISRNet's features of one bicubic frame into the residual that brings the frame
+to the HR image. Normalisation (the same as DeepSUM's): the input is x = (frame - mu) / sigma,
+the target y = (HR - mu) / sigma_rescaled, and the prediction, on the target's scale, is
+
+    prediction = (x + conv_up_8(SISRNet(x))) * sigma / sigma_rescaled
+
+i.e. `conv_up_8` predicts (HR - frame) / sigma, in the input's units. That is the authors'
+pretraining graph (its `.meta` adds `conv_up_8`'s output to `x`), so their `conv_up_8` is
+reused as it is; the factor sigma / sigma_rescaled is DeepSUM's residual scale, so the loss
+is the cL2 loss on the sigma_rescaled scale, as in DeepSUM's training. Every 9-frame training
+patch gives 9 single-frame samples (`pretraining_data.SingleFrames`). Evaluation: the cL2 loss
+of the held-out scenes' samples, next to that of their bicubic frames.
+
+**RegNet** learns to register features. SISRNet is frozen (loaded from a pretraining
+checkpoint). From one frame's features, 8 copies are translated by known random integer shifts
+(dy, dx) in [-max_shift, max_shift]; with the untranslated features as frame 0 they form the
+9-frame stack RegNet sees (`pretraining_data.planted_shift_stack`). Loss: softmax
+cross-entropy of the 81 logits of each frame against its true tap (the authors'
+`softmax_cross_entropy_with_logits`). Evaluation: the tap accuracy on held-out scenes.
+
+Both run `training.loop.TrainingLoop`; their checkpoints hold the sub-network under `model`
+(as DeepSUM's hold DeepSUM), so `checkpoints.restore_weights(deepsum.sisrnet, folder)` loads
+them into DeepSUM, as it loads the authors' TF1 pretraining checkpoints.
+"""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any, Mapping
+
+import numpy as np
+import tensorflow as tf
+from tqdm.auto import tqdm
+
+from libraries import checkpoints, domain, metrics
+from libraries import config as config_module
+from libraries.config import RegNetPretrainConfig, SISRNetPretrainConfig
+from libraries.model import Conv, RegNet, SISRNet
+from libraries.training import optimization
+from libraries.training import pretraining_data as pdata
+from libraries.training.loop import TrainingLoop
+
+SISRNET_HEAD = "conv_up_8"  # the pretraining-only output layer of SISRNet
+
+
+class SingleFrameSR(tf.Module):
+    """SISRNet plus its pretraining head `conv_up_8`: one bicubic frame -> one HR estimate.
+
+    `net(x)`: x `[batch, frames, H, W, 1]` `(v - mu) / sigma` -> `[batch, frames, H, W, 1]` on the
+    `(v - mu) / sigma_rescaled` scale (see the module docstring).
+    """
+
+    def __init__(self, n_features: int, residual_scale: float, seed: int):
+        super().__init__(name="SingleFrameSR")
+        self.sisrnet = SISRNet(n_features, channels=1, seed=seed)
+        self.head = Conv(SISRNET_HEAD, [1, 1, 1, n_features, 1], seed)
+        self.residual_scale = float(residual_scale)
+
+    def __call__(self, x: tf.Tensor) -> tf.Tensor:
+        features = self.sisrnet(x)  # [b, T, H, W, F]
+        # 1x1x1 convolution = a matrix product over the feature axis
+        residual = tf.tensordot(features, self.head.W[0, 0, 0], axes=1) + self.head.b  # [b, T, H, W, 1]
+        return (x + residual) * self.residual_scale
+
+    def tf1_variables(self) -> dict[str, tf.Variable]:
+        return dict(sorted({**self.sisrnet.tf1_variables(), **self.head.tf1_variables()}.items()))
+
+
+def single_frame_network(config: config_module.PretrainConfig) -> SingleFrameSR:
+    """A freshly initialised (seeded) SISRNet + `conv_up_8` for `config`."""
+    return SingleFrameSR(config.n_features, config.sigma / config.sigma_rescaled, config.seed)
+
+
+def _initialise(loop: TrainingLoop, config: config_module.PretrainConfig, model: tf.Module,
+                extra: Mapping[str, tf.Module] | None = None) -> None:
+    """Resume from the loop's folder, else load `config.init_checkpoint` (ours or the authors') if set."""
+    if loop.restore() is None and config.init_checkpoint is not None:
+        checkpoints.restore_weights(model, config.init_checkpoint, extra)
+
+
+# --------------------------------------------------------------------------- SISRNet
+
+
+def pretrain_sisrnet(config: SISRNetPretrainConfig, steps: int | None = None,
+                     patches: Mapping[str, np.ndarray] | None = None, progress: bool = True) -> dict[str, list]:
+    """Pretrain SISRNet + `conv_up_8` on single registered frames with the cL2 loss.
+
+    config: a `SISRNetPretrainConfig`; steps: total steps (None: `config.steps`); patches: the
+    arrays of `pretraining_data.read_training_patches` (None: read from `config.dataset_path`).
+    Checkpoints and TensorBoard logs go to `config.checkpoint_dir`; a run resumes from its
+    latest checkpoint. Returns the loop's history: `loss` and `bicubic_loss` (the loss of the
+    bicubic frame itself) per step, and per validation `heldout_loss`, `heldout_bicubic_loss`.
+    """
+    patches = pdata.read_training_patches(config) if patches is None else patches
+    training_samples = pdata.SingleFrames(patches, config, heldout=False)
+    heldout_samples = pdata.SingleFrames(patches, config, heldout=True)
+    network = single_frame_network(config)
+    trainable = list(network.tf1_variables().values())
+    optimizer = optimization.adam(config.lr)
+    optimizer.build(trainable)
+    loop = TrainingLoop(config.checkpoint_dir, {"model": network.sisrnet, "head": network.head, "optimizer": optimizer},
+                        config.skip_step, title="SISRNet pretraining", best_key="heldout_loss", best_mode="min",
+                        config=config, progress=progress)
+    _initialise(loop, config, network.sisrnet, {"head": network.head})
+
+    @tf.function(reduce_retracing=True)
+    def train_step(batch):
+        x, y, mask = batch  # [b, 1, p, p, 1] each
+        with tf.GradientTape() as tape:
+            loss = metrics.cl2_loss(y, network(x), mask, config.border)
+        optimizer.apply_gradients(zip(tape.gradient(loss, trainable), trainable))
+        bicubic = metrics.cl2_loss(y, x * network.residual_scale, mask, config.border)
+        return {"loss": loss, "bicubic_loss": bicubic}
+
+    @tf.function(reduce_retracing=True)
+    def heldout_losses(x, y, mask):
+        return metrics.cl2_loss(y, network(x), mask, config.border), \
+            metrics.cl2_loss(y, x * network.residual_scale, mask, config.border)
+
+    rows = np.arange(min(len(heldout_samples.index), config.eval_frames))
+
+    def validate(step: int) -> dict[str, float]:
+        values = np.array([[float(v) for v in heldout_losses(*heldout_samples.batch(part, None))]
+                           for part in np.array_split(rows, max(1, len(rows) // config.batch_size))])
+        results = {"heldout_loss": float(values[:, 0].mean()), "heldout_bicubic_loss": float(values[:, 1].mean())}
+        with loop.validation_writer.as_default(step=step):
+            for name, value in results.items():
+                tf.summary.scalar(name, value)
+        return results
+
+    target = config.steps if steps is None else steps
+    return loop.run(train_step, lambda start: pdata.sisrnet_dataset(training_samples, start), target, validate)
+
+
+# --------------------------------------------------------------------------- RegNet
+
+
+def planted_shift_logits(regnet: RegNet, features: tf.Tensor, shifts: tf.Tensor, max_shift: int) -> tf.Tensor:
+    """RegNet's logits for one frame's features and its copies moved by `shifts`.
+
+    features: `[batch, H, W, F]`; shifts: `[batch, T-1, 2]`. Returns `[batch, T-1, k*k]`.
+    """
+    return regnet(pdata.planted_shift_stack(features, shifts, max_shift))[1]
+
+
+@tf.function(reduce_retracing=True)
+def _predicted_taps(sisrnet: SISRNet, regnet: RegNet, x: tf.Tensor, shifts: tf.Tensor, max_shift: int) -> tf.Tensor:
+    """Arg-max tap `[b, T-1]` of RegNet for frames x `[b, H, W, 1]` and planted `shifts`."""
+    features = sisrnet(x[:, None])[:, 0]  # [b, H, W, F]
+    return tf.argmax(planted_shift_logits(regnet, features, shifts, max_shift), axis=-1, output_type=tf.int32)
+
+
+def evaluate_regnet_accuracy(sisrnet: SISRNet, regnet: RegNet, frames: np.ndarray, max_shift: int = 4,
+                             seed: int = 0, batch_size: int = 8, frames_per_stack: int = 9,
+                             progress: bool = False) -> dict[str, float]:
+    """Tap accuracy of RegNet on shifts planted in the SISRNet features of `frames`.
+
+    frames: `[N, H, W, 1]` normalised `(v - mu) / sigma`. Each frame gets `frames_per_stack - 1`
+    copies moved by seeded random shifts in [-max_shift, max_shift]. Returns `accuracy` (share
+    of copies whose arg-max tap is the true shift's), `opposite_sign_accuracy` (arg-max at the
+    tap of minus the shift: a registration convention mismatch shows here),
+    `within_one_pixel` (arg-max at most one pixel away on both axes) and `shifts` (count).
+    """
+    filter_size = regnet.filter_size
+    radius = filter_size // 2
+    counts = np.zeros(3)
+    total = 0
+    starts = range(0, len(frames), batch_size)
+    for index, start in enumerate(tqdm(starts, desc="RegNet accuracy", disable=not progress)):
+        x = tf.convert_to_tensor(frames[start:start + batch_size], tf.float32)
+        shifts = pdata.random_shifts(int(x.shape[0]), frames_per_stack - 1, max_shift, tf.constant([seed, index]))
+        taps = _predicted_taps(sisrnet, regnet, x, shifts, max_shift).numpy()  # [b, T-1]
+        shifts = shifts.numpy()
+        predicted = np.stack([taps // filter_size - radius, taps % filter_size - radius], axis=-1)  # [b, T-1, 2]
+        counts += [np.sum(taps == domain.tap_index(shifts, filter_size)),
+                   np.sum(taps == domain.tap_index(-shifts, filter_size)),
+                   np.sum(np.all(np.abs(predicted - shifts) <= 1, axis=-1))]
+        total += taps.size
+    if total == 0:
+        raise pdata.PretrainingError("evaluate_regnet_accuracy: no frames given")
+    accuracy, opposite, near = counts / total
+    return {"accuracy": accuracy, "opposite_sign_accuracy": opposite, "within_one_pixel": near, "shifts": total}
+
+
+def frozen_sisrnet(config: RegNetPretrainConfig) -> SISRNet:
+    """SISRNet with the weights of `config.SISRNet_pretrain_dir` (ours or the authors')."""
+    sisrnet = SISRNet(config.n_features, channels=1, seed=config.seed)
+    checkpoints.restore_weights(sisrnet, config.SISRNet_pretrain_dir)
+    return sisrnet
+
+
+def pretrain_regnet(config: RegNetPretrainConfig, steps: int | None = None,
+                    patches: Mapping[str, np.ndarray] | None = None, progress: bool = True) -> dict[str, list]:
+    """Pretrain RegNet on shifts planted in the features of a frozen SISRNet.
+
+    config: a `RegNetPretrainConfig`; steps: total steps (None: `config.steps`); patches: as in
+    `pretrain_sisrnet` (needs `frames` and `scene`). The scenes of `heldout_fraction` are kept
+    out of training; every `skip_step` steps the tap accuracy on (at most `eval_frames` of)
+    their frames is measured, on whole prepared patches (or their central `eval_size` windows):
+    RegNet averages its taps over the window, so its accuracy grows with the window, and inside
+    DeepSUM it sees whole training patches. Training uses random `patch_size` crops.
+    Returns the loop's history: `loss`, `accuracy` (training batch) per step and
+    `heldout_accuracy`, `heldout_opposite_sign_accuracy` per validation.
+    """
+    patches = pdata.read_training_patches(config) if patches is None else patches
+    pdata.check_patches(patches, config, ("frames", "scene"))
+    heldout = pdata.split_scenes(patches["scene"], config.heldout_fraction, config.seed)
+    training_frames = pdata.normalised_frames(patches["frames"][~heldout], config)  # [n, P, P, 1]
+    eval_frames = pdata.normalised_frames(patches["frames"][heldout], config)
+    chosen = np.random.default_rng(config.seed).permutation(len(eval_frames))[:config.eval_frames]
+    eval_frames = eval_frames[np.sort(chosen)]
+    if config.eval_size:
+        eval_frames = pdata.center_crop(eval_frames, config.eval_size)
+    frames_per_stack = int(patches["frames"].shape[1])
+
+    sisrnet = frozen_sisrnet(config)
+    regnet = RegNet(config.n_features, config.filter_size, seed=config.seed)
+    trainable = list(regnet.tf1_variables().values())
+    optimizer = optimization.adam(config.lr)
+    optimizer.build(trainable)
+    loop = TrainingLoop(config.checkpoint_dir, {"model": regnet, "optimizer": optimizer}, config.skip_step,
+                        title="RegNet pretraining", best_key="heldout_accuracy", best_mode="max", config=config,
+                        progress=progress)
+    _initialise(loop, config, regnet)
+    step_counter = loop.step
+
+    @tf.function(reduce_retracing=True)
+    def train_step(x):  # x: [b, p, p, 1]
+        features = sisrnet(x[:, None])[:, 0]  # [b, p, p, F], frozen: outside the tape
+        seed = tf.stack([tf.constant(config.seed, tf.int64), tf.convert_to_tensor(step_counter, tf.int64)])
+        shifts = pdata.random_shifts(config.batch_size, frames_per_stack - 1, config.max_shift, seed)
+        labels = domain.tap_index(shifts, config.filter_size)  # [b, T-1]
+        with tf.GradientTape() as tape:
+            logits = planted_shift_logits(regnet, features, shifts, config.max_shift)  # [b, T-1, k*k]
+            loss = tf.reduce_mean(tf.nn.sparse_softmax_cross_entropy_with_logits(labels, logits))
+        optimizer.apply_gradients(zip(tape.gradient(loss, trainable), trainable))
+        correct = tf.equal(tf.argmax(logits, axis=-1, output_type=tf.int32), labels)
+        return {"loss": loss, "accuracy": tf.reduce_mean(tf.cast(correct, tf.float32))}
+
+    def validate(step: int) -> dict[str, float]:
+        result = evaluate_regnet_accuracy(sisrnet, regnet, eval_frames, config.max_shift, config.seed,
+                                          config.batch_size, frames_per_stack)
+        results = {"heldout_accuracy": result["accuracy"],
+                   "heldout_opposite_sign_accuracy": result["opposite_sign_accuracy"]}
+        with loop.validation_writer.as_default(step=step):
+            for name, value in results.items():
+                tf.summary.scalar(name, value)
+        return results
+
+    target = config.steps if steps is None else steps
+    return loop.run(train_step, lambda start: pdata.regnet_dataset(training_frames, config, start), target, validate)
+
+
+def real_frame_accuracy(frames: np.ndarray, sisrnet_dir: Any, regnet_dir: Any, n_features: int = 64,
+                        max_shift: int = 4, seed: int = 0, batch_size: int = 4) -> dict[str, float]:
+    """Tap accuracy (see `evaluate_regnet_accuracy`) of a SISRNet + RegNet checkpoint pair on
+    shifts planted in the features of `frames` `[N, H, W, 1]` (e.g. `pretraining_data.read_real_frames`)."""
+    sisrnet, regnet = SISRNet(n_features, channels=1), RegNet(n_features)
+    checkpoints.restore_weights(sisrnet, sisrnet_dir)
+    checkpoints.restore_weights(regnet, regnet_dir)
+    return evaluate_regnet_accuracy(sisrnet, regnet, frames, max_shift, seed, batch_size, progress=True)
+
+
+# --------------------------------------------------------------------------- command line
+
+
+def _add_arguments(parser: argparse.ArgumentParser, default: str) -> None:
+    parser.add_argument("--config", default=default, help=f"JSON config (default {default})")
+    parser.add_argument("--steps", type=int, default=None, help="total training steps (default: the config's)")
+
+
+def add_pretrain_sisrnet_arguments(parser: argparse.ArgumentParser) -> None:
+    _add_arguments(parser, "config_files/SISRNet_pretrain_config.json")
+
+
+def add_pretrain_regnet_arguments(parser: argparse.ArgumentParser) -> None:
+    _add_arguments(parser, "config_files/RegNet_pretrain_config.json")
+
+
+def run_pretrain_sisrnet(args: argparse.Namespace) -> int:
+    config = config_module.load_config(args.config, kind=SISRNetPretrainConfig)
+    history = pretrain_sisrnet(config, steps=args.steps)
+    if history.get("loss"):
+        print(f"step {history['step'][-1]}: cL2 loss {history['loss'][-1]:.5f} "
+              f"(bicubic {history['bicubic_loss'][-1]:.5f}); checkpoints in {config.checkpoint_dir}")
+    return 0
+
+
+def run_pretrain_regnet(args: argparse.Namespace) -> int:
+    config = config_module.load_config(args.config, kind=RegNetPretrainConfig)
+    history = pretrain_regnet(config, steps=args.steps)
+    if history["validation"]:
+        print(f"step {history['validation'][-1]['step']}: held-out tap accuracy "
+              f"{history['validation'][-1]['heldout_accuracy']:.3f}; checkpoints in {config.checkpoint_dir}")
+    return 0

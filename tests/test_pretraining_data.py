@@ -1,0 +1,55 @@
+"""`libraries.training.pretraining_data`: the shift conventions of both pretrainings, and
+batches that are a pure function of the step."""
+
+from __future__ import annotations
+
+import numpy as np
+import tensorflow as tf
+
+from libraries import domain, model, preprocessing
+from libraries.config import RegNetPretrainConfig
+from libraries.training import pretraining_data
+
+TINY = dict(lr=1e-3, batch_size=4, steps=12, skip_step=6, spectral_band="NIR", mu=7754.664, sigma=2316.3408,
+            sigma_rescaled=596.982, patch_size=16, n_features=8, seed=3)
+
+
+def test_translate_frames_moves_like_the_dataset_masks():
+    rng = np.random.default_rng(0)
+    masks = rng.random((9, 20, 24)) > 0.5
+    shifts = rng.integers(-4, 5, size=(9, 2)).astype(np.int32)
+    moved, inside = pretraining_data.translate_frames(masks.astype(np.float32), shifts)
+    np.testing.assert_array_equal(moved > 0.5, preprocessing.translate_masks(masks, shifts))
+    # rows/columns that wrapped around are flagged: |dy| rows and |dx| columns per frame
+    wrapped = (~inside).all(axis=2).sum(axis=1), (~inside).all(axis=1).sum(axis=1)
+    np.testing.assert_array_equal(wrapped[0], np.abs(shifts[:, 0]))
+    np.testing.assert_array_equal(wrapped[1], np.abs(shifts[:, 1]))
+
+
+def test_planted_copies_are_registered_by_the_filter_at_their_tap():
+    features = tf.random.stateless_normal([2, 30, 30, 3], seed=[1, 2])
+    shifts = pretraining_data.random_shifts(2, 8, 4, tf.constant([5, 6]))  # [2, 8, 2]
+    stack = pretraining_data.planted_shift_stack(features, shifts, max_shift=4)  # [2, 9, 22, 22, 3]
+    assert stack.shape == (2, 9, 22, 22, 3)
+    one_hot = tf.reshape(tf.one_hot(domain.tap_index(shifts), 81), [2, 8, 9, 9])  # the true filters
+    registered = model.register_frames(stack, one_hot)
+    inner = registered[:, :, 4:-4, 4:-4]  # away from the REFLECT padding of the registration
+    np.testing.assert_allclose(inner.numpy(), np.broadcast_to(inner[:, :1].numpy(), inner.shape), atol=1e-6)
+    assert domain.tap_index(np.array([-4, -4])) == 0 and domain.tap_index(np.array([0, 1])) == 41
+
+
+
+
+def test_regnet_batches_are_a_pure_function_of_the_step(tmp_path):
+    frames = np.random.default_rng(1).normal(size=(10, 24, 24, 1)).astype(np.float32)
+    cfg = RegNetPretrainConfig(**TINY, dataset_path=tmp_path)
+    full = [batch.numpy() for _, batch in zip(range(5), pretraining_data.regnet_dataset(frames, cfg))]
+    resumed = [batch.numpy() for _, batch in zip(range(2), pretraining_data.regnet_dataset(frames, cfg, start_step=3))]
+    assert full[0].shape == (4, 16, 16, 1)
+    np.testing.assert_array_equal(resumed[0], full[3])
+    np.testing.assert_array_equal(resumed[1], full[4])
+    assert not np.array_equal(full[0], full[1])
+    # every window is a crop of one of the frames
+    for window in full[0]:
+        assert any(np.array_equal(window, frame[r:r + 16, c:c + 16]) for frame in frames
+                   for r in range(9) for c in range(9))
