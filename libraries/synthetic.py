@@ -26,15 +26,14 @@ import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any, Sequence
 
 import numpy as np
 import scipy.fft
 from scipy import ndimage
-from skimage.transform import resize
 from tqdm.auto import tqdm
 
-from libraries import domain, fileio, metrics, probav
+from libraries import domain, fileio, metrics, preprocessing, probav
 
 CORRUPT_VALUE = 65520  # the no-data value of the real corrupt frames
 MAX_SHIFT = 4.0  # HR pixels
@@ -301,10 +300,7 @@ def baseline_sr(lr: np.ndarray, clear: np.ndarray) -> np.ndarray:
     usable = lr.max(axis=(1, 2)) <= domain.CORRUPT_VALUE
     if not usable.any():
         raise ValueError("baseline: every frame holds values above 60000 (no usable frame)")
-    counts = np.where(usable, clear.sum(axis=(1, 2)), -1)
-    mean = lr[counts == counts.max()].astype(np.float64).mean(axis=0)  # [h, w]
-    shape = (domain.SCALE * lr.shape[1], domain.SCALE * lr.shape[2])
-    return resize(mean, shape, order=3, mode="edge", anti_aliasing=False, preserve_range=True)
+    return preprocessing.bicubic_baseline(lr[usable], clear[usable])
 
 
 def baseline_cpsnr(lr: np.ndarray, clear: np.ndarray, hr: np.ndarray, hr_clear: np.ndarray) -> float:
@@ -395,68 +391,6 @@ def read_truth(out_dir: str | os.PathLike) -> dict[str, Any]:
     if not path.is_file():
         raise probav.ProbaVError(f"{path}: file missing (expected the synthetic set's truth JSON)")
     return json.loads(path.read_text())
-
-
-# --------------------------------------------------------------------------- realism check
-
-
-def frame_statistics(frames: np.ndarray) -> dict[str, float]:
-    """Statistics of one scene's LR frames [frames, h, w] (corrupt frames left out).
-
-    p1/p50/p99: value percentiles; highpass_std: median over frames of the std of the frame
-    minus its 3x3 mean (fine texture + noise); noise_std: median of Immerkaer's noise
-    estimate; psd_slope: slope of the log radially averaged power spectrum over
-    0.04-0.25 cycles/pixel; gain_cv: std / mean of the frame means (brightness changes).
-    """
-    frames = np.asarray(frames, dtype=np.float64)
-    frames = frames[frames.max(axis=(1, 2)) <= domain.CORRUPT_VALUE]
-    p1, p50, p99 = np.percentile(frames, [1, 50, 99])
-    highpass = frames - ndimage.uniform_filter(frames, size=(1, 3, 3), mode="reflect")
-    laplacian = np.array([[1, -2, 1], [-2, 4, -2], [1, -2, 1]], dtype=np.float64)[None]
-    response = np.abs(ndimage.convolve(frames, laplacian, mode="reflect"))[:, 1:-1, 1:-1]
-    noise = np.sqrt(np.pi / 2) / 6 * response.mean(axis=(1, 2))  # Immerkaer 1996
-    means = frames.mean(axis=(1, 2))
-    return {
-        "p1": float(p1), "p50": float(p50), "p99": float(p99),
-        "highpass_std": float(np.median(highpass.std(axis=(1, 2)))),
-        "noise_std": float(np.median(noise)),
-        "psd_slope": _psd_slope(frames),
-        "gain_cv": float(means.std() / means.mean()),
-    }
-
-
-def _psd_slope(frames: np.ndarray) -> float:
-    """Log-log slope of the radially averaged power spectrum of [frames, h, w]."""
-    height, width = frames.shape[1:]
-    window = np.outer(np.hanning(height), np.hanning(width))
-    centred = (frames - frames.mean(axis=(1, 2), keepdims=True)) * window
-    power = (np.abs(np.fft.fft2(centred)) ** 2).mean(axis=0)  # [h, w]
-    radius = np.hypot(*np.meshgrid(np.fft.fftfreq(height), np.fft.fftfreq(width), indexing="ij"))
-    edges = np.geomspace(0.04, 0.25, 12)
-    ring = np.digitize(radius, edges).ravel()  # 0 and len(edges) lie outside the fit range
-    inside = (ring > 0) & (ring < len(edges))
-    counts = np.bincount(ring[inside], minlength=len(edges))[1:]
-    centres = np.bincount(ring[inside], radius.ravel()[inside], len(edges))[1:] / counts
-    levels = np.bincount(ring[inside], power.ravel()[inside], len(edges))[1:] / counts
-    return float(np.polyfit(np.log(centres), np.log(levels), 1)[0])
-
-
-STATISTICS = ("p1", "p50", "p99", "highpass_std", "noise_std", "psd_slope", "gain_cv")
-
-
-def statistics_table(groups: Mapping[str, Sequence[np.ndarray]]) -> str:
-    """Markdown table: per group (e.g. "real NIR") the median over scenes of `frame_statistics`.
-
-    groups: label -> list of [frames, h, w] arrays (one per scene).
-    """
-    header = "| statistic | " + " | ".join(groups) + " |"
-    rows = [header, "|---" * (len(groups) + 1) + "|"]
-    table = {label: [frame_statistics(frames) for frames in scenes] for label, scenes in groups.items()}
-    for key in STATISTICS:
-        medians = [float(np.median([s[key] for s in stats])) for stats in table.values()]
-        cells = [f"{value:.0f}" if abs(value) >= 100 else f"{value:.3g}" for value in medians]
-        rows.append(f"| {key} | " + " | ".join(cells) + " |")
-    return "\n".join(rows)
 
 
 # --------------------------------------------------------------------------- command line

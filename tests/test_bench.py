@@ -12,6 +12,7 @@ import pytest
 import tensorflow as tf
 
 from libraries import model as model_lib
+from libraries import synthetic
 from libraries.config import default_config
 
 BENCH = Path(__file__).resolve().parents[1] / "bench"
@@ -86,3 +87,18 @@ def test_xla_compiled_network_agrees_with_the_default(bench):
     expected = model(x, masks)["sr"].numpy()
     actual = compiled(tf.constant(x), tf.constant(masks.astype(np.float32))).numpy()
     assert np.max(np.abs(actual - expected)) / np.max(np.abs(expected)) < 1e-4
+
+
+def test_synthetic_realism_statistics_on_known_signals(bench):
+    realism = bench("synthetic_realism")
+    rng = np.random.default_rng(0)
+    white = 8000 + 100 * rng.standard_normal((4, 128, 128))
+    stats = realism.frame_statistics(white)
+    assert stats["noise_std"] == pytest.approx(100, rel=0.05) and abs(stats["psd_slope"]) < 0.2
+    assert stats["p50"] == pytest.approx(8000, abs=5)
+    fractal = 8000 + 1000 * synthetic.fractal_field(rng, (4, 128, 128), 2.0)
+    assert realism.frame_statistics(fractal)["psd_slope"] == pytest.approx(-2.0, abs=0.3)
+    corrupt = np.concatenate([white, np.full((1, 128, 128), 65520.0)])
+    assert realism.frame_statistics(corrupt)["p50"] == stats["p50"]  # corrupt frames left out
+    table = realism.statistics_table({"a": [white], "b": [white, fractal]})
+    assert table.count("\n") == 1 + len(realism.STATISTICS) and "| noise_std |" in table

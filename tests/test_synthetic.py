@@ -172,20 +172,6 @@ def test_norm_is_the_bicubic_of_mean_baseline(synthetic_set, scenes, truth):
         assert metrics.kelvins_cpsnr(sr, scene.hr, scene.hr_clear) == pytest.approx(norm[scene.name], abs=1e-9)
 
 
-def test_frame_statistics_on_known_signals():
-    rng = np.random.default_rng(0)
-    white = 8000 + 100 * rng.standard_normal((4, 128, 128))
-    stats = synthetic.frame_statistics(white)
-    assert stats["noise_std"] == pytest.approx(100, rel=0.05) and abs(stats["psd_slope"]) < 0.2
-    assert stats["p50"] == pytest.approx(8000, abs=5)
-    fractal = 8000 + 1000 * synthetic.fractal_field(rng, (4, 128, 128), 2.0)
-    assert synthetic.frame_statistics(fractal)["psd_slope"] == pytest.approx(-2.0, abs=0.3)
-    corrupt = np.concatenate([white, np.full((1, 128, 128), 65520.0)])
-    assert synthetic.frame_statistics(corrupt)["p50"] == stats["p50"]  # corrupt frames left out
-    table = synthetic.statistics_table({"a": [white], "b": [white, fractal]})
-    assert table.count("\n") == 1 + len(synthetic.STATISTICS) and "| noise_std |" in table
-
-
 def test_command_line(tmp_path, capsys):
     out = tmp_path / "cli"
     assert main(["synth", "--out", str(out), "--seed", "1", "--scenes", "1", "--test-scenes", "1",

@@ -115,7 +115,5 @@ def window_inputs(scene: Mapping[str, Any], config: config_module.DeepSUMConfig,
 def bicubic_baseline(scene: Mapping[str, Any]) -> np.ndarray:
     """The organisers' baseline: the mean of the frames with the most clear pixels, upsampled
     bicubically. The frames are already bicubic-upsampled, and bicubic upsampling is linear, so
-    this is the mean of those upsampled frames. Returns float32 `[H, W]`."""
-    clear_pixels = np.asarray(scene["masks"]).sum(axis=(1, 2))  # [K]
-    clearest = clear_pixels == clear_pixels.max()
-    return np.asarray(scene["frames"], np.float64)[clearest].mean(axis=0).astype(np.float32)
+    this is the mean of those upsampled frames. Returns float64 `[H, W]`."""
+    return preprocessing.bicubic_baseline(scene["frames"], scene["masks"], scale=1)
