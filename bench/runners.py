@@ -66,7 +66,7 @@ def make_train_step(impl: str, model: model_lib.DeepSUM, data: dict[str, tf.Tens
     micro_batch: scenes per forward/backward pass (`libraries.training.optimization.batch_gradients`,
     as `Trainer` computes it); 0: the whole batch in one pass."""
     network = _network(impl, model)
-    optimizer = tf.keras.optimizers.Adam(1e-5)
+    optimizer = optimization.adam(1e-5)
     variables = model.trainable_variables
     keys = sorted(data)
 
@@ -82,7 +82,11 @@ def make_train_step(impl: str, model: model_lib.DeepSUM, data: dict[str, tf.Tens
         optimizer.apply_gradients(zip(gradients, variables))
         return loss
 
-    return lambda: float(step(data).numpy())
+    def run() -> float:
+        with optimization.without_remapper():  # as the training loop runs every step
+            return float(step(data).numpy())
+
+    return run
 
 
 def memory_child(spec: dict) -> dict:

@@ -32,6 +32,7 @@ from tqdm.auto import tqdm
 
 from libraries import config as config_module
 from libraries import fileio
+from libraries.training.optimization import without_remapper
 
 KEEP_CHECKPOINTS = 3
 CONFIG_FILE = "config.json"
@@ -122,7 +123,8 @@ class TrainingLoop:
         try:
             while not steps or int(self.step) < steps:
                 began = time.perf_counter()
-                values = {name: float(value) for name, value in train_step(next(iterator)).items()}
+                with without_remapper():
+                    values = {name: float(value) for name, value in train_step(next(iterator)).items()}
                 step = int(self.step) + 1
                 if not all(math.isfinite(value) for value in values.values()):
                     raise TrainingError(f"{self.title} step {step}: non-finite values {values} (lower the "

@@ -1,7 +1,8 @@
 """The optimiser of every training, and the gradients of one step in micro-batches.
 
 `adam` is TF1's AdamOptimizer as the authors used it (epsilon 1e-8, where Keras' default is
-1e-7), for DeepSUM and both pretrainings.
+1e-7), for DeepSUM and both pretrainings. `without_remapper` runs a training step without
+Grappler's remapper (see there).
 
 A training step's loss is a batch mean of per-scene losses (the cL2 loss), so its gradient is
 the sum over any split of the batch of each part's gradient weighted by the part's share of
@@ -13,13 +14,35 @@ order). Used by `libraries.training.deepsum.Trainer` and by `bench/train_step.py
 
 from __future__ import annotations
 
-from typing import Callable, Sequence
+import contextlib
+from typing import Callable, Iterator, Sequence
 
 import tensorflow as tf
 
 LossFunction = Callable[..., tf.Tensor]
 ADAM_BETAS = (0.9, 0.999)
 ADAM_EPSILON = 1e-8  # TF1 AdamOptimizer's default (the authors'); Keras' is 1e-7
+
+
+@contextlib.contextmanager
+def without_remapper() -> Iterator[None]:
+    """Run the functions called inside with Grappler's remapper (op fusion) off, then restore it.
+
+    On a training graph the remapper (TensorFlow 2.21, oneDNN) fuses conv + bias + leaky ReLU
+    although the leaky ReLU's gradient reads the bias add it removes, and fails: "remapper failed:
+    ... fanout '.../LeakyReluGrad' exist for missing node 'add_..'", printed as an error, the
+    graph then left unfused. Off for the step, the graph is the same and the error is gone
+    (measured: the training step as fast, `bench/README.md`); inference functions, called outside,
+    keep the fusion. A gradient written to read the activation's output instead (so that the
+    fusion succeeds) made the step 5% slower. The option is part of a function's instantiation
+    key, so the step is called inside this every time, not only when traced.
+    """
+    before = tf.config.optimizer.get_experimental_options().get("remapping")
+    tf.config.optimizer.set_experimental_options({"remapping": False})
+    try:
+        yield
+    finally:
+        tf.config.optimizer.set_experimental_options({"remapping": True if before is None else before})
 
 
 def adam(learning_rate: float) -> tf.keras.optimizers.Adam:
