@@ -315,7 +315,7 @@ def fetch_weights(
     url_base : where the authors' repository is: the raw-file URL at the pinned commit (default),
         another http(s) or file:// URL, or a local folder holding a copy of it.
     which : groups to fetch, among "pretraining" and "challenge".
-    convert : convert the challenge checkpoints with `tf1_checkpoint.convert_tf1_checkpoint`.
+    convert : convert the challenge checkpoints with `checkpoints.convert_tf1_checkpoint`.
 
     Returns
     -------
