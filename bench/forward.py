@@ -23,7 +23,7 @@ import tensorflow as tf
 
 TEST_SCENES = 290  # PROBA-V test set: 146 NIR + 144 RED scenes
 FULL = {"features": 64, "configs": {"scene": (1, 384), "training batch": (8, 96)}, "ceiling_size": 192}
-QUICK = {"features": 8, "configs": {"scene": (1, 32)}, "ceiling_size": 32}  # one config: few processes
+QUICK = {"features": 8, "configs": {"scene": (1, 32)}, "ceiling_size": 32, "frame_by_frame": False}  # few processes  # one config: few processes
 
 
 def test_set_throughput(model, size: int, repeats: int, naive_forward_s: float) -> dict:
@@ -60,13 +60,15 @@ def measure(setup: dict, repeats: int) -> dict:
     for name, (batch, size) in setup["configs"].items():
         data = runners.inputs(batch, size)
         runs = {impl: runners.make_forward(impl, model, data) for impl in runners.IMPLEMENTATIONS}
-        runs[FRAME_BY_FRAME] = runners.make_forward("ours", frame_model, data)
+        if setup.get("frame_by_frame", True):
+            runs[FRAME_BY_FRAME] = runners.make_forward("ours", frame_model, data)
         print(f"{name}: batch {batch}, 9x{size}x{size}", file=sys.stderr, flush=True)
         timing = harness.interleaved_medians(runs, repeats)
         flops = harness.deepsum_flops(batch, size, size, setup["features"])["total"]
         child = {"mode": "forward", "batch": batch, "size": size, "n_features": setup["features"]}
         memory = {impl: harness.run_child(__file__, {**child, "impl": impl}) for impl in runners.IMPLEMENTATIONS}
-        memory[FRAME_BY_FRAME] = harness.run_child(__file__, {**child, "impl": "ours", "frame_by_frame": True})
+        if setup.get("frame_by_frame", True):
+            memory[FRAME_BY_FRAME] = harness.run_child(__file__, {**child, "impl": "ours", "frame_by_frame": True})
         results["configs"][name] = {"batch": batch, "size": size, "flops": flops, "timing": timing, "memory": memory}
     results["ceiling"] = conv_ceiling.measure_ceiling(size=setup["ceiling_size"])
     scene_batch, scene_size = setup["configs"]["scene"]
@@ -91,16 +93,18 @@ def report(results: dict) -> None:
         config["speedup"] = timing["naive"]["median_s"] / timing["ours"]["median_s"]
         config["memory_ratio"] = memory["ours"]["peak_rss_bytes"] / memory["naive"]["peak_rss_bytes"]
         config["ceiling_fraction"] = config["flops"] / timing["ours"]["median_s"] / 1e9 / ceiling
-        config["frame_by_frame_speedup"] = timing["naive"]["median_s"] / timing[FRAME_BY_FRAME]["median_s"]
-        config["frame_by_frame_memory_ratio"] = (memory[FRAME_BY_FRAME]["peak_rss_bytes"]
-                                                 / memory["naive"]["peak_rss_bytes"])
+        if FRAME_BY_FRAME in timing:
+            config["frame_by_frame_speedup"] = timing["naive"]["median_s"] / timing[FRAME_BY_FRAME]["median_s"]
+            config["frame_by_frame_memory_ratio"] = (memory[FRAME_BY_FRAME]["peak_rss_bytes"]
+                                                     / memory["naive"]["peak_rss_bytes"])
     harness.print_table(f"forward pass ({results['n_features']} features; conv ceiling {ceiling:.1f} GFLOP/s)",
                         ["config", "impl", "median s", "GFLOP/s", "of ceiling", "peak GiB", "run GiB"], rows)
     harness.print_table("ours vs naive",
                         ["config", "speed-up", "peak memory ratio", "ours of ceiling", "frame by frame: speed-up",
                          "frame by frame: memory ratio"],
                         [[n, f"{c['speedup']:.2f}x", f"{c['memory_ratio']:.2f}", f"{c['ceiling_fraction']:.0%}",
-                          f"{c['frame_by_frame_speedup']:.2f}x", f"{c['frame_by_frame_memory_ratio']:.2f}"]
+                          f"{c['frame_by_frame_speedup']:.2f}x" if "frame_by_frame_speedup" in c else "-",
+                          f"{c['frame_by_frame_memory_ratio']:.2f}" if "frame_by_frame_memory_ratio" in c else "-"]
                          for n, c in results["configs"].items()])
     test_set = results["test_set"]
     harness.print_table("whole test set (290 scenes), sliding windows",

@@ -1,8 +1,19 @@
-"""Helpers shared by several test modules: independent oracles written in plain NumPy."""
+"""Helpers shared by several test modules: independent oracles in plain NumPy, a tiny prepared
+data set and the DeepSUM config that trains on it, and readers of what a training run wrote."""
 
 from __future__ import annotations
 
+import os
+from pathlib import Path
+
 import numpy as np
+import tensorflow as tf
+
+from libraries import config as config_module
+from libraries import dataset, fileio, synthetic
+
+REPOSITORY_ROOT = Path(__file__).resolve().parent.parent
+SKIP_STEP = 3
 
 
 def fill_source_frame(masks: np.ndarray) -> np.ndarray:
@@ -43,3 +54,49 @@ def relative_error(actual: np.ndarray, expected: np.ndarray) -> float:
     actual = np.asarray(actual, dtype=np.float64)
     expected = np.asarray(expected, dtype=np.float64)
     return float(np.linalg.norm(actual - expected) / max(np.linalg.norm(expected), 1e-30))
+
+
+def prepare_tiny_dataset(folder: Path) -> Path:
+    """A prepared NIR data set: 2 chunks of 12 patches of 48x48, 2 validation scenes of 96x96."""
+    synthetic.write_dataset(folder / "probav", seed=0, n_scenes=6, n_test_scenes=1, lr_size=32, progress=False)
+    dataset.prepare(folder / "probav", folder / "prepared", bands=("NIR",), n_chunks=2, patches_per_scene=3,
+                    patch_size=48, processes=1, progress=False)
+    return folder / "prepared"
+
+
+def tiny_config(folder: Path, dataset_path: Path, **changes) -> config_module.DeepSUMConfig:
+    """The NIR config shrunk to the tiny preset; no pretraining checkpoints (random start)."""
+    values = dict(n_features=8, patch_size_HR=(48, 48), patch_size_LR=(16, 16), batch_size=2, n_chunks=2,
+                  lr=1e-3, skip_step=SKIP_STEP, dataset_path=dataset_path, checkpoint_dir=folder / "checkpoints",
+                  SISRNet_pretrain_dir=folder / "no_sisrnet", RegNet_pretrain_dir=folder / "no_regnet",
+                  validation_images=1)
+    values.update(changes)
+    return config_module.default_config(**values)
+
+
+def write_config(config: config_module.DeepSUMConfig, path: Path) -> Path:
+    fileio.save_json(path, config_module.to_json(config))
+    return path
+
+
+def subprocess_env() -> dict[str, str]:
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", PYTHONPATH=str(REPOSITORY_ROOT))
+    env.pop("TF_CONFIG", None)
+    return env
+
+
+def logged_losses(checkpoint_dir: Path) -> dict[int, float]:
+    """The training loss per step from the TensorBoard event files of a run."""
+    losses = {}
+    for file in sorted((checkpoint_dir / "logs" / "train").glob("events.out.tfevents.*")):
+        for event in tf.compat.v1.train.summary_iterator(str(file)):
+            for value in event.summary.value:
+                if value.tag == "loss":
+                    losses[event.step] = float(tf.make_ndarray(value.tensor))
+    return losses
+
+
+def checkpoint_tensors(path: str) -> dict[str, np.ndarray]:
+    reader = tf.train.load_checkpoint(path)
+    return {key: reader.get_tensor(key) for key, dtype in reader.get_variable_to_dtype_map().items()
+            if dtype != tf.string and "save_counter" not in key}

@@ -24,43 +24,15 @@ from libraries import config as config_module
 from libraries import dataset, fileio, model, synthetic, training
 from libraries.training import deepsum as deepsum_training
 
-REPOSITORY_ROOT = Path(__file__).resolve().parent.parent
-SKIP_STEP = 3
+from helpers import (REPOSITORY_ROOT, SKIP_STEP, checkpoint_tensors, logged_losses, prepare_tiny_dataset, subprocess_env,
+                     tiny_config, write_config)
+
 FIRST_STEPS = 6
 # Biases whose gradient is zero in exact arithmetic: InstanceNorm removes a per-channel constant
 # (conv_up_0..7, conv_fuse_0..3) and cL2's brightness correction removes a constant output offset
 # (conv_fuse_4). Their gradient is round-off, which Adam's first step (about lr * sign(g))
 # turns into lr-sized updates that differ with the summation order.
 ROUND_OFF_GRADIENT = tuple(f"conv_up_{k}/b" for k in range(8)) + tuple(f"conv_fuse_{k}/b" for k in range(5))
-
-
-def prepare_tiny_dataset(folder: Path) -> Path:
-    """A prepared NIR data set: 2 chunks of 12 patches of 48x48, 2 validation scenes of 96x96."""
-    synthetic.write_dataset(folder / "probav", seed=0, n_scenes=6, n_test_scenes=1, lr_size=32, progress=False)
-    dataset.prepare(folder / "probav", folder / "prepared", bands=("NIR",), n_chunks=2, patches_per_scene=3,
-                    patch_size=48, processes=1, progress=False)
-    return folder / "prepared"
-
-
-def tiny_config(folder: Path, dataset_path: Path, **changes) -> config_module.DeepSUMConfig:
-    """The NIR config shrunk to the tiny preset; no pretraining checkpoints (random start)."""
-    values = dict(n_features=8, patch_size_HR=(48, 48), patch_size_LR=(16, 16), batch_size=2, n_chunks=2,
-                  lr=1e-3, skip_step=SKIP_STEP, dataset_path=dataset_path, checkpoint_dir=folder / "checkpoints",
-                  SISRNet_pretrain_dir=folder / "no_sisrnet", RegNet_pretrain_dir=folder / "no_regnet",
-                  validation_images=1)
-    values.update(changes)
-    return config_module.default_config(**values)
-
-
-def write_config(config: config_module.DeepSUMConfig, path: Path) -> Path:
-    fileio.save_json(path, config_module.to_json(config))
-    return path
-
-
-def subprocess_env() -> dict[str, str]:
-    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", PYTHONPATH=str(REPOSITORY_ROOT))
-    env.pop("TF_CONFIG", None)
-    return env
 
 
 def weights(module: tf.Module) -> dict[str, np.ndarray]:
@@ -211,87 +183,6 @@ def test_freezing_keeps_those_weights_unchanged(tmp_path, data_path):
         for name in before[part]:
             np.testing.assert_array_equal(after[part][name], before[part][name], err_msg=name)
     assert any(not np.array_equal(after["fusionnet"][n], before["fusionnet"][n]) for n in before["fusionnet"])
-
-
-def train_command(config_file: Path, steps: int, checkpoint_dir: Path) -> list[str]:
-    return [sys.executable, "-m", "libraries", "train", "--config", str(config_file), "--steps", str(steps),
-            "--checkpoint-dir", str(checkpoint_dir), "--no-progress"]
-
-
-def logged_losses(checkpoint_dir: Path) -> dict[int, float]:
-    """The training loss per step from the TensorBoard event files of a run."""
-    losses = {}
-    for file in sorted((checkpoint_dir / "logs" / "train").glob("events.out.tfevents.*")):
-        for event in tf.compat.v1.train.summary_iterator(str(file)):
-            for value in event.summary.value:
-                if value.tag == "loss":
-                    losses[event.step] = float(tf.make_ndarray(value.tensor))
-    return losses
-
-
-def checkpoint_tensors(path: str) -> dict[str, np.ndarray]:
-    reader = tf.train.load_checkpoint(path)
-    return {key: reader.get_tensor(key) for key, dtype in reader.get_variable_to_dtype_map().items()
-            if dtype != tf.string and "save_counter" not in key}
-
-
-def test_a_run_killed_during_training_resumes_from_its_last_checkpoint(tmp_path, data_path):
-    # All runs are `python -m libraries train` processes: oneDNN's float32 round-off depends on
-    # a process's memory layout (~1e-7), which Adam and cL2's min over shifts amplify over steps.
-    config = tiny_config(tmp_path, data_path)
-    config_file = write_config(config, tmp_path / "config.json")
-    killed, uninterrupted = tmp_path / "killed", tmp_path / "uninterrupted"
-    final = 2 * SKIP_STEP + 2  # checkpoints at 3, 6, 8: all kept (max_to_keep=3)
-
-    def start(steps: int, folder: Path) -> subprocess.Popen:
-        return subprocess.Popen(train_command(config_file, steps, folder), cwd=tmp_path, env=subprocess_env(),
-                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
-
-    reference, process = start(final, uninterrupted), start(1000, killed)
-    try:
-        deadline = time.monotonic() + 200
-        while not (killed / "checkpoint").exists():
-            assert process.poll() is None, process.stdout.read().decode()
-            assert time.monotonic() < deadline, "no checkpoint written in time"
-            time.sleep(0.05)
-        process.send_signal(signal.SIGKILL)
-        output = reference.communicate(timeout=240)[0].decode()
-        assert reference.returncode == 0, output[-3000:]
-    finally:
-        for child in (process, reference):
-            child.kill()
-            child.wait()
-    assert process.returncode == -signal.SIGKILL
-    killed_at = tf.train.latest_checkpoint(str(killed))
-    step = int(killed_at.rsplit("-", 1)[1])
-    assert step in (SKIP_STEP, 2 * SKIP_STEP), killed_at
-    # A restart restores exactly the killed run's weights, Adam state and step.
-    resumed = training.Trainer(config.replace(checkpoint_dir=killed), progress=False)
-    assert resumed.resumed_from == killed_at and not resumed.pretrained
-    assert int(resumed.step) == step and int(resumed.optimizer.iterations) == step
-    saved = tf.train.load_checkpoint(killed_at)
-    slots = [(index, variable) for index, variable in enumerate(resumed.optimizer.variables)
-             if saved.has_tensor(f"optimizer/_variables/{index}/.ATTRIBUTES/VARIABLE_VALUE")]
-    assert len(slots) == 2 * len(resumed.variables)  # Adam's two moments per variable
-    for index, variable in slots:
-        np.testing.assert_array_equal(variable.numpy(), saved.get_tensor(f"optimizer/_variables/{index}/.ATTRIBUTES/VARIABLE_VALUE"))
-    for index, variable in enumerate(resumed.variables):
-        np.testing.assert_array_equal(variable.numpy(), saved.get_tensor(f"optimizer/_trainable_variables/{index}/.ATTRIBUTES/VARIABLE_VALUE"))
-    # The killed run had the uninterrupted run's state at its checkpoint...
-    expected = checkpoint_tensors(str(uninterrupted / f"ckpt-{step}"))
-    for key, value in checkpoint_tensors(killed_at).items():
-        np.testing.assert_allclose(value, expected[key], rtol=1e-6, atol=1e-9, err_msg=key)
-    # ...and the restarted command computes the uninterrupted run's next losses and weights.
-    run = subprocess.run(train_command(config_file, final, killed), cwd=tmp_path, env=subprocess_env(),
-                         capture_output=True, text=True, timeout=240)
-    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
-    resumed_losses, uninterrupted_losses = logged_losses(killed), logged_losses(uninterrupted)
-    assert set(range(step + 1, final + 1)) <= set(resumed_losses)
-    for later in range(step + 1, final + 1):
-        assert resumed_losses[later] == pytest.approx(uninterrupted_losses[later], rel=1e-6), later
-    expected = checkpoint_tensors(str(uninterrupted / f"ckpt-{final}"))
-    for key, value in checkpoint_tensors(str(killed / f"ckpt-{final}")).items():
-        np.testing.assert_allclose(value, expected[key], rtol=1e-5, atol=1e-8, err_msg=key)
 
 
 MIRRORED_SCRIPT = """

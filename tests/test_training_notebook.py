@@ -7,7 +7,7 @@ from pathlib import Path
 import tensorflow as tf
 
 from notebooks import notebook_code_cells_are_short, run_notebook
-from test_training import prepare_tiny_dataset, tiny_config, write_config
+from helpers import prepare_tiny_dataset, tiny_config, write_config
 
 NOTEBOOK = Path(__file__).resolve().parent.parent / "DeepSUM_train.ipynb"
 

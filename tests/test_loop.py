@@ -1,0 +1,121 @@
+"""`libraries.training.loop`: the one training loop, through the three commands that run it.
+
+A run killed with SIGKILL (at an observed event: its first checkpoint file appears) and
+restarted continues exactly as the uninterrupted run: the same checkpointed state at the step
+it was killed after, the same next losses, the same final weights. The runs are
+`python -m libraries ...` processes: oneDNN's float32 round-off depends on a process's memory
+layout (~1e-7), which Adam and cL2's min over shifts amplify over steps, so both sides of every
+comparison run as the user runs them.
+"""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from libraries import config as config_module
+from libraries import fileio, training
+from libraries.config import RegNetPretrainConfig, SISRNetPretrainConfig
+from libraries.training import pretraining
+
+from helpers import SKIP_STEP, checkpoint_tensors, logged_losses, prepare_tiny_dataset, subprocess_env, tiny_config, write_config
+
+FINAL = 2 * SKIP_STEP + 2  # checkpoints at 3, 6, 8: all kept (max_to_keep=3)
+PRETRAIN = dict(lr=1e-3, batch_size=4, steps=FINAL, skip_step=SKIP_STEP, spectral_band="NIR", mu=7754.664,
+                sigma=2316.3408, sigma_rescaled=596.982, patch_size=32, n_features=8, seed=3, heldout_fraction=0.3,
+                eval_frames=8)
+
+
+@pytest.fixture(scope="module")
+def data_path(tmp_path_factory) -> Path:
+    return prepare_tiny_dataset(tmp_path_factory.mktemp("loop_data"))
+
+
+@pytest.fixture(scope="module")
+def frozen_sisrnet(tmp_path_factory, data_path) -> Path:
+    """A SISRNet pretraining checkpoint for RegNet's runs (2 steps)."""
+    folder = tmp_path_factory.mktemp("frozen_sisrnet")
+    pretraining.pretrain_sisrnet(SISRNetPretrainConfig(**{**PRETRAIN, "steps": 2, "skip_step": 2},
+                                                       dataset_path=data_path, checkpoint_dir=folder), progress=False)
+    return folder
+
+
+def command_for(kind: str, tmp_path: Path, data_path: Path, sisrnet: Path | None):
+    """(command(steps, folder) -> argv, config) of a tiny run of `kind`."""
+    if kind == "train":
+        config = tiny_config(tmp_path, data_path)
+        config_file = write_config(config, tmp_path / "config.json")
+        return (lambda steps, folder: [sys.executable, "-m", "libraries", "train", "--config", str(config_file),
+                                       "--steps", str(steps), "--checkpoint-dir", str(folder), "--no-progress"]), config
+    kind_config = SISRNetPretrainConfig if kind == "pretrain-sisrnet" else RegNetPretrainConfig
+    extra = {} if kind == "pretrain-sisrnet" else {"SISRNet_pretrain_dir": sisrnet}
+    config = kind_config(**PRETRAIN, dataset_path=data_path, checkpoint_dir=tmp_path / "unused", **extra)
+
+    def command(steps: int, folder: Path) -> list[str]:  # pretraining takes its folder from the config
+        path = fileio.save_json(tmp_path / f"{folder.name}.json", config_module.to_json(config.replace(checkpoint_dir=folder)))
+        return [sys.executable, "-m", "libraries", kind, "--config", str(path), "--steps", str(steps)]
+
+    return command, config
+
+
+@pytest.mark.parametrize("kind", ["train", "pretrain-sisrnet", "pretrain-regnet"])
+def test_a_run_killed_by_sigkill_resumes_from_its_last_checkpoint(kind, tmp_path, data_path, frozen_sisrnet):
+    command, config = command_for(kind, tmp_path, data_path, frozen_sisrnet)
+    killed, uninterrupted = tmp_path / "killed", tmp_path / "uninterrupted"
+
+    def start(steps: int, folder: Path) -> subprocess.Popen:
+        return subprocess.Popen(command(steps, folder), cwd=tmp_path, env=subprocess_env(),
+                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+
+    reference, process = start(FINAL, uninterrupted), start(1000, killed)
+    try:
+        deadline = time.monotonic() + 240
+        while not (killed / "checkpoint").exists():  # the event: the manager's state file appears
+            assert process.poll() is None, process.stdout.read().decode()[-3000:]
+            assert time.monotonic() < deadline, "no checkpoint written in time"
+            time.sleep(0.05)
+        process.send_signal(signal.SIGKILL)
+        output = reference.communicate(timeout=300)[0].decode()
+        assert reference.returncode == 0, output[-3000:]
+    finally:
+        for child in (process, reference):
+            child.kill()
+            child.wait()
+    assert process.returncode == -signal.SIGKILL
+    killed_at = tf.train.latest_checkpoint(str(killed))
+    step = int(killed_at.rsplit("-", 1)[1])
+    assert step in (SKIP_STEP, 2 * SKIP_STEP), killed_at
+    assert int(tf.train.load_checkpoint(killed_at).get_tensor("step/.ATTRIBUTES/VARIABLE_VALUE")) == step
+    if kind == "train":  # a restart restores exactly the killed run's weights, Adam state and step
+        resumed = training.Trainer(config.replace(checkpoint_dir=killed), progress=False)
+        assert resumed.resumed_from == killed_at and not resumed.pretrained
+        assert int(resumed.step) == step and int(resumed.optimizer.iterations) == step
+        saved = tf.train.load_checkpoint(killed_at)
+        slots = [(index, variable) for index, variable in enumerate(resumed.optimizer.variables)
+                 if saved.has_tensor(f"optimizer/_variables/{index}/.ATTRIBUTES/VARIABLE_VALUE")]
+        assert len(slots) == 2 * len(resumed.variables)  # Adam's two moments per variable
+        for index, variable in slots:
+            np.testing.assert_array_equal(variable.numpy(),
+                                          saved.get_tensor(f"optimizer/_variables/{index}/.ATTRIBUTES/VARIABLE_VALUE"))
+    # The killed run had the uninterrupted run's state at its checkpoint...
+    expected = checkpoint_tensors(str(uninterrupted / f"ckpt-{step}"))
+    for key, value in checkpoint_tensors(killed_at).items():
+        np.testing.assert_allclose(value, expected[key], rtol=1e-6, atol=1e-9, err_msg=key)
+    # ...and the restarted command computes the uninterrupted run's next losses and weights.
+    run = subprocess.run(command(FINAL, killed), cwd=tmp_path, env=subprocess_env(), capture_output=True, text=True,
+                         timeout=300)
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+    resumed_losses, uninterrupted_losses = logged_losses(killed), logged_losses(uninterrupted)
+    assert set(range(step + 1, FINAL + 1)) <= set(resumed_losses)
+    for later in range(step + 1, FINAL + 1):
+        assert resumed_losses[later] == pytest.approx(uninterrupted_losses[later], rel=1e-6), later
+    expected = checkpoint_tensors(str(uninterrupted / f"ckpt-{FINAL}"))
+    for key, value in checkpoint_tensors(str(killed / f"ckpt-{FINAL}")).items():
+        np.testing.assert_allclose(value, expected[key], rtol=1e-5, atol=1e-8, err_msg=key)
