@@ -102,3 +102,13 @@ def test_synthetic_realism_statistics_on_known_signals(bench):
     assert realism.frame_statistics(corrupt)["p50"] == stats["p50"]  # corrupt frames left out
     table = realism.statistics_table({"a": [white], "b": [white, fractal]})
     assert table.count("\n") == 1 + len(realism.STATISTICS) and "| noise_std |" in table
+
+
+def test_model_fill_agrees_with_the_authors_fill_coefficients(bench):
+    naive_deepsum = bench("naive_deepsum")
+    rng = np.random.default_rng(0)
+    masks = rng.random((2, 9, 12, 12, 1)) < 0.3  # many pixels with no clear frame too
+    values = rng.normal(size=(2, 9, 12, 12, 5)).astype(np.float32)
+    coefficients = naive_deepsum.fill_coefficients(masks)  # [b, t, s, H, W, 1]
+    expected = np.sum(coefficients * values[:, None], axis=2)  # [b, t, H, W, 5]
+    np.testing.assert_array_equal(model_lib.fill_masked(values, masks).numpy(), expected)

@@ -9,7 +9,6 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-import helpers
 from helpers import relative_error
 from libraries import model as model_lib
 from libraries import checkpoints, preprocessing
@@ -74,15 +73,6 @@ def test_fill_on_hand_made_masks():
     filled = model_lib.fill_masked(values, clear).numpy()[0, :, 0, :, 0]
     expected = np.array([[10, 31, 12, 23], [20, 31, 22, 23], [30, 31, 32, 33]], np.float32)
     np.testing.assert_array_equal(filled, expected)
-
-
-def test_fill_agrees_with_the_fill_coefficients():
-    rng = np.random.default_rng(0)
-    masks = rng.random((2, 9, 12, 12, 1)) < 0.3  # many pixels with no clear frame too
-    values = rng.normal(size=(2, 9, 12, 12, 5)).astype(np.float32)
-    coefficients = helpers.fill_coefficients(masks)  # [b, t, s, H, W, 1]
-    expected = np.sum(coefficients * values[:, None], axis=2)  # [b, t, H, W, 5]
-    np.testing.assert_array_equal(model_lib.fill_masked(values, masks).numpy(), expected)
 
 
 def test_fill_agrees_with_the_reference_coefficients(reference_case):
