@@ -8,8 +8,13 @@ command being run is imported, so `--help` of one command does not load the othe
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib
+import os
+import re
 import sys
+import tempfile
+from typing import Iterator
 
 # command -> (module, one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {
@@ -24,6 +29,34 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "superresolve": ("libraries.inference.submission", "super-resolve a split and write a Kelvins submission zip"),
     "score": ("libraries.inference.submission", "score a submission zip against the HR images of a split"),
 }
+
+
+# Lines TensorFlow's C++ code prints while it is imported, before its logging is set up, so that
+# TF_CPP_MIN_LOG_LEVEL cannot hide them: abseil's notice that logging is not initialised, and
+# the note that oneDNN is on (the project turns it on deliberately, see `libraries/__init__`).
+IMPORT_NOISE = re.compile(r"All log messages before absl::InitializeLog\(\) is called are written to STDERR"
+                          r"|\] oneDNN custom operations are on")
+
+
+@contextlib.contextmanager
+def _without_import_noise() -> Iterator[None]:
+    """Capture what is written to the stderr file descriptor inside, and write it back without
+    the `IMPORT_NOISE` lines (every other line, e.g. a real error, is kept, in order)."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with tempfile.TemporaryFile() as captured:
+        os.dup2(captured.fileno(), 2)
+        try:
+            yield
+        finally:
+            sys.stderr.flush()
+            os.dup2(saved, 2)
+            os.close(saved)
+            captured.seek(0)
+            for line in captured.read().decode(errors="replace").splitlines(keepends=True):
+                if not IMPORT_NOISE.search(line):
+                    sys.stderr.write(line)
+            sys.stderr.flush()
 
 
 def _usage() -> str:
@@ -44,7 +77,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"unknown command {command!r}\n\n{_usage()}", file=sys.stderr)
         return 2
     module_name, text = COMMANDS[command]
-    module = importlib.import_module(module_name)
+    with _without_import_noise():  # the command's module imports TensorFlow
+        module = importlib.import_module(module_name)
     snake = command.replace("-", "_")
     parser = argparse.ArgumentParser(prog=f"python -m libraries {command}", description=text)
     getattr(module, f"add_{snake}_arguments")(parser)
