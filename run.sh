@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The repository's two entry points. Each creates .venv (once), installs requirements.txt
 # into it (again only when that file changed), then:
-#   bash run.sh demo   runs the main job (python -m libraries demo)
+#   bash run.sh demo   runs the demo: the whole pipeline on synthetic data (python -m libraries demo)
 #   bash run.sh test   runs the test suite (python -m pytest tests)
 # Extra arguments are passed on: `bash run.sh test -k metrics`, `bash run.sh demo --help`.
 set -euo pipefail

@@ -21,7 +21,7 @@ from typing import Callable
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import libraries  # noqa: E402  (the project's TensorFlow defaults, before TensorFlow is imported)
-from libraries import fileio  # noqa: E402
+from libraries import fileio, reports  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results"
 CHILD_FLAG = "--child"
@@ -152,13 +152,9 @@ def machine() -> dict:
 
 
 def print_table(title: str, columns: list[str], rows: list[list]) -> None:
-    """A plain fixed-width table on stdout."""
-    texts = [[c if isinstance(c, str) else f"{c:.3g}" if isinstance(c, float) else str(c) for c in row] for row in rows]
-    widths = [max(len(str(col)), *(len(r[i]) for r in texts)) for i, col in enumerate(columns)]
-    print(f"\n{title}")
-    print("  ".join(str(c).rjust(w) for c, w in zip(columns, widths)))
-    for row in texts:
-        print("  ".join(c.rjust(w) for c, w in zip(row, widths)))
+    """The title and a plain fixed-width table (`libraries.reports.format_table`, floats to 3
+    significant digits) on stdout."""
+    print(f"\n{title}\n{reports.format_table(columns, rows, digits='.3g')}")
 
 
 def save_result(name: str, content: dict) -> Path:

@@ -30,7 +30,6 @@ import libraries  # noqa: E402,F401  (sets the project's TensorFlow defaults bef
 import tensorflow as tf  # noqa: E402
 
 import harness  # noqa: E402
-from libraries import preprocessing  # noqa: E402
 from libraries import model as model_lib  # noqa: E402
 from libraries.config import default_config  # noqa: E402
 

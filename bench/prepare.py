@@ -20,7 +20,7 @@ import time
 from pathlib import Path
 
 import libraries
-from libraries import dataset, fileio
+from libraries import dataset, fileio, reports
 
 REAL_SCENES = 1160  # PROBA-V train scenes, both bands
 REAL_FRAMES = 20  # about 20 LR frames per scene (9 to 35)
@@ -71,8 +71,8 @@ def measure(scenes: int, processes: int, seed: int) -> dict:
 
 def table(result: dict) -> str:
     lines = [f"{result['scenes']} synthetic scenes, {result['frames_per_scene']:.1f} frames each, "
-             f"{result['processes']} processes", "", "stage       s/scene"]
-    lines += [f"{name:<10}  {value:7.3f}" for name, value in result["seconds_per_scene"].items()]
+             f"{result['processes']} processes", "",
+             reports.format_table(("stage", "s/scene"), list(result["seconds_per_scene"].items()), digits=3)]
     lines += ["", f"whole prepare (all steps): {result['wall_seconds']:.1f} s wall, of which "
               f"{result['overhead_seconds']:.1f} s fixed overhead (process start-up)",
               f"projected for the real train set ({REAL_SCENES} scenes x {REAL_FRAMES} frames): "

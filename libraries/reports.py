@@ -12,22 +12,24 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 
 
-def _cell(value: Any, digits: int) -> str:
+def _cell(value: Any, digits: int | str) -> str:
     if value is None:
         return "-"
     if isinstance(value, (float, np.floating)):
-        return f"{value:.{digits}f}"
+        return f"{value:{digits}}" if isinstance(digits, str) else f"{value:.{digits}f}"
     return str(value)
 
 
-def format_table(header: Sequence[str], rows: Sequence[Sequence[Any]], digits: int | Sequence[int] = 4) -> str:
+def format_table(header: Sequence[str], rows: Sequence[Sequence[Any]],
+                 digits: int | str | Sequence[int | str] = 4) -> str:
     """A plain-text table: the header, then one line per row, columns padded to a common width.
 
-    Numbers are right-aligned (floats with `digits` decimals: one count for every column or
-    one per column), text left-aligned, None shown as "-".
+    Numbers are right-aligned, text left-aligned, None shown as "-". Floats get `digits`
+    decimals, or the format `digits` when it is a string (e.g. ".3g"): one for every column or
+    one per column.
     """
     columns = len(header)
-    per_column = [digits] * columns if isinstance(digits, int) else list(digits)
+    per_column = [digits] * columns if isinstance(digits, (int, str)) else list(digits)
     cells = [[_cell(value, per_column[i]) for i, value in enumerate(row)] for row in rows]
     numeric = [all(isinstance(row[i], (int, float, np.integer, np.floating)) or row[i] is None for row in rows)
                for i in range(columns)]

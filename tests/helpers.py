@@ -23,11 +23,14 @@ def relative_error(actual: np.ndarray, expected: np.ndarray) -> float:
     return float(np.linalg.norm(actual - expected) / max(np.linalg.norm(expected), 1e-30))
 
 
-def prepare_tiny_dataset(folder: Path) -> Path:
-    """A prepared NIR data set: 2 chunks of 12 patches of 48x48, 2 validation scenes of 96x96."""
-    synthetic.write_dataset(folder / "probav", seed=0, n_scenes=6, n_test_scenes=1, lr_size=32, progress=False)
-    dataset.prepare(folder / "probav", folder / "prepared", bands=("NIR",), n_chunks=2, patches_per_scene=3,
-                    patch_size=48, processes=1, progress=False)
+def prepare_tiny_dataset(folder: Path, seed: int = 0, n_scenes: int = 6, lr_size: int = 32, n_chunks: int = 2,
+                         patches_per_scene: int = 3, patch_size: int = 48) -> Path:
+    """A synthetic NIR set (one test scene) in folder/probav, prepared into folder/prepared; by
+    default 2 chunks of 12 patches of 48x48 and 2 validation scenes of 96x96."""
+    synthetic.write_dataset(folder / "probav", seed=seed, n_scenes=n_scenes, n_test_scenes=1, lr_size=lr_size,
+                            progress=False)
+    dataset.prepare(folder / "probav", folder / "prepared", bands=("NIR",), n_chunks=n_chunks,
+                    patches_per_scene=patches_per_scene, patch_size=patch_size, processes=1, progress=False)
     return folder / "prepared"
 
 

@@ -11,7 +11,7 @@ import tensorflow as tf
 
 from helpers import relative_error
 from libraries import model as model_lib
-from libraries import checkpoints, preprocessing
+from libraries import checkpoints
 from libraries.config import default_config
 
 SMALL = default_config(n_features=8)

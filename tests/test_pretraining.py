@@ -14,11 +14,13 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from libraries import checkpoints, config, dataset, domain, metrics, model, synthetic
+from libraries import checkpoints, config, dataset, metrics, model
 from libraries.config import RegNetPretrainConfig, SISRNetPretrainConfig
 from libraries.training import loop
 from libraries.training import pretraining as P
 from libraries.training import pretraining_data
+
+from helpers import prepare_tiny_dataset
 
 REPOSITORY = Path(__file__).resolve().parent.parent
 STEPS_SHORT = 120
@@ -27,24 +29,17 @@ TINY = dict(lr=1e-3, batch_size=8, steps=12, skip_step=6, spectral_band="NIR", m
             sigma=2316.3408, sigma_rescaled=596.982, patch_size=48, n_features=8, seed=3)
 
 
-def _prepared_synthetic(root: Path, n_scenes: int, lr_size: int, patches_per_scene: int, patch_size: int) -> Path:
-    """A seeded synthetic NIR set (one test scene) in root/synth, prepared into root/prepared."""
-    synthetic.write_dataset(root / "synth", seed=3, n_scenes=n_scenes, n_test_scenes=1, lr_size=lr_size, progress=False)
-    dataset.prepare(root / "synth", root / "prepared", bands=("NIR",), n_chunks=1, patches_per_scene=patches_per_scene,
-                    patch_size=patch_size, processes=1, progress=False)
-    return root / "prepared"
-
-
 @pytest.fixture(scope="module")
 def prepared(tmp_path_factory) -> Path:
     """A prepared synthetic NIR data set: 48x48 training patches of a few scenes."""
-    return _prepared_synthetic(tmp_path_factory.mktemp("pretraining_data"), 6, 32, 6, 48)
+    return prepare_tiny_dataset(tmp_path_factory.mktemp("pretraining_data"), seed=3, n_chunks=1, patches_per_scene=6)
 
 
 @pytest.fixture(scope="module")
 def prepared_96(tmp_path_factory) -> Path:
     """A prepared synthetic NIR data set with 96x96 patches, DeepSUM's training patch size."""
-    return _prepared_synthetic(tmp_path_factory.mktemp("pretraining_data_96"), 8, 48, 4, 96)
+    return prepare_tiny_dataset(tmp_path_factory.mktemp("pretraining_data_96"), seed=3, n_scenes=8, lr_size=48,
+                                n_chunks=1, patches_per_scene=4, patch_size=96)
 
 
 @pytest.fixture(scope="module")

@@ -8,11 +8,8 @@ and `libraries.dataset.prepare`.
 from __future__ import annotations
 
 import json
-import os
-import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -21,11 +18,10 @@ import tensorflow as tf
 from tensorboard.backend.event_processing import event_accumulator
 
 from libraries import config as config_module
-from libraries import dataset, fileio, model, synthetic, training
+from libraries import dataset, model, training
 from libraries.training import deepsum as deepsum_training
 
-from helpers import (REPOSITORY_ROOT, SKIP_STEP, checkpoint_tensors, logged_losses, prepare_tiny_dataset, subprocess_env,
-                     tiny_config, write_config)
+from helpers import SKIP_STEP, prepare_tiny_dataset, subprocess_env, tiny_config, write_config
 
 FIRST_STEPS = 6
 # Biases whose gradient is zero in exact arithmetic: InstanceNorm removes a per-channel constant

@@ -10,19 +10,15 @@ import contextlib
 import dataclasses
 import functools
 import http.server
-import importlib.util
 import re
 import shutil
-import sys
 import threading
-import types
 from pathlib import Path
 
 import numpy as np
 import pytest
 import tensorflow as tf
 
-import libraries
 from libraries import __main__ as cli
 from libraries import checkpoints, config, model, weights
 

@@ -36,7 +36,7 @@ from typing import Any, Callable, Iterable, Iterator, Sequence
 import numpy as np
 from tqdm.auto import tqdm
 
-from libraries import domain, fileio, preprocessing, probav, reports
+from libraries import domain, fileio, preprocessing, probav
 from libraries.dataset import store
 from libraries.dataset.scenes import PreparedScene, preprocess_scene
 from libraries.dataset.views import counts_table
@@ -157,7 +157,7 @@ def create_scene_store(band_dir: str | os.PathLike, split: str, processes: int |
     in parallel and write the kept frames to `band_dir/<split>/`. Returns the manifest section
     (counts of scenes and frames kept and dropped, with reasons, and the names held)."""
     band_dir = Path(band_dir)
-    if split not in ("train", "validation", "test"):
+    if split not in domain.PREPARED_SPLITS:
         raise DatasetError(f"split {split!r} is not one of ('train', 'validation', 'test')")
     source = band_dir / store.RAW / ("test" if split == "test" else "train")
     raw = store.load_arrays(source, ["names", "offsets"] + ([] if split == "test" else ["hr", "hr_clear", "baseline"]))
@@ -323,7 +323,7 @@ def prepare(data_dir: str | os.PathLike, out_dir: str | os.PathLike, bands: Sequ
         for band in bands:
             band_dir = partial / band
             split_train_validation(band_dir, seed, share)
-            for split in ("train", "validation", "test"):
+            for split in domain.PREPARED_SPLITS:
                 create_scene_store(band_dir, split, processes, progress)
             create_patch_chunks(band_dir, n_chunks, patches_per_scene, patch_size, seed, max_tries, progress)
             save_best9(band_dir, progress)

@@ -63,7 +63,8 @@ def load_pretrained(model: DeepSUM, config: config_module.DeepSUMConfig, require
     `FileNotFoundError` when `required`. Returns {sub-network: names of the variables loaded}.
     """
     folders = {name: Path(getattr(config, key)) for name, key in PRETRAINED}
-    missing = [(name, key) for name, key in PRETRAINED if not checkpoints.has_checkpoint(folders[name])]
+    present = {name: checkpoints.has_checkpoint(folder) for name, folder in folders.items()}
+    missing = [(name, key) for name, key in PRETRAINED if not present[name]]
     messages = [f"no {name} pretraining checkpoint in {folders[name]} (config {key})" for name, key in missing]
     if required and missing:
         commands = " and ".join(f"`python -m libraries pretrain-{name}`" for name, _ in missing)
@@ -72,7 +73,7 @@ def load_pretrained(model: DeepSUM, config: config_module.DeepSUMConfig, require
         LOG.warning("%s: %s starts from its random initialisation", message, name)
     loaded = {}
     for name, _ in PRETRAINED:
-        if checkpoints.has_checkpoint(folders[name]):
+        if present[name]:
             network = getattr(model, name)
             checkpoints.restore_weights(network, folders[name])
             loaded[name] = sorted(network.tf1_variables())

@@ -32,10 +32,10 @@ from tqdm.auto import tqdm
 
 from libraries import config as config_module
 from libraries import fileio
+from libraries.checkpoints import CONFIG_FILE
 from libraries.training.optimization import without_remapper
 
 KEEP_CHECKPOINTS = 3
-CONFIG_FILE = "config.json"
 
 StepFunction = Callable[[Any], Mapping[str, tf.Tensor]]  # batch -> {name: scalar}
 Validation = Callable[[int], Mapping[str, Any]]  # step -> {name: value}; summaries by the callee
@@ -99,6 +99,12 @@ class TrainingLoop:
             raise TrainingError(f"{latest}: cannot resume from this checkpoint ({message}); "
                                 f"use another checkpoint_dir for a different network") from None
         return latest
+
+    def log_validation(self, step: int, values: Mapping[str, float]) -> None:
+        """Write validation scalars to `logs/validation` at `step` (for validations without their own writer)."""
+        with self.validation_writer.as_default(step=step):
+            for name, value in values.items():
+                tf.summary.scalar(name, value)
 
     def save(self) -> str:
         return self.manager.save(checkpoint_number=int(self.step))

@@ -106,29 +106,27 @@ def pretrain_sisrnet(config: SISRNetPretrainConfig, steps: int | None = None,
                         config=config, progress=progress)
     _initialise(loop, config, network.sisrnet, {"head": network.head})
 
+    def losses(x, y, mask):  # [b, 1, p, p, 1] each
+        """The cL2 loss of the network's output and, for comparison, of the bicubic frame itself."""
+        return {"loss": metrics.cl2_loss(y, network(x), mask, config.border),
+                "bicubic_loss": metrics.cl2_loss(y, x * network.residual_scale, mask, config.border)}
+
     @tf.function(reduce_retracing=True)
     def train_step(batch):
-        x, y, mask = batch  # [b, 1, p, p, 1] each
         with tf.GradientTape() as tape:
-            loss = metrics.cl2_loss(y, network(x), mask, config.border)
-        optimizer.apply_gradients(zip(tape.gradient(loss, trainable), trainable))
-        bicubic = metrics.cl2_loss(y, x * network.residual_scale, mask, config.border)
-        return {"loss": loss, "bicubic_loss": bicubic}
+            values = losses(*batch)
+        optimizer.apply_gradients(zip(tape.gradient(values["loss"], trainable), trainable))
+        return values
 
-    @tf.function(reduce_retracing=True)
-    def heldout_losses(x, y, mask):
-        return metrics.cl2_loss(y, network(x), mask, config.border), \
-            metrics.cl2_loss(y, x * network.residual_scale, mask, config.border)
-
+    heldout_losses = tf.function(losses, reduce_retracing=True)
     rows = np.arange(min(len(heldout_samples.index), config.eval_frames))
 
     def validate(step: int) -> dict[str, float]:
-        values = np.array([[float(v) for v in heldout_losses(*heldout_samples.batch(part, None))]
-                           for part in np.array_split(rows, max(1, len(rows) // config.batch_size))])
-        results = {"heldout_loss": float(values[:, 0].mean()), "heldout_bicubic_loss": float(values[:, 1].mean())}
-        with loop.validation_writer.as_default(step=step):
-            for name, value in results.items():
-                tf.summary.scalar(name, value)
+        parts = [heldout_losses(*heldout_samples.batch(part, None))
+                 for part in np.array_split(rows, max(1, len(rows) // config.batch_size))]
+        results = {f"heldout_{name}": float(np.mean([float(part[name]) for part in parts]))
+                   for name in ("loss", "bicubic_loss")}
+        loop.log_validation(step, results)
         return results
 
     target = config.steps if steps is None else steps
@@ -245,9 +243,7 @@ def pretrain_regnet(config: RegNetPretrainConfig, steps: int | None = None,
                                           config.batch_size, frames_per_stack)
         results = {"heldout_accuracy": result["accuracy"],
                    "heldout_opposite_sign_accuracy": result["opposite_sign_accuracy"]}
-        with loop.validation_writer.as_default(step=step):
-            for name, value in results.items():
-                tf.summary.scalar(name, value)
+        loop.log_validation(step, results)
         return results
 
     target = config.steps if steps is None else steps

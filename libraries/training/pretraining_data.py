@@ -74,8 +74,16 @@ def translate_frames(frames: np.ndarray, shifts: np.ndarray) -> tuple[np.ndarray
     cols = np.arange(width)[None, :] + shifts[:, 1:]  # [n, W]
     moved = np.take_along_axis(frames, (rows % height)[:, :, None], axis=1)  # [n, H, W]
     moved = np.take_along_axis(moved, (cols % width)[:, None, :], axis=2)  # [n, H, W]
-    inside = ((rows >= 0) & (rows < height))[:, :, None] & ((cols >= 0) & (cols < width))[:, None, :]
-    return moved, inside
+    return moved, unwrapped(shifts, height, width)
+
+
+def unwrapped(shifts: np.ndarray, height: int, width: int) -> np.ndarray:
+    """Where `translate_frames` by `shifts` `[n, 2]` moves in real content: `[n, H, W]` bool, false
+    on the rows and columns that wrap around from the other side."""
+    shifts = np.asarray(shifts, dtype=np.int64)
+    rows = np.arange(height)[None, :] + shifts[:, :1]  # [n, H]
+    cols = np.arange(width)[None, :] + shifts[:, 1:]  # [n, W]
+    return ((rows >= 0) & (rows < height))[:, :, None] & ((cols >= 0) & (cols < width))[:, None, :]
 
 
 def read_training_patches(config: PretrainConfig) -> dict[str, np.ndarray]:
@@ -150,22 +158,28 @@ class SingleFrames:
         in_split = split_scenes(patches["scene"], config.heldout_fraction, config.seed) == heldout
         count, frames = patches["frames"].shape[:2]
         candidates = np.argwhere(np.broadcast_to(in_split[:, None], (count, frames)))  # [n, 2] (patch, frame)
-        clear = np.concatenate([self._samples(block)[2].mean(axis=(1, 2, 3))
+        clear = np.concatenate([self._clear(block).mean(axis=(1, 2))
                                 for block in np.array_split(candidates, max(1, len(candidates) // 512))])
         self.index = candidates[clear >= MIN_CLEAR_FRACTION]  # [samples, 2]
         if len(self.index) == 0:
             raise PretrainingError(f"no single frame of {config.dataset_path} is {MIN_CLEAR_FRACTION:.0%} clear "
                                    f"({'held-out' if heldout else 'training'} scenes)")
 
+    def _clear(self, index: np.ndarray) -> np.ndarray:
+        """The loss mask `[n, P, P]` bool of the samples `index` `[n, 2]` (patch, frame)."""
+        p, t = index[:, 0], index[:, 1]
+        height, width = self.patches["masks"].shape[2:]
+        inside = unwrapped(self.patches["shifts"][p, t], height, width)
+        return np.asarray(self.patches["masks"][p, t]) & np.asarray(self.patches["hr_clear"][p]) & inside
+
     def _samples(self, index: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """(x, y, mask), each `[n, P, P, 1]` float32 (mask bool), of the samples `index` `[n, 2]`."""
         p, t = index[:, 0], index[:, 1]
         config = self.config
-        frames, inside = translate_frames(self.patches["frames"][p, t], self.patches["shifts"][p, t])  # [n, P, P]
+        frames, _ = translate_frames(self.patches["frames"][p, t], self.patches["shifts"][p, t])  # [n, P, P]
         x = domain.normalise(frames, config.mu, config.sigma)
         y = domain.normalise(self.patches["hr"][p], config.mu, config.sigma_rescaled)
-        mask = np.asarray(self.patches["masks"][p, t]) & np.asarray(self.patches["hr_clear"][p]) & inside
-        return x[..., None], y[..., None], mask[..., None]
+        return x[..., None], y[..., None], self._clear(index)[..., None]
 
     def batch(self, rows: np.ndarray, rng: np.random.Generator | None) -> tuple[np.ndarray, ...]:
         """Samples `rows` as network tensors `[n, 1, p, p, 1]` (x, y float32; mask bool),
@@ -184,8 +198,7 @@ def sisrnet_dataset(samples: SingleFrames, start_step: int = 0) -> tf.data.Datas
     size = config.patch_size
 
     def batch_of_step(step: int) -> tuple[np.ndarray, ...]:
-        x, y, mask = samples.batch(plan.rows(step)[1], np.random.default_rng([config.seed, step]))
-        return x, y, mask
+        return samples.batch(plan.rows(step)[1], np.random.default_rng([config.seed, step]))
 
     shape = [config.batch_size, 1, size, size, 1]
     return step_dataset(batch_of_step, [tf.float32, tf.float32, tf.bool], [shape] * 3, start_step)
@@ -213,7 +226,7 @@ def regnet_dataset(frames: np.ndarray, config: PretrainConfig, start_step: int =
     def batch_of_step(step: int) -> tuple[np.ndarray]:
         rows = np.sort(plan.rows(step)[1])
         corners = random_corners(np.random.default_rng([config.seed, step]), len(rows), frames.shape[1], size)
-        return (crop(frames[rows], corners, size).astype(np.float32),)
+        return (crop(frames[rows], corners, size),)  # float32, as `normalised_frames` gives them
 
     # one-tensor elements, not 1-tuples: the train step takes the frames themselves
     return step_dataset(batch_of_step, [tf.float32], [[config.batch_size, size, size, 1]], start_step).map(
