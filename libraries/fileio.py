@@ -8,6 +8,7 @@ over the destination only when the writer finished without an exception.
 from __future__ import annotations
 
 import contextlib
+import io
 import json
 import os
 import shutil
@@ -85,35 +86,44 @@ def save_bytes(destination: str | os.PathLike, content: bytes) -> Path:
 
 
 class NpyStream:
-    """An .npy file written row block by row block, its length known only at the end.
+    """An .npy file filled row block by row block through `numpy.lib.format.open_memmap`.
 
-    A 128-byte header slot is reserved; `close` fills it with the final shape (npy format 1.0).
-    `numpy.lib.format.open_memmap` needs the row count first, and the frames a scene keeps are
-    known only after its registration; a second pass to count them would double the work.
+    The file is created for `capacity` rows, an upper bound: the frames a scene keeps are known
+    only after its registration, and a second pass to count them would double the work.
+    `close` cuts the file to the rows written: numpy's own header writer records the final
+    shape (numpy pads every header so that its row count can change without moving the data)
+    and the file is truncated after the last row.
     """
 
-    HEADER = 128
-
-    def __init__(self, path: Path, dtype: Any, item_shape: tuple[int, ...]):
-        self.path, self.dtype, self.item_shape, self.rows = path, np.dtype(dtype), tuple(item_shape), 0
-        self.handle = open(path, "wb")
-        self.handle.write(b"\0" * self.HEADER)
+    def __init__(self, path: str | os.PathLike, dtype: Any, item_shape: tuple[int, ...], capacity: int):
+        self.path, self.rows, self.capacity = Path(path), 0, int(capacity)
+        self.array = np.lib.format.open_memmap(self.path, mode="w+", dtype=np.dtype(dtype),
+                                               shape=(self.capacity,) + tuple(item_shape))
 
     def append(self, block: np.ndarray) -> None:
-        block = np.ascontiguousarray(block, dtype=self.dtype)
-        if block.shape[1:] != self.item_shape:
-            raise ValueError(f"{self.path.name}: rows of shape {block.shape[1:]}, expected {self.item_shape}")
-        self.handle.write(block.tobytes())
-        self.rows += block.shape[0]
+        """Write `block` [n, *item_shape] after the rows already written."""
+        block = np.asarray(block)
+        if block.shape[1:] != self.array.shape[1:]:
+            raise ValueError(f"{self.path.name}: rows of shape {block.shape[1:]}, expected {self.array.shape[1:]}")
+        end = self.rows + block.shape[0]
+        if end > self.capacity:
+            raise ValueError(f"{self.path.name}: {end} rows, more than the {self.capacity} it was opened for")
+        self.array[self.rows:end] = block
+        self.rows = end
 
     def close(self) -> None:
-        header = repr({"descr": np.lib.format.dtype_to_descr(self.dtype), "fortran_order": False,
-                       "shape": (self.rows,) + self.item_shape})
-        room = self.HEADER - len(np.lib.format.MAGIC_PREFIX) - 2 - 2  # magic, version, length
-        text = header.ljust(room - 1) + "\n"
-        if len(text) != room:
-            raise ValueError(f"{self.path.name}: npy header of {len(header)} characters does not fit")
-        self.handle.seek(0)
-        self.handle.write(np.lib.format.MAGIC_PREFIX + bytes([1, 0]) + room.to_bytes(2, "little")
-                          + text.encode("latin1"))
-        self.handle.close()
+        """Flush, then leave an .npy of exactly `rows` rows."""
+        array, self.array = self.array, None
+        array.flush()
+        offset, dtype, item_shape = array.offset, array.dtype, array.shape[1:]
+        del array  # unmaps the file
+        header = io.BytesIO()
+        np.lib.format.write_array_header_1_0(header, {"descr": np.lib.format.dtype_to_descr(dtype),
+                                                      "fortran_order": False, "shape": (self.rows,) + item_shape})
+        size = offset + self.rows * dtype.itemsize * int(np.prod(item_shape, dtype=np.int64))
+        if len(header.getvalue()) != offset:  # numpy pads headers so the row count can grow in place
+            raise ValueError(f"{self.path}: numpy wrote a {len(header.getvalue())}-byte header for "
+                             f"{self.rows} rows and a {offset}-byte one for {self.capacity}")
+        with open(self.path, "r+b") as handle:
+            handle.write(header.getvalue())
+            handle.truncate(size)

@@ -96,6 +96,8 @@ def save_scene_arrays(data_dir: str | os.PathLike, band_dir: str | os.PathLike, 
             folder = raw / split
             folder.mkdir()
             streams = {"lr": None, "clear": None, "hr": None, "hr_clear": None}
+            # rows: one per LR file (the frames) or one per scene (the HR images)
+            capacity = {"lr": sum(len(list(path.glob("LR*.png"))) for path in folders), "hr": len(folders)}
             names, frame_names, offsets = [], [], [0]
             items = [(str(path), band, split) for path in folders]
             for scene, seconds in _parallel_map(_read_scene_worker, items, processes, f"read {split}/{band}", progress):
@@ -105,7 +107,8 @@ def save_scene_arrays(data_dir: str | os.PathLike, band_dir: str | os.PathLike, 
                     arrays.update(hr=scene.hr[None], hr_clear=scene.hr_clear[None])  # [1, H, W] rows
                 for key, value in arrays.items():
                     if streams[key] is None:
-                        streams[key] = fileio.NpyStream(folder / f"{key}.npy", value.dtype, value.shape[1:])
+                        streams[key] = fileio.NpyStream(folder / f"{key}.npy", value.dtype, value.shape[1:],
+                                                        capacity["lr" if key in ("lr", "clear") else "hr"])
                     streams[key].append(value)
                 names.append(scene.name)
                 frame_names.extend(scene.frame_names)
@@ -174,6 +177,8 @@ def create_scene_store(band_dir: str | os.PathLike, split: str, processes: int |
               "frames_reused": 0, "frames_of_dropped_scenes": 0, "dropped_scenes": {}, "seconds": {"read": 0.0, "upsample": 0.0, "register": 0.0}}
     names, frame_names, shifts, offsets, kept_rows = [], [], [], [0], []
     write_seconds = 0.0
+    # rows at most: every frame of the split's scenes (frames), one per scene (hr)
+    capacity = {"frames": int(sum(raw["offsets"][i + 1] - raw["offsets"][i] for i in indices)), "hr": len(indices)}
     with fileio.atomic_folder(band_dir / split, suffix=".partial") as folder:
         streams: dict[str, fileio.NpyStream] = {}
         for index, prepared in zip(indices, _parallel_map(_preprocess_worker, items, processes,
@@ -195,7 +200,8 @@ def create_scene_store(band_dir: str | os.PathLike, split: str, processes: int |
                 arrays.update(hr=raw["hr"][index][None], hr_clear=raw["hr_clear"][index][None])  # [1, H, W]
             for key, value in arrays.items():
                 if key not in streams:
-                    streams[key] = fileio.NpyStream(folder / f"{key}.npy", value.dtype, value.shape[1:])
+                    streams[key] = fileio.NpyStream(folder / f"{key}.npy", value.dtype, value.shape[1:],
+                                                    capacity["frames" if key in ("frames", "masks") else "hr"])
                 streams[key].append(value)
             names.append(prepared.name)
             frame_names.extend(prepared.frame_names.tolist())
@@ -254,12 +260,13 @@ def create_patch_chunks(band_dir: str | os.PathLike, n_chunks: int = 5, patches_
     return section
 
 
-def _write_best9(folder: Path, blocks: Iterable[dict[str, np.ndarray]]) -> int:
+def _write_best9(folder: Path, blocks: Iterable[dict[str, np.ndarray]], windows: int) -> int:
+    """Stream `blocks` of windows into one .npy per key; `windows` is their total row count."""
     streams: dict[str, fileio.NpyStream] = {}
     for block in blocks:
         for key, value in block.items():
             if key not in streams:
-                streams[key] = fileio.NpyStream(folder / f"{key}.npy", value.dtype, value.shape[1:])
+                streams[key] = fileio.NpyStream(folder / f"{key}.npy", value.dtype, value.shape[1:], windows)
             streams[key].append(value)
     for stream in streams.values():
         stream.close()
@@ -282,12 +289,13 @@ def save_best9(band_dir: str | os.PathLike, progress: bool = True) -> dict[str, 
             chunk = store.load_arrays(path, ["corners", "scene"], mmap=False)
             (folder / "train" / path.name).mkdir(parents=True)
             rows = _write_best9(folder / "train" / path.name,
-                                store.best9_windows(train, chunk["scene"], chunk["corners"], patch_size))
+                                store.best9_windows(train, chunk["scene"], chunk["corners"], patch_size),
+                                len(chunk["scene"]))
             section["chunks"].append(rows)
         validation = store.load_arrays(band_dir / "validation", ["frames", "masks", "shifts", "offsets", "hr", "hr_clear", "baseline", "names"])
         (folder / "validation").mkdir()
         scene, corners, size = store.validation_windows(validation)
-        section["validation"] = _write_best9(folder / "validation", store.best9_windows(validation, scene, corners, size))
+        section["validation"] = _write_best9(folder / "validation", store.best9_windows(validation, scene, corners, size), len(scene))
         fileio.save_npy(folder / "validation" / "names.npy", np.asarray(validation["names"]))
     section["seconds"] = time.perf_counter() - start
     store.update_manifest(band_dir, "best9", section)
