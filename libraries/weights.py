@@ -103,16 +103,10 @@ AUTHORS_CHECKPOINTS: tuple[AuthorsCheckpoint, ...] = (
         source_folder=f"{_PRETRAINING}/SISRNet/SISRNet_RESIDUAL_64filters_NIR_lr_5e-05_bsize_16",
         prefix="model.ckpt-11399",
         destination="pretraining_checkpoints/SISRNet",
-        index=FileDigest(
-            3539,
-            "f10bb8ad7bc1f037da0620328c58c45129e4a31e",
-            "046412bb74327861d2b15729a0139f63f1ea9433ac18d5cee6e6e5a3e8f80d8f",
-        ),
-        data=FileDigest(
-            3122712,
-            "38ff1c27215639b81b39e9045465fc28df1c5beb",
-            "b6a0bbfb7b06098481d4cf6d1a67fe686cb0db3edf469bab91cd0eb39d3aac62",
-        ),
+        index=FileDigest(3539, "f10bb8ad7bc1f037da0620328c58c45129e4a31e",
+                         "046412bb74327861d2b15729a0139f63f1ea9433ac18d5cee6e6e5a3e8f80d8f"),
+        data=FileDigest(3122712, "38ff1c27215639b81b39e9045465fc28df1c5beb",
+                         "b6a0bbfb7b06098481d4cf6d1a67fe686cb0db3edf469bab91cd0eb39d3aac62"),
     ),
     AuthorsCheckpoint(
         name="RegNet",
@@ -120,16 +114,10 @@ AUTHORS_CHECKPOINTS: tuple[AuthorsCheckpoint, ...] = (
         source_folder=f"{_PRETRAINING}/RegNet/{_REGNET_RUN}",
         prefix="model.ckpt-5999",
         destination="pretraining_checkpoints/RegNet",
-        index=FileDigest(
-            1282,
-            "23c613160ffa6133fdd4be7c4c902cb641fd4c90",
-            "67f2aaef191ad3582611987da0fcf928858eba9cfd6f0320aba34750e34f1845",
-        ),
-        data=FileDigest(
-            4103640,
-            "55e0597d551832eb16bb00cf2455dcf8a52945bd",
-            "a6636e0db0d488ff5068813d9627e746b9e57ad19310f187892456db90dab2aa",
-        ),
+        index=FileDigest(1282, "23c613160ffa6133fdd4be7c4c902cb641fd4c90",
+                         "67f2aaef191ad3582611987da0fcf928858eba9cfd6f0320aba34750e34f1845"),
+        data=FileDigest(4103640, "55e0597d551832eb16bb00cf2455dcf8a52945bd",
+                         "a6636e0db0d488ff5068813d9627e746b9e57ad19310f187892456db90dab2aa"),
     ),
     AuthorsCheckpoint(
         name="DeepSUM_NIR",
@@ -137,11 +125,8 @@ AUTHORS_CHECKPOINTS: tuple[AuthorsCheckpoint, ...] = (
         source_folder=f"{_CHALLENGE}/DeepSUM_NIR_lr_5e-06_bsize_8",
         prefix="model.ckpt-968999",
         destination="checkpoints/authors_tf1/DeepSUM_NIR_lr_5e-06_bsize_8",
-        index=FileDigest(
-            6265,
-            "84c2daba34377b72c2084a7df7cd52c7a528775b",
-            "0a322a2cfdda1ce560aea638bc5e44a423bdeeeb29e1a982f41f3c71595a0374",
-        ),
+        index=FileDigest(6265, "84c2daba34377b72c2084a7df7cd52c7a528775b",
+                         "0a322a2cfdda1ce560aea638bc5e44a423bdeeeb29e1a982f41f3c71595a0374"),
         # size: the sum of the tensor sizes listed in the .index (checked to equal the real
         # size on both pretraining checkpoints)
         data=FileDigest(12543972, "88cbe2804020e283d27454cc67514f42d5c87a5d", None),
@@ -153,11 +138,8 @@ AUTHORS_CHECKPOINTS: tuple[AuthorsCheckpoint, ...] = (
         source_folder=f"{_CHALLENGE}/DeepSUM_NIRpretraining_RED_lr_5e-06_bsize_8",
         prefix="model.ckpt-1119999",
         destination="checkpoints/authors_tf1/DeepSUM_NIRpretraining_RED_lr_5e-06_bsize_8",
-        index=FileDigest(
-            6265,
-            "048cf65eb86571c88f0c3c664dfca8378f0271fd",
-            "0ad6d20f4b1b1211987b89a49c8be26b5da72d72b70ba929bde2560cc532af95",
-        ),
+        index=FileDigest(6265, "048cf65eb86571c88f0c3c664dfca8378f0271fd",
+                         "0ad6d20f4b1b1211987b89a49c8be26b5da72d72b70ba929bde2560cc532af95"),
         data=FileDigest(12543972, "d86fcbc03f00bf589ff2009e734f6b9becbdfff5", None),
         converted="checkpoints/DeepSUM_RED_challenge",
     ),
@@ -168,15 +150,12 @@ AUTHORS_CHECKPOINTS: tuple[AuthorsCheckpoint, ...] = (
 
 
 class _Hashes:
-    """SHA-256 and git object id of a byte stream whose expected size is known up front.
-
-    The git id hashes a header holding the size; using the expected size is safe because a
-    stream of any other length fails the size check first.
-    """
+    """Size, SHA-256 and git object id of a byte stream whose expected size is known up front
+    (the git id hashes a header holding the size; a stream of another length fails the size
+    check first)."""
 
     def __init__(self, expected_size: int):
-        self.size = 0
-        self.sha256 = hashlib.sha256()
+        self.size, self.sha256 = 0, hashlib.sha256()
         self.git_blob = hashlib.sha1(b"blob %d\0" % expected_size)
 
     def update(self, chunk: bytes) -> None:
@@ -184,15 +163,12 @@ class _Hashes:
         self.sha256.update(chunk)
         self.git_blob.update(chunk)
 
-
-def _mismatch(hashes: _Hashes, digest: FileDigest) -> str | None:
-    """How `hashes` differs from `digest` ("SHA-256: expected .., got ..; ..."), or None."""
-    checks = [("size (bytes)", digest.size, hashes.size)]
-    checks.append(("git object id", digest.git_blob, hashes.git_blob.hexdigest()))
-    if digest.sha256 is not None:
-        checks.append(("SHA-256", digest.sha256, hashes.sha256.hexdigest()))
-    problems = [f"{what}: expected {expected}, got {got}" for what, expected, got in checks if expected != got]
-    return "; ".join(problems) or None
+    def mismatch(self, digest: FileDigest) -> str | None:
+        """How the stream differs from `digest` ("SHA-256: expected .., got ..; ..."), or None."""
+        checks = [("size (bytes)", digest.size, self.size), ("git object id", digest.git_blob, self.git_blob.hexdigest())]
+        if digest.sha256 is not None:
+            checks.append(("SHA-256", digest.sha256, self.sha256.hexdigest()))
+        return "; ".join(f"{what}: expected {want}, got {got}" for what, want, got in checks if want != got) or None
 
 
 def _file_matches(path: Path, digest: FileDigest) -> bool:
@@ -203,7 +179,7 @@ def _file_matches(path: Path, digest: FileDigest) -> bool:
     with path.open("rb") as stream:
         for chunk in iter(lambda: stream.read(CHUNK_BYTES), b""):
             hashes.update(chunk)
-    return _mismatch(hashes, digest) is None
+    return hashes.mismatch(digest) is None
 
 
 # ----------------------------------------------------------------------------- download
@@ -229,44 +205,36 @@ def _download(url: str, destination: Path, digest: FileDigest) -> None:
     The bytes go to a temporary file beside `destination`, renamed into place only after
     every check passed, so a failed or cut-off download leaves nothing behind.
     """
-    name = destination.name
+    where = f"{destination.name} from {url}"
     try:
         with fileio.atomic_path(destination) as temporary:
-            with urllib.request.urlopen(url, timeout=TIMEOUT_SECONDS) as response:
+            hashes = _Hashes(digest.size)
+            with urllib.request.urlopen(url, timeout=TIMEOUT_SECONDS) as response, temporary.open("wb") as stream, \
+                    tqdm(total=digest.size, desc=destination.name, unit="B", unit_scale=True, leave=False) as bar:
                 announced = response.headers.get("Content-Length")
                 if announced is not None and int(announced) != digest.size:
-                    raise WeightsError(
-                        f"{name} from {url}: the server announces {announced} bytes, expected {digest.size}; "
-                        "nothing was written"
-                    )
-                hashes = _Hashes(digest.size)
-                with temporary.open("wb") as stream, tqdm(
-                    total=digest.size, desc=name, unit="B", unit_scale=True, unit_divisor=1024, leave=False
-                ) as bar:
-                    for chunk in iter(lambda: response.read(CHUNK_BYTES), b""):
-                        stream.write(chunk)
-                        hashes.update(chunk)
-                        bar.update(len(chunk))
-                        if hashes.size > digest.size:  # a server that sends no length and too much
-                            raise WeightsError(
-                                f"{name} from {url}: more than the expected {digest.size} bytes; nothing was written"
-                            )
+                    raise WeightsError(f"{where}: the server announces {announced} bytes, expected "
+                                       f"{digest.size}; nothing was written")
+                # a server that sends more than announced stops one byte past the expected size
+                for chunk in iter(lambda: response.read(min(CHUNK_BYTES, digest.size + 1 - hashes.size)), b""):
+                    stream.write(chunk)
+                    hashes.update(chunk)
+                    bar.update(len(chunk))
+                    if hashes.size > digest.size:
+                        break
+            problem = hashes.mismatch(digest)
             if hashes.size < digest.size:
-                raise WeightsError(
-                    f"{name} from {url}: the download stopped after {hashes.size} of {digest.size} bytes; "
-                    "nothing was written"
-                )
-            problem = _mismatch(hashes, digest)
+                problem = f"the download stopped after {hashes.size} of {digest.size} bytes"
             if problem is not None:
-                raise WeightsError(f"{name} from {url}: {problem}; nothing was written")
+                raise WeightsError(f"{where}: {problem}; nothing was written")
     except urllib.error.HTTPError as error:
-        raise WeightsError(f"{name}: {url} answered HTTP {error.code} {error.reason}; nothing was written") from error
+        raise WeightsError(f"{destination.name}: {url} answered HTTP {error.code} {error.reason}; "
+                           "nothing was written") from error
     except urllib.error.URLError as error:
-        raise WeightsError(f"{name}: cannot open {url} ({error.reason}); nothing was written") from error
+        raise WeightsError(f"{destination.name}: cannot open {url} ({error.reason}); nothing was written") from error
     except (http.client.HTTPException, OSError) as error:  # connection cut mid-body, timeouts
-        raise WeightsError(
-            f"{name} from {url}: the download broke off ({type(error).__name__}: {error}); nothing was written"
-        ) from error
+        raise WeightsError(f"{where}: the download broke off ({type(error).__name__}: {error}); "
+                           "nothing was written") from error
 
 
 def _write_checkpoint_index(folder: Path, prefix: str) -> None:
