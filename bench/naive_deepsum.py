@@ -17,7 +17,6 @@ Only the benchmarks use it; the project's network is `libraries.model`.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 import time

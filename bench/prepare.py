@@ -12,7 +12,6 @@ seconds are per scene, on one core); patches, best-9 and writing run in the main
 from __future__ import annotations
 
 import argparse
-import json
 import platform
 import sys
 import tempfile

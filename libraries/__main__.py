@@ -2,7 +2,9 @@
 
 Each command lives in the module that owns its concept, as a pair of functions
 `add_<command>_arguments(parser)` and `run_<command>(args) -> int`; only the module of the
-command being run is imported, so `--help` of one command does not load the others.
+command being run is imported, so `--help` of one command does not load the others. A user
+error (`USER_ERRORS`) of any command is one `error: ...` line on stderr and exit code 1;
+argparse's usage errors keep exit code 2.
 """
 
 from __future__ import annotations
@@ -15,6 +17,8 @@ import re
 import sys
 import tempfile
 from typing import Iterator
+
+from libraries.domain import DeepSUMError
 
 # command -> (module, one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {
@@ -59,6 +63,12 @@ def _without_import_noise() -> Iterator[None]:
             sys.stderr.flush()
 
 
+# What a user can fix: the project's own errors (bad files, folders, config keys, scenes,
+# checkpoints, arguments) and missing or unreadable paths. Anything else is a bug and keeps its
+# traceback.
+USER_ERRORS = (DeepSUMError, FileNotFoundError, NotADirectoryError, IsADirectoryError, PermissionError)
+
+
 def _usage() -> str:
     width = max(len(name) for name in COMMANDS)
     lines = ["usage: python -m libraries COMMAND [options]", "", "commands:"]
@@ -83,7 +93,16 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog=f"python -m libraries {command}", description=text)
     getattr(module, f"add_{snake}_arguments")(parser)
     args = parser.parse_args(argv[1:])
-    return int(getattr(module, f"run_{snake}")(args) or 0)
+    try:
+        return int(getattr(module, f"run_{snake}")(args) or 0)
+    except USER_ERRORS as error:
+        print(f"error: {one_line(error)}", file=sys.stderr)
+        return 1
+
+
+def one_line(error: BaseException) -> str:
+    """The message of `error` on one line (an OSError keeps its file name)."""
+    return " ".join(str(error).split())
 
 
 if __name__ == "__main__":

@@ -23,14 +23,13 @@ from __future__ import annotations
 import argparse
 import os
 import re
-import sys
 from pathlib import Path
 from typing import Mapping
 
 import tensorflow as tf
 
 from libraries import config as config_lib
-from libraries import fileio
+from libraries import domain, fileio
 from libraries.model import DeepSUM
 
 OBJECT_GRAPH_KEY = "_CHECKPOINTABLE_OBJECT_GRAPH"  # present in TF2 object-based checkpoints only
@@ -42,7 +41,7 @@ NETWORK = re.compile(
 )
 
 
-class CheckpointError(ValueError):
+class CheckpointError(domain.DeepSUMError):
     """A path that is not a usable checkpoint, or one that does not fit the model."""
 
 
@@ -202,11 +201,7 @@ def add_convert_tf1_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run_convert_tf1(args: argparse.Namespace) -> int:
-    try:
-        config = config_lib.load_config(args.config) if args.config else None
-        destination = convert_tf1_checkpoint(args.source, args.destination, config)
-    except (CheckpointError, config_lib.ConfigError) as error:
-        print(f"convert-tf1: {error}", file=sys.stderr)
-        return 1
+    config = config_lib.load_config(args.config) if args.config else None
+    destination = convert_tf1_checkpoint(args.source, args.destination, config)
     print(f"wrote {destination} ({resolve_prefix(destination)})")
     return 0

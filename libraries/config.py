@@ -21,12 +21,14 @@ import typing
 from pathlib import Path
 from typing import Any, TypeVar
 
+from libraries import domain
+
 REPOSITORY_ROOT = Path(__file__).resolve().parent.parent
 SECTIONS = ("hyperparameters", "others")
 SUB_NETWORKS = ("sisrnet", "regnet", "fusionnet")
 
 
-class ConfigError(ValueError):
+class ConfigError(domain.DeepSUMError):
     """A config file that cannot be used as it is; the message names the file and key."""
 
 

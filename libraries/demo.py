@@ -29,7 +29,7 @@ from typing import Any
 import matplotlib.pyplot as plt
 import numpy as np
 
-from libraries import checkpoints, dataset, domain, fileio, inference, reports, synthetic
+from libraries import checkpoints, dataset, domain, fileio, inference, probav, reports, synthetic
 from libraries import config as config_module
 from libraries.config import REPOSITORY_ROOT, RegNetPretrainConfig, SISRNetPretrainConfig
 from libraries.training import deepsum as deepsum_training
@@ -65,8 +65,10 @@ def make_plan(out_dir: str | Path = DEMO_OUT, data_dir: str | Path | None = None
     Every output path is redirected into `out_dir`; `steps`, `pretrain_steps`, `patch_size` and
     `n_features` override the configs (tests use tiny values).
     """
-    out_dir = Path(out_dir).absolute()
+    out_dir = fileio.require_folder_path(Path(out_dir).absolute(), "demo output folder")
     synthetic = data_dir is None
+    if not synthetic and not Path(data_dir).is_dir():
+        raise probav.ProbaVError(f"{data_dir}: folder missing (expected a PROBA-V folder with norm.csv, train/ and test/)")
     folder = DEMO_CONFIGS if synthetic else PAPER_CONFIGS
     suffix = "_demo" if synthetic else ""
     dataset_dir = out_dir / "dataset"

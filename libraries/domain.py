@@ -14,6 +14,15 @@ from typing import Any, Iterable, Mapping
 
 import numpy as np
 
+
+class DeepSUMError(ValueError):
+    """A bad input the user can fix: a file, folder, config key, scene, checkpoint or argument.
+
+    Every error class of the project derives from it; the command line prints its message as
+    one `error: ...` line with exit code 1 instead of a traceback.
+    """
+
+
 BANDS = ("NIR", "RED")
 SPLITS = ("train", "test")  # the splits of a PROBA-V folder; prepared data adds "validation"
 PREPARED_SPLITS = ("train", "validation", "test")

@@ -18,6 +18,8 @@ from typing import Any, Iterator
 
 import numpy as np
 
+from libraries import domain
+
 
 @contextlib.contextmanager
 def atomic_path(destination: str | os.PathLike, suffix: str = "") -> Iterator[Path]:
@@ -62,6 +64,16 @@ def atomic_folder(destination: str | os.PathLike, suffix: str = ".tmp") -> Itera
     finally:
         if temporary.exists():
             shutil.rmtree(temporary)
+
+
+def require_folder_path(path: str | os.PathLike, what: str = "output folder") -> Path:
+    """Check, before anything is written, that `path` is or can become a folder: its nearest
+    existing ancestor (or itself) must be a folder. Raises `domain.DeepSUMError` naming both."""
+    path = Path(path)
+    existing = next(candidate for candidate in (path, *path.parents) if candidate.exists())
+    if not existing.is_dir():
+        raise domain.DeepSUMError(f"{path}: {what} cannot be created, {existing} is a file (expected a folder)")
+    return path
 
 
 def save_npy(destination: str | os.PathLike, array: np.ndarray) -> Path:

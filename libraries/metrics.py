@@ -32,7 +32,7 @@ KELVINS_BORDER = 3  # the official rule crops 3 pixels on each side: 49 offsets
 # Normalisation constants of the authors' configs (the same for both bands).
 
 
-class MetricError(ValueError):
+class MetricError(domain.DeepSUMError):
     """Inputs on which a loss or score is undefined; the message says what was expected."""
 
 

@@ -27,7 +27,7 @@ from libraries import domain
 
 
 
-class TooFewFramesError(ValueError):
+class TooFewFramesError(domain.DeepSUMError):
     """A scene has no frame left to build a network input from."""
 
 

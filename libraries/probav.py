@@ -34,7 +34,7 @@ MASK_MODES = ("required", "assume_clear")
 _FRAME_FILE = re.compile(r"^(LR|QM)(\d+)\.png$")
 
 
-class ProbaVError(ValueError):
+class ProbaVError(domain.DeepSUMError):
     """A PROBA-V file or folder is missing or not in the expected format."""
 
 

@@ -338,10 +338,10 @@ def write_dataset(
     deterministic for a seed and the arguments.
     """
     if lr_size < 8 or n_scenes < 0 or n_test_scenes < 0:
-        raise ValueError(f"lr_size={lr_size}, n_scenes={n_scenes}, n_test_scenes={n_test_scenes}: "
+        raise domain.DeepSUMError(f"lr_size={lr_size}, n_scenes={n_scenes}, n_test_scenes={n_test_scenes}: "
                          f"expected lr_size >= 8 and non-negative counts")
     start = time.perf_counter()
-    out_dir = Path(out_dir)
+    out_dir = fileio.require_folder_path(out_dir, "synthetic data set folder")
     plan = [(split, band, index) for split, count in (("train", n_scenes), ("test", n_test_scenes))
             for band in ("RED", "NIR") for index in range(count)]
     seeds = np.random.SeedSequence(seed).spawn(len(plan))

@@ -30,7 +30,6 @@ import dataclasses
 import hashlib
 import http.client
 import os
-import sys
 import urllib.error
 import urllib.parse
 import urllib.request
@@ -39,7 +38,7 @@ from typing import Iterable
 
 from tqdm import tqdm
 
-from libraries import checkpoints, fileio
+from libraries import checkpoints, domain, fileio
 from libraries.config import REPOSITORY_ROOT
 
 AUTHORS_REPOSITORY = "https://github.com/diegovalsesia/deepsum"
@@ -51,7 +50,7 @@ CHUNK_BYTES = 1 << 20
 TIMEOUT_SECONDS = 60
 
 
-class WeightsError(ValueError):
+class WeightsError(domain.DeepSUMError):
     """A download that failed or does not match the table; the message names the file."""
 
 
@@ -323,11 +322,7 @@ def add_fetch_weights_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run_fetch_weights(args: argparse.Namespace) -> int:
     which = (args.only,) if args.only else GROUPS
-    try:
-        fetched = fetch_weights(args.dest, args.url_base, which, convert=not args.no_convert)
-    except ValueError as error:  # WeightsError, or a CheckpointError of the conversion
-        print(f"fetch-weights: {error}", file=sys.stderr)
-        return 1
+    fetched = fetch_weights(args.dest, args.url_base, which, convert=not args.no_convert)
     for name, result in fetched.items():
         state = f"{len(result.downloaded)} downloaded, {len(result.present)} already present"
         print(f"{name:<12} {result.folder}  ({state})")

@@ -182,7 +182,7 @@ def test_best9_order_shifts_and_registered_masks(prepared):
     corners = np.load(prepared / BAND / "train" / "chunk_0" / "corners.npy", allow_pickle=False)
     for patch in range(len(chunk["scene"])):
         rows = scene_slice(store, int(chunk["scene"][patch]))
-        (row, col), window = corners[patch], np.s_[corners[patch][0]:corners[patch][0] + PATCH, corners[patch][1]:corners[patch][1] + PATCH]
+        window = np.s_[corners[patch][0]:corners[patch][0] + PATCH, corners[patch][1]:corners[patch][1] + PATCH]
         all_frames = np.asarray(store["frames"][rows])[:, window[0], window[1]]
         all_masks = np.asarray(store["masks"][rows])[:, window[0], window[1]]
         # which stored frame each best-9 frame is

@@ -14,6 +14,16 @@ def test_demo_runs_end_to_end_and_reruns_from_its_outputs(tmp_path, capsys):
     printed = capsys.readouterr().out
     assert "validation: DeepSUM against the bicubic baseline" in printed
     assert printed.count("the bicubic baseline on") == 2  # an honest verdict per band
+    # the verdict follows from the printed table: the best DeepSUM score below bicubic's
+    table = printed.split("(score: lower is better) ==\n")[1].split("\nDeepSUM ")[0]
+    scores = {}
+    for line in table.splitlines():
+        fields = line.split()
+        if fields and fields[0] in domain.BANDS:
+            scores.setdefault((fields[0], fields[1]), []).append(float(fields[-2]))
+    for band in domain.BANDS:
+        beat = min(scores[(band, "DeepSUM")]) < scores[(band, "bicubic")][0]
+        assert f"DeepSUM {'beat' if beat else 'did NOT beat'} the bicubic baseline on {band}" in printed
     submission = tmp_path / "demo" / "submission.zip"
     with zipfile.ZipFile(submission) as archive:
         assert len(archive.namelist()) == 4  # 2 test scenes per band

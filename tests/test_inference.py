@@ -231,6 +231,30 @@ def test_sliding_window_averages_three_windows(tiny_config):
     assert inference.Superresolver(MeanModel(tiny_config), tiny_config).window_images(scene, n_slide=7).shape[0] == 4  # K - 9 + 1
 
 
+def test_sliding_window_registers_a_shifted_window_before_averaging(tiny_config):
+    """Two windows whose SR images are an image and the same image moved by (2, 1): the fused image
+    is their average after moving the second back, which is the image itself."""
+    image = smooth_image(8)
+    frames = np.zeros((10, HR_SIZE, HR_SIZE), np.float32)
+    frames[0] = 9 * image  # window 0 (frames 0..8) averages to `image`
+    frames[9] = 9 * np.roll(image, (2, 1), axis=(0, 1))  # window 1 (frames 1..9) to the moved image
+    scene = {"name": "imgset0003", "frames": frames, "masks": np.ones(frames.shape, bool),
+             "shifts": np.zeros((10, 2), np.int32)}
+    superresolver = inference.Superresolver(MeanModel(tiny_config), tiny_config)
+    windows = superresolver.window_images(scene, n_slide=1)
+    np.testing.assert_allclose(windows, [image, np.roll(image, (2, 1), axis=(0, 1))], rtol=1e-5)
+    np.testing.assert_allclose(superresolver.scene(scene, n_slide=1), image, rtol=1e-5)
+    # without registration the average would be blurred: the check above can tell
+    assert np.max(np.abs((windows[0] + windows[1]) / 2 - image)) > 20  # measured 54 DN
+
+
+def test_bicubic_baseline_of_a_scene_is_the_mean_of_its_clearest_frames():
+    scene = make_scene([100, 9000, 4000, 9000, 30])  # frames 1 and 3 are the clearest, frame 4 the cloudiest
+    expected = (scene["frames"][1] + scene["frames"][3]) / 2  # frame k is constant k: 2.0
+    np.testing.assert_array_equal(inference.bicubic_baseline(scene), expected)
+    assert expected[0, 0] == 2.0
+
+
 def test_network_runs_batched_windows_and_traces_once(tiny_config, tiny_model):
     scene = textured_scene(11)
     superresolver = inference.Superresolver(tiny_model, tiny_config)  # its tf.functions traced once
@@ -320,6 +344,31 @@ def test_superresolve_command_writes_a_valid_submission(tmp_path, synthetic_dir,
     expected = inference.Superresolver(tiny_model, tiny_config).scene(
         dataset.prepare_test_scene(probav.read_scene(folder)), n_slide=1)
     np.testing.assert_array_equal(images[names[-1]], np.clip(np.rint(expected), 0, 65535).astype(np.uint16))
+
+
+def test_superresolve_train_split_with_per_band_paths_then_score_all(tmp_path, synthetic_dir, tiny_files, tiny_config,
+                                                                     tiny_model, capsys):
+    config_path, checkpoint = tiny_files
+    zip_path = tmp_path / "train.zip"
+    assert main(["superresolve", "--data", str(synthetic_dir), "--split", "train", "--band", "all",
+                 "--config", f"RED={config_path}", "--config", f"NIR={config_path}",
+                 "--checkpoint", f"NIR={checkpoint}", "--checkpoint", f"RED={checkpoint}",
+                 "--out", str(zip_path), "--n-slide", "0"]) == 0
+    images = inference.read_submission(zip_path)
+    folders = probav.list_scenes(synthetic_dir, "train", "NIR") + probav.list_scenes(synthetic_dir, "train", "RED")
+    assert sorted(images) == sorted(folder.name for folder in folders)  # 3 scenes per band
+    red = folders[-1]
+    expected = inference.Superresolver(tiny_model, tiny_config).scene(
+        dataset.prepare_test_scene(probav.read_scene(red)), n_slide=0)
+    np.testing.assert_array_equal(images[red.name], np.clip(np.rint(expected), 0, 65535).astype(np.uint16))
+    capsys.readouterr()
+    assert main(["score", "--data", str(synthetic_dir), "--band", "all", "--submission", str(zip_path)]) == 0
+    printed = float(capsys.readouterr().out.strip())
+    norm = probav.read_norm(synthetic_dir / "norm.csv")
+    expected_scores = [metrics.kelvins_score(images[folder.name], probav.read_image_png(folder / "HR.png"),
+                                             probav.read_mask_png(folder / "SM.png"), norm[folder.name])
+                       for folder in folders]
+    assert printed == pytest.approx(np.mean(expected_scores), abs=2e-6)  # printed with 6 decimals
 
 
 def test_checkpoints_and_configs_per_band():

@@ -6,6 +6,8 @@ import os
 import subprocess
 import sys
 
+import pytest
+
 from libraries import __main__ as cli
 
 from helpers import REPOSITORY_ROOT
@@ -33,3 +35,36 @@ def test_usage_lists_every_command(capsys):
     printed = capsys.readouterr().out
     assert all(f"  {name} " in printed for name in cli.COMMANDS)
     assert cli.main(["no-such-command"]) == 2
+
+
+# command, its arguments (under tmp_path), and what the one error line must name
+BAD_INPUTS = [
+    ("demo", ["--data", "{tmp}/no_probav", "--out", "{tmp}/demo"], "no_probav"),
+    ("synth", ["--out", "{tmp}/file.txt/synthetic", "--seed", "0", "--scenes", "1", "--test-scenes", "1"], "file.txt"),
+    ("prepare", ["--data", "{tmp}/no_probav", "--out", "{tmp}/prepared"], "no_probav"),
+    ("convert-tf1", ["{tmp}/no_checkpoint", "{tmp}/converted"], "no_checkpoint"),
+    ("fetch-weights", ["--dest", "{tmp}/repo", "--url-base", "{tmp}/no_copy"], "no_copy"),
+    ("train", ["--config", "{tmp}/no_config.json"], "no_config.json"),
+    ("pretrain-sisrnet", ["--config", "{tmp}/no_config.json"], "no_config.json"),
+    ("pretrain-regnet", ["--config", "{tmp}/no_config.json"], "no_config.json"),
+    ("superresolve", ["--config", "{tmp}/no_config.json", "--checkpoint", "{tmp}/none", "--data", "{tmp}",
+                      "--out", "{tmp}/out.zip"], "no_config.json"),
+    ("score", ["--data", "{tmp}", "--submission", "{tmp}/no_submission.zip"], "no_submission.zip"),
+]
+
+
+@pytest.mark.parametrize("command, arguments, named", BAD_INPUTS, ids=[case[0] for case in BAD_INPUTS])
+def test_a_bad_input_is_one_error_line_and_exit_code_1(command, arguments, named, tmp_path, capsys):
+    (tmp_path / "file.txt").write_text("not a folder")
+    before = sorted(path.name for path in tmp_path.iterdir())
+    status = cli.main([command] + [argument.format(tmp=tmp_path) for argument in arguments])
+    error = capsys.readouterr().err.strip().splitlines()
+    assert status == 1, error
+    assert len(error) == 1 and error[0].startswith("error: ") and named in error[0], error
+    assert sorted(path.name for path in tmp_path.iterdir()) == before  # nothing written
+
+
+def test_a_usage_error_keeps_argparse_exit_code_2(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main(["train"])  # --config is required
+    assert exit_info.value.code == 2 and "--config" in capsys.readouterr().err

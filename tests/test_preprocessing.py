@@ -194,3 +194,20 @@ def test_real_frames_lose_exactly_their_corrupt_frames(shared_data_dir):
             scenes += 1
     assert scenes == 8
     assert dropped == EXPECTED_CORRUPT
+
+
+def test_bicubic_baseline_upsamples_the_mean_of_the_clearest_frames():
+    """The organisers' rule computed directly: mean of the frames with the most clear pixels,
+    then `skimage.transform.rescale` by 3 (cubic, edge mode)."""
+    rng = np.random.default_rng(7)
+    frames = rng.uniform(2000, 12000, size=(4, 8, 8))
+    clear = np.zeros((4, 64), bool)
+    for index, count in enumerate((10, 64, 64, 40)):  # frames 1 and 2 tie as the clearest, 0 is the cloudiest
+        clear[index, rng.permutation(64)[:count]] = True
+    clear = clear.reshape(4, 8, 8)
+    expected = skimage.transform.rescale((frames[1] + frames[2]) / 2, 3, order=3, mode="edge",
+                                         anti_aliasing=False, preserve_range=True)
+    np.testing.assert_allclose(preprocessing.bicubic_baseline(frames, clear), expected, rtol=1e-12)
+    # already upsampled frames (scale 1): the plain mean of the clearest, without frame 0 or 3
+    np.testing.assert_allclose(preprocessing.bicubic_baseline(frames, clear, scale=1), (frames[1] + frames[2]) / 2,
+                               rtol=1e-12)

@@ -18,7 +18,8 @@ import tensorflow as tf
 from tensorboard.backend.event_processing import event_accumulator
 
 from libraries import config as config_module
-from libraries import dataset, model, training
+from libraries import checkpoints, dataset, metrics, model, training
+from libraries.__main__ import main
 from libraries.training import deepsum as deepsum_training
 
 from helpers import SKIP_STEP, prepare_tiny_dataset, subprocess_env, tiny_config, write_config
@@ -145,6 +146,63 @@ def test_validation_metrics_are_finite_and_accuracy_is_a_share(trained):
     assert float(trainer.best_score) == pytest.approx(min(v["score"] for v in history["validation"]), rel=1e-6)
     again = training.evaluate(trainer.model, trainer.config, progress=False)
     assert again["loss"] == pytest.approx(history["validation"][-1]["loss"], rel=1e-5)
+
+
+def test_validation_numbers_equal_the_kelvins_rule_and_taps_counted_by_hand(trained):
+    """Each number of `evaluate` recomputed in NumPy from the stored scenes and the network's output."""
+    trainer, _ = trained
+    config = trainer.config
+    arrays = dataset.load_validation(config.dataset_path, config.spectral_band)
+    # the flat tap of shift (dy, dx): the filter_size x filter_size grid read row by row
+    radius = config.filter_size // 2
+    grid = np.arange(config.filter_size**2).reshape(config.filter_size, config.filter_size)
+    peak = 65535.0
+    losses, cpsnrs, scores, hits = [], [], [], []
+    for index in range(len(arrays["names"])):
+        x = (np.asarray(arrays["frames"][index], np.float32) - config.mu) / config.sigma  # [T, H, W]
+        masks = np.asarray(arrays["masks"][index], bool)
+        outputs = trainer.model(x[None, ..., None], masks[None, ..., None], training=False)
+        sr = outputs["sr"].numpy()[0, 0, :, :, 0] * config.sigma_rescaled + config.mu  # DN [H, W]
+        hr, hr_clear = np.asarray(arrays["hr"][index]), np.asarray(arrays["hr_clear"][index])
+        cpsnr = metrics.kelvins_cpsnr(sr, hr, hr_clear)
+        cpsnrs.append(cpsnr)
+        scores.append(metrics.kelvins_score(sr, hr, hr_clear, arrays["baseline"][index]))
+        # the loss is the same best bias-corrected MSE, in units of sigma_rescaled
+        losses.append(peak**2 / 10 ** (cpsnr / 10) / config.sigma_rescaled**2)
+        shifts = np.asarray(arrays["shifts"][index])[1:]  # [T-1, 2]: frame 0 is the reference
+        taps = [grid[dy + radius, dx + radius] for dy, dx in shifts]
+        hits.extend(np.argmax(outputs["filter_logits"].numpy()[0], axis=-1) == taps)
+    results = training.evaluate(trainer.model, config, progress=False)
+    # float32 network output and metrics against float64 NumPy: measured relative errors below
+    # 2e-7 (cPSNR, score) and 2e-6 (loss); tolerances 10x that
+    assert results["cpsnr"] == pytest.approx(np.mean(cpsnrs), rel=2e-6)
+    assert results["score"] == pytest.approx(np.mean(scores), rel=2e-6)
+    assert results["loss"] == pytest.approx(np.mean(losses), rel=2e-5)
+    assert results["baseline_cpsnr"] == pytest.approx(float(np.mean(arrays["baseline"])), rel=1e-7)
+    assert results["regnet_accuracy"] == np.mean(hits) and results["scenes"] == len(arrays["names"])
+    assert results["score"] == pytest.approx(np.mean(np.asarray(arrays["baseline"]) / np.asarray(cpsnrs)), rel=2e-6)
+
+
+def test_train_command_init_from_starts_from_the_given_weights(tmp_path, data_path, trained):
+    source = trained[0].config.checkpoint_dir
+    config_file = write_config(tiny_config(tmp_path, data_path), tmp_path / "config.json")
+    # a learning rate of 1e-30 keeps the one step's Adam update (about lr) far below float32 resolution
+    assert main(["train", "--config", str(config_file), "--steps", "1", "--lr", "1e-30", "--init-from", str(source),
+                 "--no-progress"]) == 0
+    started = model.DeepSUM(trained[0].config)
+    checkpoints.restore_weights(started, tmp_path / "checkpoints")
+    given = weights(trained[0].model)  # the weights of the checkpoint given, in memory
+    assert len(given) > 20 and weights(started).keys() == given.keys()
+    for name, value in weights(started).items():
+        np.testing.assert_array_equal(value, given[name], err_msg=name)
+
+
+def test_train_command_require_pretrained_is_an_error_naming_the_folder(tmp_path, data_path, capsys):
+    config_file = write_config(tiny_config(tmp_path, data_path), tmp_path / "config.json")
+    assert main(["train", "--config", str(config_file), "--steps", "1", "--require-pretrained", "--no-progress"]) == 1
+    error = capsys.readouterr().err.strip().splitlines()
+    assert len(error) == 1 and error[0].startswith("error: no sisrnet pretraining checkpoint in ")
+    assert str(tmp_path / "no_sisrnet") in error[0]
 
 
 def test_checkpoints_config_and_tensorboard_logs_are_written(trained):

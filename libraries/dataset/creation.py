@@ -27,7 +27,6 @@ import json
 import multiprocessing
 import os
 import shutil
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -364,13 +363,9 @@ def add_prepare_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run_prepare(args: argparse.Namespace) -> int:
     bands = domain.BANDS if args.band == "all" else (args.band,)
-    try:
-        manifests = prepare(args.data, args.out, bands, seed=args.seed, n_chunks=args.chunks,
-                            patches_per_scene=args.patches_per_scene, patch_size=args.patch_size,
-                            processes=args.processes, progress=not args.quiet)
-    except (probav.ProbaVError, DatasetError, preprocessing.TooFewFramesError) as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 1
+    manifests = prepare(args.data, args.out, bands, seed=args.seed, n_chunks=args.chunks,
+                        patches_per_scene=args.patches_per_scene, patch_size=args.patch_size,
+                        processes=args.processes, progress=not args.quiet)
     for band, manifest in manifests.items():
         print(f"\n{args.out / band}: {manifest['patches']['patches']} patches per chunk, "
               f"{manifest['best9']['validation']} validation scenes")

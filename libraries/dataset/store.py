@@ -44,7 +44,7 @@ DEFAULT_SEED = 1  # the original's shuffle used random_state=1 (our permutation 
 DEFAULT_SHARE = 0.7
 
 
-class DatasetError(ValueError):
+class DatasetError(domain.DeepSUMError):
     """A prepared dataset folder is missing, incomplete or not what the caller asked for."""
 
 

@@ -29,7 +29,7 @@ SCENE_NAME = re.compile(r"imgset\d{4}")
 PNG_NAME = re.compile(r"imgset\d{4}\.png")
 
 
-class SubmissionError(ValueError):
+class SubmissionError(domain.DeepSUMError):
     """A submission zip (or an image for it) that the Kelvins rules would not accept."""
 
 
@@ -220,16 +220,7 @@ def _superresolve(args: argparse.Namespace) -> None:
 
 
 def run_superresolve(args: argparse.Namespace) -> int:
-    return _report_errors(_superresolve, args)
-
-
-def _report_errors(command: Any, args: argparse.Namespace) -> int:
-    """Run a command; a bad input (every error of this project is a ValueError) is one line, exit 1."""
-    try:
-        command(args)
-    except ValueError as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 1
+    _superresolve(args)
     return 0
 
 
@@ -247,4 +238,5 @@ def _score(args: argparse.Namespace) -> None:
 
 
 def run_score(args: argparse.Namespace) -> int:
-    return _report_errors(_score, args)
+    _score(args)
+    return 0

@@ -9,12 +9,13 @@ from __future__ import annotations
 import numpy as np
 import tensorflow as tf
 
+from libraries import domain
 from libraries.config import DeepSUMConfig, default_config
 from libraries.model.layers import Conv, Network, frame_list, cast_like, one_after_another
 from libraries.model.networks import FusionNet, RegNet, SISRNet
 
 
-class InputError(ValueError):
+class InputError(domain.DeepSUMError):
     """An input tensor of the wrong rank, shape or dtype, or with NaN/Inf values."""
 
 

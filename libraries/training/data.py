@@ -26,7 +26,7 @@ TRAINING_KEYS = ("frames", "masks", "hr", "hr_clear")
 CHECK_BLOCK = 256
 
 
-class TrainingDataError(ValueError):
+class TrainingDataError(domain.DeepSUMError):
     """Prepared data that cannot be trained on (NaN/Inf, wrong shape); names the chunk and scenes."""
 
 

@@ -31,7 +31,7 @@ import tensorflow as tf
 from tqdm.auto import tqdm
 
 from libraries import config as config_module
-from libraries import fileio
+from libraries import domain, fileio
 from libraries.checkpoints import CONFIG_FILE
 from libraries.training.optimization import without_remapper
 
@@ -41,7 +41,7 @@ StepFunction = Callable[[Any], Mapping[str, tf.Tensor]]  # batch -> {name: scala
 Validation = Callable[[int], Mapping[str, Any]]  # step -> {name: value}; summaries by the callee
 
 
-class TrainingError(ValueError):
+class TrainingError(domain.DeepSUMError):
     """Training cannot go on (a NaN or infinite loss, a checkpoint that does not fit)."""
 
 

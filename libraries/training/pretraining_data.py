@@ -28,7 +28,7 @@ from libraries.training.data import BatchPlan, step_dataset
 MIN_CLEAR_FRACTION = 0.5  # single-frame samples with fewer clear target pixels are not used
 
 
-class PretrainingError(ValueError):
+class PretrainingError(domain.DeepSUMError):
     """Pretraining cannot go on (no data, too few scenes); the message says why."""
 
 
