@@ -111,6 +111,14 @@ class DeepSUMConfig:
                 raise ConfigError(f"{name}: expected a positive integer, got {getattr(self, name)!r}")
         if self.filter_size % 2 != 1:
             raise ConfigError(f"filter_size: expected an odd number, got {self.filter_size}")
+        # keys of the authors' configs whose value the network fixes: any other value is refused,
+        # never accepted and ignored
+        for name, supported in (("T_in", domain.T_IN), ("R", domain.SCALE), ("channels", 1)):
+            if getattr(self, name) != supported:
+                raise ConfigError(f"{name}: the network supports only {supported}, got {getattr(self, name)!r}")
+        if tuple(size * self.R for size in self.patch_size_LR) != tuple(self.patch_size_HR):
+            raise ConfigError(f"patch_size_LR: expected patch_size_HR / R = "
+                              f"{[size // self.R for size in self.patch_size_HR]}, got {list(self.patch_size_LR)}")
 
     def replace(self, **changes: Any) -> "DeepSUMConfig":
         """A copy with some fields changed (e.g. from command-line flags), validated again."""

@@ -67,8 +67,6 @@ def make_plan(out_dir: str | Path = DEMO_OUT, data_dir: str | Path | None = None
     """
     out_dir = fileio.require_folder_path(Path(out_dir).absolute(), "demo output folder")
     synthetic = data_dir is None
-    if not synthetic and not Path(data_dir).is_dir():
-        raise probav.ProbaVError(f"{data_dir}: folder missing (expected a PROBA-V folder with norm.csv, train/ and test/)")
     folder = DEMO_CONFIGS if synthetic else PAPER_CONFIGS
     suffix = "_demo" if synthetic else ""
     dataset_dir = out_dir / "dataset"
@@ -300,6 +298,8 @@ def add_demo_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run_demo(args: argparse.Namespace) -> int:
+    if args.data is not None and not args.data.is_dir():  # before anything is written
+        raise probav.ProbaVError(f"{args.data}: folder missing (expected a PROBA-V folder with norm.csv, train/ and test/)")
     plan = make_plan(args.out, args.data, args.seed, args.steps, args.pretrain_steps, args.patch_size, args.features)
     run_pipeline(plan, args.scenes, args.test_scenes, args.lr_size, tuple(range(args.n_slide + 1)), not args.no_progress)
     return 0

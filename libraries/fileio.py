@@ -2,12 +2,15 @@
 
 Every dataset, checkpoint, submission and JSON file the project writes goes through
 `atomic_path`: the content is written to a temporary name in the same folder and renamed
-over the destination only when the writer finished without an exception.
+over the destination only when the writer finished without an exception. What appears has
+the mode a plain `open()` or `mkdir` would give under the user's umask (0644 and 0755 under
+umask 022), so a data set or a submission can be read by colleagues and other workers.
 """
 
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import io
 import json
 import os
@@ -19,6 +22,13 @@ from typing import Any, Iterator
 import numpy as np
 
 from libraries import domain
+
+
+def _umask() -> int:
+    """The process's umask (reading it means setting it: it is put back at once)."""
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
 
 
 @contextlib.contextmanager
@@ -37,6 +47,8 @@ def atomic_path(destination: str | os.PathLike, suffix: str = "") -> Iterator[Pa
     temporary = Path(temporary)
     try:
         yield temporary
+        # mkstemp makes the file private (0600); give it the mode a plain open() would
+        os.chmod(temporary, 0o666 & ~_umask())
         os.replace(temporary, destination)
     finally:
         if temporary.exists():
@@ -54,6 +66,7 @@ def atomic_folder(destination: str | os.PathLike, suffix: str = ".tmp") -> Itera
     temporary = Path(tempfile.mkdtemp(prefix=f".{destination.name}.", suffix=suffix, dir=destination.parent))
     try:
         yield temporary
+        os.chmod(temporary, 0o777 & ~_umask())  # mkdtemp's 0700 -> what a plain mkdir gives
         old = None
         if destination.exists():  # a folder cannot be renamed over a non-empty one: move it aside
             old = Path(tempfile.mkdtemp(prefix=f".{destination.name}.", suffix=".old", dir=destination.parent))
@@ -64,6 +77,58 @@ def atomic_folder(destination: str | os.PathLike, suffix: str = ".tmp") -> Itera
     finally:
         if temporary.exists():
             shutil.rmtree(temporary)
+
+
+class FolderLock:
+    """One writer per folder: an exclusive OS lock (`flock`) on the folder itself.
+
+    The kernel drops the lock when its process ends, however it ends, so a killed run never
+    blocks the next one. While it is held, `folder/.lock` names the holder's process id for
+    the message of a run that is refused; `release` removes it (a killed run's stays, and the
+    next holder overwrites it).
+    """
+
+    NAME = ".lock"
+
+    def __init__(self, folder: str | os.PathLike, what: str = "folder"):
+        self.folder = require_folder_path(folder, what)
+        self.folder.mkdir(parents=True, exist_ok=True)
+        descriptor = os.open(self.folder, os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(descriptor)
+            holder = self.folder / self.NAME
+            holder = holder.read_text().strip() if holder.is_file() else "unknown"
+            raise domain.DeepSUMError(f"{self.folder}: this {what} is in use by another run (process {holder}); "
+                                      "wait for it to end or use another folder") from None
+        self.descriptor: int | None = descriptor
+        (self.folder / self.NAME).write_text(f"{os.getpid()}\n")
+
+    def release(self) -> None:
+        if self.descriptor is not None:
+            (self.folder / self.NAME).unlink(missing_ok=True)
+            fcntl.flock(self.descriptor, fcntl.LOCK_UN)
+            os.close(self.descriptor)
+            self.descriptor = None
+
+    def __enter__(self) -> "FolderLock":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.release()
+
+
+def remove_stale_partials(folder: str | os.PathLike, pattern: str = ".*.partial") -> list[Path]:
+    """Remove the temporary folders (`pattern`) that interrupted writers left in `folder`.
+
+    Call it only while holding the folder's `FolderLock`: then no live writer owns them.
+    Returns what was removed.
+    """
+    removed = sorted(path for path in Path(folder).glob(pattern) if path.is_dir())
+    for path in removed:
+        shutil.rmtree(path)
+    return removed
 
 
 def require_folder_path(path: str | os.PathLike, what: str = "output folder") -> Path:

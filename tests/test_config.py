@@ -1,3 +1,4 @@
+import dataclasses
 import json
 from pathlib import Path
 
@@ -29,7 +30,7 @@ def test_shipped_configs_load_with_original_values(band):
 
 def test_config_is_immutable():
     cfg = config.default_config()
-    with pytest.raises(Exception):
+    with pytest.raises(dataclasses.FrozenInstanceError, match="cannot assign to field 'lr'"):
         cfg.lr = 1.0  # type: ignore[misc]
     assert cfg.replace(lr=1e-3).lr == 1e-3 and cfg.lr == 5e-6
 
@@ -60,6 +61,11 @@ def test_round_trip_through_json(tmp_path):
         (lambda c: c["others"].update(spectral_band="GREEN"), "spectral_band"),
         (lambda c: c["others"].update(freeze=["sisr"]), "freeze"),
         (lambda c: c.update(other={}), "unknown section 'other'"),
+        (lambda c: c["others"].update(T_in=7), "T_in: the network supports only 9, got 7"),
+        (lambda c: c["others"].update(R=2), "R: the network supports only 3, got 2"),
+        (lambda c: c["others"].update(channels=3), "channels: the network supports only 1, got 3"),
+        (lambda c: c["others"].update(patch_size_LR=[30, 32]),
+         "patch_size_LR: expected patch_size_HR / R = [32, 32], got [30, 32]"),
     ],
 )
 def test_bad_config_names_key_and_file(tmp_path, edit, expected):

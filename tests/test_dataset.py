@@ -16,7 +16,7 @@ import pytest
 
 import libraries
 from libraries import __main__ as cli, domain
-from libraries import dataset, preprocessing, probav, synthetic
+from libraries import dataset, fileio, preprocessing, probav, synthetic
 
 BAND = "NIR"
 PATCH = 48
@@ -316,6 +316,20 @@ def test_bad_input_named_error_and_no_output(clean_set, tmp_path, damage, messag
     assert not out.exists()
     existing = tmp_path / "existing"
     existing.mkdir()
-    with pytest.raises(probav.ProbaVError):
+    with pytest.raises(probav.ProbaVError, match=message):
         dataset.prepare(data, existing, bands=(BAND,), n_chunks=1, patch_size=PATCH // 3, processes=1, progress=False)
     assert list(existing.iterdir()) == []
+
+
+def test_a_rerun_removes_the_partial_folder_of_a_killed_run_and_a_live_one_blocks(clean_set, tmp_path):
+    out = tmp_path / "out"
+    stale = out / ".prepare-killed.partial" / BAND / "raw"
+    stale.mkdir(parents=True)
+    (stale / "lr.npy").write_bytes(b"half a file")
+    with fileio.FolderLock(out, "prepared data set folder"):  # a live run
+        with pytest.raises(domain.DeepSUMError, match=rf"{out}: this prepared data set folder is in use by another run"):
+            dataset.prepare(clean_set, out, bands=(BAND,), n_chunks=1, patch_size=PATCH // 3, processes=1,
+                            progress=False)
+        assert stale.is_dir()  # nothing of the live run's touched
+    dataset.prepare(clean_set, out, bands=(BAND,), n_chunks=1, patch_size=PATCH // 3, processes=1, progress=False)
+    assert sorted(path.name for path in out.iterdir()) == [BAND]

@@ -1,9 +1,14 @@
 """Atomic writes and the streamed .npy writer (libraries.fileio)."""
 
+import os
+import stat
+import subprocess
+import sys
+
 import numpy as np
 import pytest
 
-from libraries import fileio
+from libraries import domain, fileio
 
 
 def _stream(path, blocks, capacity):
@@ -58,3 +63,50 @@ def test_atomic_folder_replaces_the_old_folder_only_on_success(tmp_path):
         (folder / "y.txt").write_text("new")
     assert sorted(p.name for p in destination.iterdir()) == ["y.txt"]
     assert [p.name for p in tmp_path.iterdir()] == ["store"]
+
+
+@pytest.mark.parametrize("umask, file_mode, folder_mode", [(0o022, 0o644, 0o755), (0o027, 0o640, 0o750)])
+def test_written_files_and_folders_get_the_modes_of_the_umask(tmp_path, umask, file_mode, folder_mode):
+    previous = os.umask(umask)
+    try:
+        written = [fileio.save_json(tmp_path / "a.json", {}), fileio.save_npy(tmp_path / "a.npy", np.zeros(2)),
+                   fileio.save_bytes(tmp_path / "a.bin", b"x")]
+        with fileio.atomic_folder(tmp_path / "folder") as folder:
+            (folder / "inside.txt").write_text("x")
+    finally:
+        os.umask(previous)
+    assert {path.name: stat.S_IMODE(path.stat().st_mode) for path in written} == {
+        "a.json": file_mode, "a.npy": file_mode, "a.bin": file_mode}
+    assert stat.S_IMODE((tmp_path / "folder").stat().st_mode) == folder_mode
+
+
+def test_a_folder_lock_refuses_a_second_writer_and_frees_the_folder_when_its_process_dies(tmp_path):
+    folder = tmp_path / "run"
+    with fileio.FolderLock(folder, "checkpoint folder"):
+        assert (folder / ".lock").read_text() == f"{os.getpid()}\n"
+        with pytest.raises(domain.DeepSUMError, match=rf"{folder}: this checkpoint folder is in use by another "
+                                                      rf"run \(process {os.getpid()}\)"):
+            fileio.FolderLock(folder, "checkpoint folder")
+    assert list(folder.iterdir()) == []  # released: the pid file is gone
+    # a process that holds the lock and dies by SIGKILL leaves its pid file, but not its lock
+    child = subprocess.Popen([sys.executable, "-c", "import sys, time\nfrom libraries import fileio\n"
+                              f"lock = fileio.FolderLock({str(folder)!r})\nprint('locked', flush=True)\ntime.sleep(600)"],
+                             stdout=subprocess.PIPE, text=True)
+    try:
+        assert child.stdout.readline() == "locked\n"  # the event: the child holds the lock
+        with pytest.raises(domain.DeepSUMError, match=rf"process {child.pid}\)"):
+            fileio.FolderLock(folder)
+    finally:
+        child.kill()
+        child.wait()
+    with fileio.FolderLock(folder):
+        assert (folder / ".lock").read_text() == f"{os.getpid()}\n"
+
+
+def test_stale_partial_folders_are_removed_and_finished_outputs_kept(tmp_path):
+    (tmp_path / ".prepare-abc.partial" / "NIR").mkdir(parents=True)
+    (tmp_path / "NIR").mkdir()
+    (tmp_path / ".notes.partial").write_text("a file, not a folder")
+    removed = fileio.remove_stale_partials(tmp_path, ".prepare-*.partial")
+    assert removed == [tmp_path / ".prepare-abc.partial"]
+    assert sorted(path.name for path in tmp_path.iterdir()) == [".notes.partial", "NIR"]

@@ -10,6 +10,7 @@ comparison run as the user runs them.
 
 from __future__ import annotations
 
+import os
 import signal
 import subprocess
 import sys
@@ -119,3 +120,21 @@ def test_a_run_killed_by_sigkill_resumes_from_its_last_checkpoint(kind, tmp_path
     expected = checkpoint_tensors(str(uninterrupted / f"ckpt-{FINAL}"))
     for key, value in checkpoint_tensors(str(killed / f"ckpt-{FINAL}")).items():
         np.testing.assert_allclose(value, expected[key], rtol=1e-5, atol=1e-8, err_msg=key)
+
+
+def test_a_second_run_on_the_same_checkpoint_folder_stops_at_once_and_touches_nothing(tmp_path, data_path):
+    config = tiny_config(tmp_path, data_path)
+    first = training.Trainer(config, progress=False)  # holds the folder from here until its run ends
+    folder = Path(config.checkpoint_dir)
+    saved = (folder / "config.json").read_bytes()
+    files = sorted(path.relative_to(folder) for path in folder.rglob("*"))
+    config_file = write_config(config.replace(lr=0.5), tmp_path / "other.json")
+    run = subprocess.run([sys.executable, "-m", "libraries", "train", "--config", str(config_file), "--steps", "1"],
+                         cwd=tmp_path, env=subprocess_env(), capture_output=True, text=True, timeout=300)
+    assert run.returncode == 1, run.stderr[-2000:]
+    assert run.stderr.strip().splitlines()[-1] == (f"error: {folder}: this checkpoint folder is in use by another run "
+                                                   f"(process {os.getpid()}); wait for it to end or use another folder")
+    assert (folder / "config.json").read_bytes() == saved
+    assert sorted(path.relative_to(folder) for path in folder.rglob("*")) == files
+    first.train(1)  # the run ends: the folder is free again
+    assert training.Trainer(config, progress=False).resumed_from.endswith("ckpt-1")

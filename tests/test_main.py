@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 
@@ -68,3 +69,28 @@ def test_a_usage_error_keeps_argparse_exit_code_2(capsys):
     with pytest.raises(SystemExit) as exit_info:
         cli.main(["train"])  # --config is required
     assert exit_info.value.code == 2 and "--config" in capsys.readouterr().err
+
+
+def _readme_flags() -> dict[str, set[str]]:
+    """{command: the --flags the README shows for it}, from its `python -m libraries` lines, their
+    continuation lines and the comment lines under them."""
+    flags: dict[str, set[str]] = {}
+    command = None
+    for line in (REPOSITORY_ROOT / "README.md").read_text().splitlines():
+        match = re.search(r"python -m libraries ([a-z][a-z0-9-]+)", line)
+        if match and match.group(1) in cli.COMMANDS:
+            command = match.group(1)
+        elif line.startswith("```") or not line.strip():
+            command = None
+        if command is not None:
+            flags.setdefault(command, set()).update(re.findall(r"(--[a-z][a-z0-9-]+)", line))
+    return flags
+
+
+def test_every_command_and_flag_the_readme_shows_is_run_by_a_test():
+    flags = _readme_flags()
+    assert {"synth", "prepare", "train", "superresolve", "score", "fetch-weights"} <= set(flags)
+    sources = {path.name: path.read_text() for path in (REPOSITORY_ROOT / "tests").glob("test_*.py")}
+    unused = sorted((command, flag) for command, command_flags in flags.items() for flag in command_flags
+                    if not any(f'"{command}"' in text and f'"{flag}"' in text for text in sources.values()))
+    assert not unused, f"README flags no test passes to their command: {unused}"

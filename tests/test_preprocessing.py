@@ -81,7 +81,7 @@ def test_best_frame_indices_reference_then_decreasing_clearness():
     batched = preprocessing.best_frame_indices(np.stack([counts, counts[::-1]]))
     np.testing.assert_array_equal(batched[0], index)
     assert batched[1, 0] == 0 and np.all(np.diff(counts[::-1][batched[1, 1:]]) <= 0)
-    with pytest.raises(preprocessing.TooFewFramesError):
+    with pytest.raises(preprocessing.TooFewFramesError, match="needs at least 9 frames, got 8"):
         preprocessing.best_frame_indices(np.ones(8))
 
 
@@ -137,7 +137,7 @@ def test_complete_frames_reuses_the_clearest():
     np.testing.assert_array_equal(index, [0, 1, 2, 3, 4, 1, 2, 3, 0])
     np.testing.assert_array_equal(preprocessing.complete_frames(np.arange(11)), np.arange(11))
     np.testing.assert_array_equal(preprocessing.complete_frames(np.array([4])), np.zeros(9))
-    with pytest.raises(preprocessing.TooFewFramesError):
+    with pytest.raises(preprocessing.TooFewFramesError, match="no usable frame"):
         preprocessing.complete_frames(np.zeros(0))
 
 

@@ -291,11 +291,13 @@ def test_challenge_conversion_path_calls_converter_once(reference_dir, tmp_path,
     with _serve(root) as (url, _):
         first = weights.fetch_weights(dest, url, which=("challenge",))
         second = weights.fetch_weights(dest, url, which=("challenge",))
-        unconverted = weights.fetch_weights(tmp_path / "other", url, which=("challenge",), convert=False)
+        assert cli.main(["fetch-weights", "--dest", str(tmp_path / "other"), "--url-base", url, "--only", "challenge",
+                         "--no-convert"]) == 0
     tf1_folder = dest / "checkpoints/authors_tf1/DeepSUM_NIR_lr_5e-06_bsize_8"
     assert calls == [(tf1_folder, dest / "checkpoints/DeepSUM_NIR_challenge", None)]  # not again on re-run
     assert first["DeepSUM_NIR"].converted == second["DeepSUM_NIR"].converted == dest / "checkpoints/DeepSUM_NIR_challenge"
-    assert unconverted["DeepSUM_NIR"].converted is None
+    other = tmp_path / "other" / "checkpoints"
+    assert sorted(path.name for path in other.iterdir()) == ["authors_tf1"]  # --no-convert: no TF2 folder
     assert tf.train.load_checkpoint(str(tf1_folder)).get_tensor("conv_fuse_4/W").shape == (1, 1, 1, 64, 1)
 
 

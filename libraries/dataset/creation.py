@@ -309,7 +309,9 @@ def prepare(data_dir: str | os.PathLike, out_dir: str | os.PathLike, bands: Sequ
 
     All bands are built in a temporary folder inside `out_dir` and moved into place at the end
     (replacing an older `out_dir/<BAND>`); on any error nothing is left behind, not even
-    `out_dir` if this call created it. Returns {band: manifest}.
+    `out_dir` if this call created it. One run at a time writes `out_dir` (`fileio.FolderLock`:
+    a second one stops with an error naming the first's process); the temporary folders that
+    killed runs left behind are removed first. Returns {band: manifest}.
     """
     bands = tuple(bands)
     for band in bands:
@@ -322,6 +324,13 @@ def prepare(data_dir: str | os.PathLike, out_dir: str | os.PathLike, bands: Sequ
                   "patches_per_scene": patches_per_scene, "patch_size": patch_size, "max_tries": max_tries,
                   "processes": processes}
     start = time.perf_counter()
+    try:
+        lock = fileio.FolderLock(out_dir, "prepared data set folder")
+    except domain.DeepSUMError:
+        if created:
+            shutil.rmtree(out_dir, ignore_errors=True)
+        raise
+    fileio.remove_stale_partials(out_dir, ".prepare-*.partial")  # of runs killed before their cleanup
     partial = Path(tempfile.mkdtemp(prefix=".prepare-", suffix=".partial", dir=out_dir))
     try:
         for band in bands:  # read everything first: a bad input stops before any processing
@@ -346,6 +355,7 @@ def prepare(data_dir: str | os.PathLike, out_dir: str | os.PathLike, bands: Sequ
         raise
     finally:
         shutil.rmtree(partial, ignore_errors=True)
+        lock.release()
     return {band: store.read_manifest(out_dir / band) for band in bands}
 
 

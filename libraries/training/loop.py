@@ -72,6 +72,10 @@ class TrainingLoop:
                                 name="best")
         self.checkpoint = tf.train.Checkpoint(step=self.step, best=self.best, **objects)
         save_dir = self.folder if self.is_chief else self.folder / f".worker_{worker}"
+        # one run per folder: taken before anything is written, dropped when `run` ends (or
+        # when the process dies), so a second run on the folder cannot overwrite this one's files
+        self.save_dir = save_dir
+        self.lock: fileio.FolderLock | None = fileio.FolderLock(save_dir, "checkpoint folder")
         self.manager = tf.train.CheckpointManager(self.checkpoint, str(save_dir),
                                                   max_to_keep=KEEP_CHECKPOINTS if self.is_chief else 1)
         self.best_manager = tf.train.CheckpointManager(self.checkpoint, str(save_dir / "best"), max_to_keep=1)
@@ -122,7 +126,10 @@ class TrainingLoop:
         """
         start = int(self.step)
         history: dict[str, list] = {"step": [], "seconds": [], "validation": []}
+        if self.lock is None:
+            self.lock = fileio.FolderLock(self.save_dir, "checkpoint folder")
         if steps and start >= steps:
+            self.release()
             return history
         iterator = iter(batches(start))
         bar = tqdm(total=steps or None, initial=start, desc=self.title, unit="step", disable=not self.progress)
@@ -149,7 +156,14 @@ class TrainingLoop:
         finally:
             bar.close()
             self.train_writer.flush()
+            self.release()
         return history
+
+    def release(self) -> None:
+        """Free the checkpoint folder for another run (`run` does it when it returns)."""
+        if self.lock is not None:
+            self.lock.release()
+            self.lock = None
 
     def _validate_and_save(self, validate: Validation | None, history: dict[str, list]) -> None:
         step = int(self.step)

@@ -1,0 +1,138 @@
+"""A check of the checks: plant known bugs in a copy of the repository and see the tests fail.
+
+Each mutation replaces one exact piece of library code (it must occur exactly once) in a
+temporary copy of the tracked files, runs the tests that should notice it, and records
+whether they failed. Every mutation must be caught; the script exits 1 otherwise. The copy is
+imported instead of this checkout (PYTHONPATH and the working directory point at it).
+
+    python bench/mutation_check.py                 # every mutation
+    python bench/mutation_check.py --only score    # those whose name contains "score"
+
+It takes a few minutes (one pytest run per mutation) and is meant to be run by hand.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPOSITORY = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPOSITORY))
+
+from libraries import reports  # noqa: E402
+
+
+@dataclasses.dataclass(frozen=True)
+class Mutation:
+    name: str
+    file: str  # relative to the repository
+    old: str
+    new: str
+    tests: tuple[str, ...]  # pytest arguments (files or node ids)
+
+
+MUTATIONS = (
+    Mutation("bicubic baseline from the cloudiest frames", "libraries/preprocessing.py",
+             "[counts == counts.max()]", "[counts == counts.min()]",
+             ("tests/test_preprocessing.py", "tests/test_inference.py")),
+    Mutation("validation score is cPSNR / baseline", "libraries/training/evaluation.py",
+             "metrics.normalized_score(psnr, baseline)", "metrics.normalized_score(baseline, psnr)",
+             ("tests/test_training.py",)),
+    Mutation("Trainer ignores init_from", "libraries/training/deepsum.py",
+             "checkpoints.restore_weights(self.model, init_from)", "None  # init_from ignored",
+             ("tests/test_training.py",)),
+    Mutation("cL2 loss without the brightness correction", "libraries/metrics.py",
+             "corrected = (residual - bias[:, :, None, :, None]) * clear_crops", "corrected = residual * clear_crops",
+             ("tests/test_metrics.py",)),
+    Mutation("Kelvins cPSNR without the brightness correction", "libraries/metrics.py",
+             "residual -= bias[:, :, None, None]", "residual -= 0.0",
+             ("tests/test_metrics.py",)),
+    Mutation("masks registered the wrong way (data preparation)", "libraries/preprocessing.py",
+             "rows = (np.arange(height)[None, :] + flat_shifts[:, :1]) % height",
+             "rows = (np.arange(height)[None, :] - flat_shifts[:, :1]) % height",
+             ("tests/test_preprocessing.py", "tests/test_dataset.py")),
+    Mutation("reference frame is the cloudiest (data preparation)", "libraries/preprocessing.py",
+             "reference = int(np.argmax(clear_pixels))", "reference = int(np.argmin(clear_pixels))",
+             ("tests/test_preprocessing.py", "tests/test_dataset.py")),
+    Mutation("RegNet tap index with dy and dx swapped", "libraries/domain.py",
+             "filter_size * (shifts[..., 0] + radius) + (shifts[..., 1] + radius)",
+             "filter_size * (shifts[..., 1] + radius) + (shifts[..., 0] + radius)",
+             ("tests/test_domain.py", "tests/test_training.py")),
+    Mutation("Adam with Keras' epsilon instead of TF1's (training)", "libraries/training/optimization.py",
+             "ADAM_EPSILON = 1e-8", "ADAM_EPSILON = 1e-7",
+             ("tests/test_optimization.py",)),
+    Mutation("sliding-window fusion without registration (inference)", "libraries/inference/superresolve.py",
+             "registered.append(np.roll(image, tuple(shift), axis=(0, 1)))", "registered.append(image)",
+             ("tests/test_inference.py",)),
+    Mutation("SR images de-normalised with sigma instead of sigma_rescaled (inference)",
+             "libraries/inference/superresolve.py",
+             "domain.denormalise(np.concatenate(outputs), config.mu, config.sigma_rescaled)",
+             "domain.denormalise(np.concatenate(outputs), config.mu, config.sigma)",
+             ("tests/test_inference.py",)),
+)
+
+
+def copy_repository(destination: Path) -> None:
+    """The files git tracks (and the work tree's edits of them), without the virtual environment."""
+    files = subprocess.run(["git", "ls-files", "-z"], cwd=REPOSITORY, check=True, capture_output=True).stdout
+    for name in files.decode().split("\0"):
+        if name and (REPOSITORY / name).is_file():
+            target = destination / name
+            target.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(REPOSITORY / name, target)
+
+
+def run_tests(copy: Path, tests: tuple[str, ...]) -> tuple[int, str]:
+    env = dict(os.environ, PYTHONPATH=str(copy), TF_CPP_MIN_LOG_LEVEL="2")
+    run = subprocess.run([sys.executable, "-m", "pytest", "-x", "-q", "-p", "no:cacheprovider", *tests],
+                         cwd=copy, env=env, capture_output=True, text=True)
+    return run.returncode, run.stdout
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--only", default="", help="run the mutations whose name contains this text")
+    args = parser.parse_args(argv)
+    chosen = [mutation for mutation in MUTATIONS if args.only in mutation.name]
+    rows, missed = [], 0
+    with tempfile.TemporaryDirectory(prefix="deepsum-mutants-") as folder:
+        copy = Path(folder)
+        copy_repository(copy)
+        where = subprocess.run([sys.executable, "-c", "import libraries; print(libraries.__file__)"], cwd=copy,
+                               env=dict(os.environ, PYTHONPATH=str(copy)), capture_output=True, text=True).stdout
+        if not where.startswith(str(copy)):
+            raise SystemExit(f"the copy is not the package imported (got {where.strip()!r})")
+        for mutation in chosen:
+            path = copy / mutation.file
+            original = path.read_text()
+            if original.count(mutation.old) != 1:
+                raise SystemExit(f"{mutation.file}: {mutation.old!r} occurs {original.count(mutation.old)} times, "
+                                 "expected once (the code changed: update the mutation)")
+            path.write_text(original.replace(mutation.old, mutation.new))
+            start = time.perf_counter()
+            try:
+                status, output = run_tests(copy, mutation.tests)
+            finally:
+                path.write_text(original)
+            failed = [line.split(" ")[1] for line in output.splitlines() if line.startswith("FAILED ")]
+            verdict = {0: "MISSED", 1: "caught"}.get(status, f"pytest exit {status}")
+            missed += status != 1
+            rows.append((mutation.name, verdict, failed[0].split("::")[-1] if failed else "-",
+                         time.perf_counter() - start))
+            print(reports.format_table(("mutation", "result", "first failing test", "seconds"), rows[-1:],
+                                       digits=(0, 0, 0, 0)).splitlines()[-1], flush=True)
+    print()
+    print(reports.format_table(("mutation", "result", "first failing test", "seconds"), rows, digits=(0, 0, 0, 0)))
+    print(f"\n{len(rows) - missed} of {len(rows)} mutations caught")
+    return 1 if missed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
