@@ -65,14 +65,28 @@ def resolve_prefix(path: str | os.PathLike) -> str:
     raise CheckpointError(f"{path}: not a checkpoint (neither a folder nor a prefix with a .index file)")
 
 
-def open_checkpoint(path: str | os.PathLike) -> tuple[str, tf.train.CheckpointReader]:
-    """(prefix, reader) of a checkpoint folder or prefix; a clear error if it cannot be read."""
-    prefix = resolve_prefix(path)
+def checkpoint_problem(prefix: str) -> str | None:
+    """Why the checkpoint at `prefix` does not read back intact (a missing or truncated file, a
+    tensor whose checksum fails), or None when every tensor reads back."""
     try:
-        return prefix, tf.train.load_checkpoint(prefix)
-    except (tf.errors.OpError, ValueError) as error:
-        message = getattr(error, "message", str(error)).splitlines()[0]
-        raise CheckpointError(f"{prefix}: not a readable TensorFlow checkpoint ({message})") from None
+        reader = tf.train.load_checkpoint(prefix)
+        for key in reader.get_variable_to_shape_map():
+            reader.get_tensor(key)  # checks the tensor's CRC32C against the .index
+    except Exception as error:  # TensorFlow reports damage as OpError, IndexError, ValueError...
+        message = getattr(error, "message", str(error)).splitlines()[0][:200]
+        return f"{type(error).__name__}: {message}"
+    return None
+
+
+def open_checkpoint(path: str | os.PathLike) -> tuple[str, tf.train.CheckpointReader]:
+    """(prefix, reader) of a checkpoint folder or prefix; a clear error naming its files if any
+    of its tensors cannot be read."""
+    prefix = resolve_prefix(path)
+    problem = checkpoint_problem(prefix)
+    if problem is not None:
+        raise CheckpointError(f"{prefix}: not a readable TensorFlow checkpoint (files {prefix}.index and "
+                              f"{prefix}.data-*; {problem})")
+    return prefix, tf.train.load_checkpoint(prefix)
 
 
 def is_object_based(reader: tf.train.CheckpointReader) -> bool:

@@ -91,6 +91,7 @@ class FolderLock:
     NAME = ".lock"
 
     def __init__(self, folder: str | os.PathLike, what: str = "folder"):
+        self.descriptor: int | None = None
         self.folder = require_folder_path(folder, what)
         self.folder.mkdir(parents=True, exist_ok=True)
         descriptor = os.open(self.folder, os.O_RDONLY | os.O_DIRECTORY)
@@ -102,7 +103,7 @@ class FolderLock:
             holder = holder.read_text().strip() if holder.is_file() else "unknown"
             raise domain.DeepSUMError(f"{self.folder}: this {what} is in use by another run (process {holder}); "
                                       "wait for it to end or use another folder") from None
-        self.descriptor: int | None = descriptor
+        self.descriptor = descriptor
         (self.folder / self.NAME).write_text(f"{os.getpid()}\n")
 
     def release(self) -> None:
@@ -111,6 +112,9 @@ class FolderLock:
             fcntl.flock(self.descriptor, fcntl.LOCK_UN)
             os.close(self.descriptor)
             self.descriptor = None
+
+    def __del__(self) -> None:  # an owner dropped without `release` (e.g. a failed constructor)
+        self.release()
 
     def __enter__(self) -> "FolderLock":
         return self

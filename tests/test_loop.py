@@ -22,7 +22,7 @@ import pytest
 import tensorflow as tf
 
 from libraries import config as config_module
-from libraries import fileio, training
+from libraries import checkpoints, fileio, model, training
 from libraries.config import RegNetPretrainConfig, SISRNetPretrainConfig
 from libraries.training import pretraining
 
@@ -138,3 +138,26 @@ def test_a_second_run_on_the_same_checkpoint_folder_stops_at_once_and_touches_no
     assert sorted(path.relative_to(folder) for path in folder.rglob("*")) == files
     first.train(1)  # the run ends: the folder is free again
     assert training.Trainer(config, progress=False).resumed_from.endswith("ckpt-1")
+
+
+def test_a_damaged_newest_checkpoint_is_skipped_with_a_warning_and_kept(tmp_path, data_path, caplog):
+    config = tiny_config(tmp_path, data_path)
+    training.Trainer(config, progress=False).train(2 * SKIP_STEP)  # ckpt-3 and ckpt-6
+    folder = Path(config.checkpoint_dir)
+    newest = folder / f"ckpt-{2 * SKIP_STEP}.data-00000-of-00001"
+    newest.write_bytes(newest.read_bytes()[: newest.stat().st_size // 2])  # cut off mid-write
+    with caplog.at_level("WARNING", logger="libraries.training"):
+        resumed = training.Trainer(config, progress=False)
+    assert resumed.resumed_from == str(folder / f"ckpt-{SKIP_STEP}") and int(resumed.step) == SKIP_STEP
+    assert f"{folder / f'ckpt-{2 * SKIP_STEP}'}: damaged checkpoint, left in place and skipped" in caplog.text
+    assert newest.is_file()
+    resumed.loop.release()
+    # inference given the damaged checkpoint names its files
+    with pytest.raises(checkpoints.CheckpointError, match=rf"ckpt-{2 * SKIP_STEP}: not a readable TensorFlow "
+                                                          rf"checkpoint \(files .*ckpt-{2 * SKIP_STEP}\.index"):
+        checkpoints.restore_weights(model.DeepSUM(config), folder / f"ckpt-{2 * SKIP_STEP}")
+    older = folder / f"ckpt-{SKIP_STEP}.data-00000-of-00001"
+    older.write_bytes(older.read_bytes()[:100])
+    with pytest.raises(training.TrainingError, match=rf"{folder}: no checkpoint reads back intact "
+                                                     rf"\(ckpt-6, ckpt-3 damaged\)"):
+        training.Trainer(config, progress=False)

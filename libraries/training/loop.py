@@ -21,7 +21,9 @@ restore from the chief's folder; only the chief writes logs and the config.
 
 from __future__ import annotations
 
+import logging
 import math
+import os
 import time
 from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping
@@ -31,10 +33,11 @@ import tensorflow as tf
 from tqdm.auto import tqdm
 
 from libraries import config as config_module
-from libraries import domain, fileio
+from libraries import checkpoints, domain, fileio
 from libraries.checkpoints import CONFIG_FILE
 from libraries.training.optimization import without_remapper
 
+LOG = logging.getLogger("libraries.training")
 KEEP_CHECKPOINTS = 3
 
 StepFunction = Callable[[Any], Mapping[str, tf.Tensor]]  # batch -> {name: scalar}
@@ -92,14 +95,34 @@ class TrainingLoop:
         return tf.train.latest_checkpoint(str(self.folder)) if self.folder.is_dir() else None
 
     def restore(self) -> str | None:
-        """Restore the newest checkpoint of the folder (every object, step and best); its path or None."""
+        """Restore the newest checkpoint of the folder that reads back intact (every object, step
+        and best); its path, or None when the folder holds none.
+
+        A damaged checkpoint (truncated, a shard missing) is named in a warning with the reason
+        and left in place; when every checkpoint is damaged, `TrainingError` names the folder.
+        """
         latest = self.latest()
         if latest is None:
             return None
+        state = tf.train.get_checkpoint_state(str(self.folder))
+        prefixes = [os.path.join(self.folder, path) for path in reversed(state.all_model_checkpoint_paths)]
+        damaged = []
+        for prefix in prefixes or [latest]:
+            problem = checkpoints.checkpoint_problem(prefix)
+            if problem is None:
+                latest = prefix
+                break
+            LOG.warning("%s: damaged checkpoint, left in place and skipped (%s)", prefix, problem)
+            damaged.append(Path(prefix).name)
+        else:
+            self.release()
+            raise TrainingError(f"{self.folder}: no checkpoint reads back intact ({', '.join(damaged)} damaged); "
+                                "move them away to start again")
         try:
             self.checkpoint.restore(latest).assert_existing_objects_matched()
         except (AssertionError, ValueError, tf.errors.OpError) as error:
             message = str(error).splitlines()[0][:240]
+            self.release()
             raise TrainingError(f"{latest}: cannot resume from this checkpoint ({message}); "
                                 f"use another checkpoint_dir for a different network") from None
         return latest
