@@ -8,7 +8,10 @@ Layout of the challenge data::
         QM000.png, QM001.png, ...              [h, w] clear masks (0/1 or 0/255, true = clear)
         HR.png, SM.png                         [3h, 3w] target and its clear mask (train only)
 
-Every bad input raises one `ProbaVError` naming the file and what was expected. PNGs are
+Every bad input raises one `ProbaVError` naming the file and what was expected. A PNG is
+checked in full before it is used: its chunks' checksums, its size from the header before any
+pixel is decoded, and image data that inflate to exactly the rows the header declares (Pillow
+fills the rows of a file whose data end early with zeros, without an error). It is then
 decoded with imageio's Pillow plugin (the reader behind `skimage.io.imread`), which keeps
 16-bit data as uint16 and returns uint8 for an 8-bit file, so an 8-bit frame is detected
 from the decoded dtype.
@@ -19,6 +22,7 @@ from __future__ import annotations
 import math
 import os
 import re
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Mapping
@@ -66,22 +70,112 @@ class Scene:
 # --------------------------------------------------------------------------- PNG files
 
 
-def _decode_png(path: Path, expected: str) -> np.ndarray:
-    if not path.is_file():
-        raise ProbaVError(f"{path}: file missing (expected {expected})")
+_PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+_CHANNELS = {0: 1, 2: 3, 3: 1, 4: 2, 6: 4}  # PNG colour type -> samples per pixel
+_ADAM7 = ((0, 0, 8, 8), (4, 0, 8, 8), (0, 4, 4, 8), (2, 0, 4, 4), (0, 2, 2, 4), (1, 0, 2, 2), (0, 1, 1, 2))
+
+
+@dataclass(frozen=True)
+class PngHeader:
+    """What a PNG's IHDR chunk declares, and the compressed image data (IDAT chunks)."""
+
+    height: int
+    width: int
+    bit_depth: int
+    channels: int
+    interlaced: bool
+    data: bytes
+
+    def decoded_bytes(self) -> int:
+        """Bytes of filtered scanlines the data must inflate to (one filter byte per row)."""
+        def rows(width: int, height: int) -> int:
+            return height * (1 + math.ceil(width * self.channels * self.bit_depth / 8)) if width and height else 0
+        if not self.interlaced:
+            return rows(self.width, self.height)
+        return sum(rows(math.ceil((self.width - x0) / dx), math.ceil((self.height - y0) / dy))
+                   for x0, y0, dx, dy in _ADAM7)
+
+
+def png_header(content: bytes, where: str) -> PngHeader:
+    """Walk the chunks of a PNG file's bytes (checking each CRC); `where` names it in errors."""
+    if not content.startswith(_PNG_SIGNATURE):
+        raise ProbaVError(f"{where}: not a readable PNG (no PNG signature)")
+    position, header, data = len(_PNG_SIGNATURE), None, []
+    while position + 12 <= len(content):
+        length = int.from_bytes(content[position:position + 4], "big")
+        kind = content[position + 4:position + 8]
+        body = content[position + 8:position + 8 + length]
+        crc = content[position + 8 + length:position + 12 + length]
+        if len(body) < length or len(crc) < 4:
+            raise ProbaVError(f"{where}: not a readable PNG (truncated: chunk {kind.decode('latin1')!r} cut off)")
+        if zlib.crc32(kind + body).to_bytes(4, "big") != crc:
+            raise ProbaVError(f"{where}: not a readable PNG (damaged: the checksum of chunk {kind.decode('latin1')!r} fails)")
+        if kind == b"IHDR":
+            width, height = int.from_bytes(body[:4], "big"), int.from_bytes(body[4:8], "big")
+            header = (height, width, body[8], _CHANNELS.get(body[9], 1), body[12] == 1)
+        elif kind == b"IDAT":
+            data.append(body)
+        elif kind == b"IEND":
+            break
+        position += 12 + length
+    else:
+        raise ProbaVError(f"{where}: not a readable PNG (truncated: no IEND chunk)")
+    if header is None:
+        raise ProbaVError(f"{where}: not a readable PNG (no IHDR chunk)")
+    return PngHeader(*header, data=b"".join(data))
+
+
+def decode_png(content: bytes, where: str, expected: str, shape: tuple[int, int] | None = None,
+               context: str = "", greyscale: bool = True) -> np.ndarray:
+    """Decode a greyscale PNG from its bytes, checked in full.
+
+    The size is checked from the header before any pixel is decoded (`shape`, with `context`
+    added to the message); the image data must inflate to exactly the rows the header
+    declares, so a file whose data end early is an error, not rows of zeros. `where` names
+    the file in errors; `expected` says what it should be. greyscale=False returns colour
+    images too (`[h, w, channels]`), for callers that report the shape themselves.
+    """
+    header = png_header(content, where)
+    if shape is not None and (header.height, header.width) != tuple(shape):
+        raise ProbaVError(f"{where}: size {(header.height, header.width)}; expected {tuple(shape)}{context}")
+    inflater = zlib.decompressobj()
     try:
-        image = iio.imread(path, plugin="pillow")
+        inflated = len(inflater.decompress(header.data)) + len(inflater.flush())
+    except zlib.error as error:
+        raise ProbaVError(f"{where}: not a readable PNG (image data: {error}); expected {expected}") from None
+    if not inflater.eof or inflated != header.decoded_bytes():
+        raise ProbaVError(f"{where}: not a readable PNG (truncated: its image data hold {inflated} of the {header.decoded_bytes()} "
+                          f"bytes its {header.width}x{header.height} header declares); expected {expected}")
+    try:
+        image = iio.imread(content, extension=".png", plugin="pillow")
     except (OSError, ValueError, SyntaxError, EOFError) as error:
-        raise ProbaVError(f"{path}: not a readable PNG ({error}); expected {expected}") from error
-    if image.ndim != 2:
-        raise ProbaVError(f"{path}: image of shape {image.shape}; expected {expected}")
+        raise ProbaVError(f"{where}: not a readable PNG ({error}); expected {expected}") from error
+    if greyscale and image.ndim != 2:
+        raise ProbaVError(f"{where}: image of shape {image.shape}; expected {expected}")
     return image
 
 
-def read_image_png(path: str | os.PathLike) -> np.ndarray:
-    """Read a 16-bit greyscale PNG (LR frame or HR image) -> [h, w] uint16, bit-exact."""
+def _decode_png(path: Path, expected: str, shape: tuple[int, int] | None = None, context: str = "") -> np.ndarray:
+    if not path.is_file():
+        raise ProbaVError(f"{path}: file missing (expected {expected})")
+    return decode_png(path.read_bytes(), str(path), expected, shape, context)
+
+
+def png_size(path: str | os.PathLike) -> tuple[int, int]:
+    """(height, width) a PNG file's header declares, without decoding it."""
     path = Path(path)
-    image = _decode_png(path, "a 16-bit greyscale PNG")
+    if not path.is_file():
+        raise ProbaVError(f"{path}: file missing (expected a PNG)")
+    header = png_header(path.read_bytes(), str(path))
+    return header.height, header.width
+
+
+def read_image_png(path: str | os.PathLike, shape: tuple[int, int] | None = None, context: str = "") -> np.ndarray:
+    """Read a 16-bit greyscale PNG (LR frame or HR image) -> [h, w] uint16, bit-exact.
+
+    shape: the size it must have, checked before decoding (`context` explains it in the error)."""
+    path = Path(path)
+    image = _decode_png(path, "a 16-bit greyscale PNG", shape, context)
     if image.dtype != np.uint16:
         bits = image.dtype.itemsize * 8 if image.dtype != bool else 1
         raise ProbaVError(
@@ -90,11 +184,13 @@ def read_image_png(path: str | os.PathLike) -> np.ndarray:
     return image
 
 
-def read_mask_png(path: str | os.PathLike) -> np.ndarray:
-    """Read a QM/SM mask PNG -> [h, w] bool, True = clear. Values must be {0,1} or {0,255}."""
+def read_mask_png(path: str | os.PathLike, shape: tuple[int, int] | None = None, context: str = "") -> np.ndarray:
+    """Read a QM/SM mask PNG -> [h, w] bool, True = clear. Values must be {0,1} or {0,255}.
+
+    shape, context: as `read_image_png`."""
     path = Path(path)
     expected = "a greyscale mask PNG with values 0/1 or 0/255"
-    image = _decode_png(path, expected)
+    image = _decode_png(path, expected, shape, context)
     if image.dtype == bool:
         return image
     if not np.issubdtype(image.dtype, np.integer):
@@ -144,14 +240,13 @@ def _frame_numbers(folder: Path, names: list[str], prefix: str) -> dict[int, str
     return dict(sorted(numbers.items()))
 
 
-def _stack(folder: Path, files: list[str], reader) -> np.ndarray:
-    """Read equally sized frames -> [frames, h, w]; the first odd size is an error."""
-    images = [reader(folder / name) for name in files]
-    shape = images[0].shape
-    for name, image in zip(files, images):
-        if image.shape != shape:
-            raise ProbaVError(f"{folder / name}: size {image.shape}; expected {shape} like {files[0]}")
-    return np.stack(images)  # [frames, h, w]
+def _stack(folder: Path, files: list[str], reader, shape: tuple[int, int] | None = None,
+           context: str = "") -> np.ndarray:
+    """Read equally sized frames -> [frames, h, w]; every size is checked from the file's header
+    before it is decoded (against `shape`, or the first file's size)."""
+    if shape is None:
+        shape, context = png_size(folder / files[0]), f" like {files[0]}"
+    return np.stack([reader(folder / name, shape, context) for name in files])  # [frames, h, w]
 
 
 def read_scene(
@@ -195,12 +290,8 @@ def read_scene(
 
     lr = _stack(folder, list(lr_files.values()), read_image_png)  # [frames, h, w] uint16
     if qm_files:
-        clear = _stack(folder, list(qm_files.values()), read_mask_png)  # [frames, h, w] bool
-        if clear.shape != lr.shape:
-            raise ProbaVError(
-                f"{folder / next(iter(qm_files.values()))}: mask size {clear.shape[1:]}; "
-                f"expected the LR size {lr.shape[1:]}"
-            )
+        clear = _stack(folder, list(qm_files.values()), read_mask_png, lr.shape[1:],
+                       " (the size of the LR frames)")  # [frames, h, w] bool
     else:
         clear = np.ones(lr.shape, dtype=bool)
 
@@ -217,13 +308,9 @@ def _read_target(folder: Path, lr_shape: tuple[int, ...], required: bool):
     """HR.png and SM.png -> ([3h, 3w] uint16 | None, [3h, 3w] bool | None)."""
     expected_shape = tuple(domain.SCALE * side for side in lr_shape)
     hr_path, sm_path = folder / "HR.png", folder / "SM.png"
-    hr = read_image_png(hr_path) if required or hr_path.exists() else None
-    hr_clear = read_mask_png(sm_path) if required or sm_path.exists() else None
-    for path, image in ((hr_path, hr), (sm_path, hr_clear)):
-        if image is not None and image.shape != expected_shape:
-            raise ProbaVError(
-                f"{path}: size {image.shape}; expected {expected_shape} (3 x the LR size {tuple(lr_shape)})"
-            )
+    context = f" (3 x the LR size {tuple(lr_shape)})"
+    hr = read_image_png(hr_path, expected_shape, context) if required or hr_path.exists() else None
+    hr_clear = read_mask_png(sm_path, expected_shape, context) if required or sm_path.exists() else None
     if hr is None and hr_clear is not None:
         raise ProbaVError(f"{hr_path}: file missing (SM.png is present, so HR.png is expected)")
     return hr, hr_clear

@@ -70,12 +70,12 @@ def expected_scenes(split_dir: str | Path, bands: Iterable[str] | None = None, s
         for folder in sorted(path for path in (split_dir / band).glob("imgset*") if path.is_dir()):
             hr = folder / "HR.png"
             if hr.is_file():
-                expected[folder.name] = tuple(iio.improps(hr, plugin="pillow").shape[:2])
+                expected[folder.name] = probav.png_size(hr)
             else:
                 lr = sorted(folder.glob("LR*.png"))
                 if not lr:
                     raise SubmissionError(f"{folder}: no LR*.png frame")
-                height, width = iio.improps(lr[0], plugin="pillow").shape[:2]
+                height, width = probav.png_size(lr[0])
                 expected[folder.name] = (scale * height, scale * width)
     if not expected:
         raise SubmissionError(f"{split_dir}: no scene folder imgsetNNNN under bands {bands}")
@@ -83,12 +83,13 @@ def expected_scenes(split_dir: str | Path, bands: Iterable[str] | None = None, s
 
 
 def validate_submission(zip_path: str | Path, split_dir: str | Path, bands: Iterable[str] | None = None,
-                        scale: int = domain.SCALE) -> list[str]:
+                        scale: int = domain.SCALE, allow_missing: bool = False) -> list[str]:
     """Check a submission zip against the scenes of `split_dir` (e.g. probav_data/test).
 
     Every scene of `bands` (default: the bands present in split_dir) must be there exactly once
-    as a 16-bit PNG `imgsetNNNN.png` of its HR size, and nothing else. Raises one SubmissionError
-    listing every problem by scene; returns the sorted scene names.
+    (with `allow_missing`, at most once) as a 16-bit PNG `imgsetNNNN.png` of its HR size that
+    decodes in full, and nothing else. Raises one SubmissionError listing every problem by
+    scene; returns the sorted names of the scenes in the zip.
     """
     zip_path = Path(zip_path)
     expected = expected_scenes(split_dir, bands, scale)
@@ -106,22 +107,25 @@ def validate_submission(zip_path: str | Path, split_dir: str | Path, bands: Iter
                 continue
             if count > 1:
                 problems.append(f"{scene}: {count} copies of {entry} (duplicate)")
-            try:
-                properties = iio.improps(archive.read(entry), extension=".png", plugin="pillow")
-            except Exception as error:  # imageio raises several types for a corrupt PNG
+            height, width = expected[scene]
+            try:  # decoded in full: a truncated entry is named, not read as rows of zeros
+                image = probav.decode_png(archive.read(entry), f"{zip_path}:{entry}", "a 16-bit PNG",
+                                          greyscale=False)
+            except (probav.ProbaVError, zipfile.BadZipFile, OSError) as error:
                 problems.append(f"{scene}: {entry} is not a readable PNG ({error})")
                 continue
-            if properties.dtype != np.uint16:
-                problems.append(f"{scene}: wrong dtype {properties.dtype}, expected uint16 (16-bit PNG)")
-            if tuple(properties.shape) != expected[scene]:
-                problems.append(f"{scene}: wrong size {'x'.join(map(str, properties.shape))}, "
-                                f"expected {expected[scene][0]}x{expected[scene][1]} (single channel)")
-        problems += [f"{scene}: missing ({scene}.png not in the zip)" for scene in sorted(expected)
-                     if f"{scene}.png" not in entries]
+            if image.dtype != np.uint16:
+                problems.append(f"{scene}: wrong dtype {image.dtype}, expected uint16 (16-bit PNG)")
+            if image.shape != (height, width):
+                problems.append(f"{scene}: wrong size {'x'.join(map(str, image.shape))}, "
+                                f"expected {height}x{width} (single channel)")
+        if not allow_missing:
+            problems += [f"{scene}: missing ({scene}.png not in the zip)" for scene in sorted(expected)
+                         if f"{scene}.png" not in entries]
     if problems:
         shown = "\n  ".join(problems[:20]) + ("\n  ..." if len(problems) > 20 else "")
         raise SubmissionError(f"{zip_path}: {len(problems)} problem(s):\n  {shown}")
-    return sorted(expected)
+    return sorted(scene for scene in expected if f"{scene}.png" in entries)
 
 
 def read_submission(zip_path: str | Path) -> dict[str, np.ndarray]:
@@ -129,21 +133,36 @@ def read_submission(zip_path: str | Path) -> dict[str, np.ndarray]:
     zip_path = Path(zip_path)
     try:
         with zipfile.ZipFile(zip_path) as archive:
-            return {Path(entry).stem: iio.imread(archive.read(entry), extension=".png", plugin="pillow")
+            return {Path(entry).stem: probav.decode_png(archive.read(entry), f"{zip_path}:{entry}", "a 16-bit PNG")
                     for entry in archive.namelist() if PNG_NAME.fullmatch(entry)}
     except (OSError, zipfile.BadZipFile) as error:
         raise SubmissionError(f"{zip_path}: not a readable zip file ({error})") from None
+    except probav.ProbaVError as error:
+        raise SubmissionError(str(error)) from None
 
 
 def score_submission(zip_path: str | Path, data_dir: str | Path, band: str = "all",
-                     csv_path: str | Path | None = None) -> tuple[float, list[dict[str, Any]]]:
-    """Kelvins score of the scenes of a zip that have an HR image under `data_dir/train/{band}`.
+                     csv_path: str | Path | None = None,
+                     allow_missing: bool = False) -> tuple[float, list[dict[str, Any]]]:
+    """Kelvins score of a zip of super-resolved `data_dir/train/{band}` scenes.
 
-    Uses `metrics.kelvins_score` with the baselines of `data_dir/norm.csv`. Writes one row per
-    scene (scene, band, cpsnr, baseline, score) to `csv_path` (default `<zip>_scores.csv`).
-    Returns (mean score, rows).
+    The zip first passes `validate_submission` against those scenes (16-bit PNGs of the HR size
+    that decode in full, nothing else); a scene missing from it is an error unless
+    `allow_missing`. Uses `metrics.kelvins_score` with the baselines of `data_dir/norm.csv`.
+    Writes one row per scene (scene, band, cpsnr, baseline, score) to `csv_path` (default
+    `<zip>_scores.csv`). Returns (mean score, rows).
     """
     zip_path, data_dir = Path(zip_path), Path(data_dir)
+    bands = domain.BANDS if band == "all" else (band,)
+    train = expected_scenes(data_dir / "train", bands)
+    try:
+        with zipfile.ZipFile(zip_path) as archive:
+            named = {Path(entry).stem for entry in archive.namelist()}
+    except (OSError, zipfile.BadZipFile) as error:
+        raise SubmissionError(f"{zip_path}: not a readable zip file ({error})") from None
+    if not named & set(train):
+        raise SubmissionError(f"{zip_path}: no scene of the zip has an HR image under {data_dir / 'train'} ({band})")
+    validate_submission(zip_path, data_dir / "train", bands, allow_missing=allow_missing)
     images = read_submission(zip_path)
     norm = probav.read_norm(data_dir / "norm.csv")
     rows = []
@@ -229,11 +248,15 @@ def add_score_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--band", choices=(*domain.BANDS, "all"), default="all")
     parser.add_argument("--submission", required=True, help="zip written by `superresolve --split train`")
     parser.add_argument("--csv", default=None, help="per-scene CSV to write (default: <zip>_scores.csv)")
+    parser.add_argument("--allow-missing", action="store_true",
+                        help="score the scenes present when some train scenes are not in the zip")
 
 
 def _score(args: argparse.Namespace) -> None:
-    mean_score, rows = score_submission(args.submission, args.data, args.band, args.csv)
-    print(f"scored {len(rows)} scenes; mean cPSNR {np.mean([row['cpsnr'] for row in rows]):.3f} dB", file=sys.stderr)
+    mean_score, rows = score_submission(args.submission, args.data, args.band, args.csv, args.allow_missing)
+    total = len(expected_scenes(Path(args.data) / "train", domain.BANDS if args.band == "all" else (args.band,)))
+    print(f"scored {len(rows)} of {total} scenes; mean cPSNR {np.mean([row['cpsnr'] for row in rows]):.3f} dB",
+          file=sys.stderr)
     print(f"{mean_score:.6f}")
 
 
