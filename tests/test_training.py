@@ -8,6 +8,7 @@ and `libraries.dataset.prepare`.
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -113,6 +114,22 @@ def test_nan_in_the_inputs_is_an_error_naming_chunk_and_scene(tmp_path, data_pat
     validation["hr"][1, 0, 0] = np.inf
     with pytest.raises(training.TrainingDataError, match=rf"hr holds NaN or Inf.*{validation['names'][1]}"):
         training.make_validation_dataset(config, validation)
+
+
+def test_nan_in_a_chunk_on_disk_names_the_scene(tmp_path, data_path):
+    copy = tmp_path / "prepared"
+    shutil.copytree(data_path, copy)
+    chunk = copy / "NIR" / "best9" / "train" / "chunk_1"
+    frames = np.load(chunk / "frames.npy", mmap_mode="r+")
+    frames[4, 2, 7, 7] = np.nan
+    frames.flush()
+    del frames
+    scene = int(np.load(chunk / "scene.npy")[4])
+    name = str(np.load(copy / "NIR" / "train" / "names.npy")[scene])  # the train store's scene names
+    config = tiny_config(tmp_path, copy)
+    with pytest.raises(training.TrainingDataError, match=rf"training chunk 1 of .*frames holds NaN or Inf in rows \[4\] "
+                                                         rf"\(scenes \['{name}'\]\)"):
+        next(iter(training.make_training_dataset(config)))
 
 
 def test_a_chunk_of_the_wrong_patch_size_is_an_error(tmp_path, data_path):

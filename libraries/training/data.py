@@ -13,7 +13,7 @@ from __future__ import annotations
 import functools
 import threading
 from collections import OrderedDict
-from typing import Callable, Mapping, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 import tensorflow as tf
@@ -30,23 +30,28 @@ class TrainingDataError(domain.DeepSUMError):
     """Prepared data that cannot be trained on (NaN/Inf, wrong shape); names the chunk and scenes."""
 
 
-def _describe_rows(arrays: Mapping[str, np.ndarray], rows: np.ndarray) -> str:
-    """'rows [..], scenes [..]' for an error message (scene names when the arrays have them)."""
+def _describe_rows(arrays: Mapping[str, np.ndarray], rows: np.ndarray, scene_names: Any = None) -> str:
+    """'rows [..] (scenes [..])' for an error message: the scene names of the rows, from the
+    arrays' `names`, or from `scene_names` (the train store's) indexed by the arrays' `scene`."""
     rows = rows[:5]
     text = f"rows {rows.tolist()}"
     if "names" in arrays:
         text += f" (scenes {[str(arrays['names'][r]) for r in rows]})"
+    elif "scene" in arrays and scene_names is not None:
+        text += f" (scenes {[str(scene_names[int(arrays['scene'][r])]) for r in rows]})"
     elif "scene" in arrays:
         text += f" (scene indices {np.asarray(arrays['scene'])[rows].tolist()})"
     return text
 
 
-def check_arrays(arrays: Mapping[str, np.ndarray], source: str, frames: int, patch: int | None = None) -> None:
+def check_arrays(arrays: Mapping[str, np.ndarray], source: str, frames: int, patch: int | None = None,
+                 scene_names: Any = None) -> None:
     """Check the shapes of prepared arrays and that frames and HR images are finite.
 
     arrays: `frames` [N,T,H,W] float, `masks` [N,T,H,W] bool, `hr` [N,H,W], `hr_clear` [N,H,W],
     `shifts` [N,T,2] (optional here), as `libraries.dataset` writes them. Raises
-    `TrainingDataError` naming `source` (the chunk or file) and the first offending scenes.
+    `TrainingDataError` naming `source` (the chunk or file) and the first offending scenes
+    (by name: `names`, or `scene_names` indexed by `scene`).
     """
     missing = [key for key in TRAINING_KEYS if key not in arrays]
     if missing:
@@ -69,7 +74,7 @@ def check_arrays(arrays: Mapping[str, np.ndarray], source: str, frames: int, pat
             finite = np.isfinite(block.reshape(len(block), -1)).all(axis=1)  # [block]
             if not finite.all():
                 bad = start + np.flatnonzero(~finite)
-                raise TrainingDataError(f"{source}: {key} holds NaN or Inf in {_describe_rows(arrays, bad)}; "
+                raise TrainingDataError(f"{source}: {key} holds NaN or Inf in {_describe_rows(arrays, bad, scene_names)}; "
                                         f"prepared data must be finite (re-run `python -m libraries prepare`)")
 
 
@@ -104,12 +109,15 @@ class TrainingChunks:
                 self._cache.move_to_end(index)
                 return self._cache[index]
             item = self.items[index]
+            names = None
             if isinstance(item, Mapping):
                 arrays = item
             else:
                 arrays = store.load_training_chunk(self.config.dataset_path, self.config.spectral_band,
-                                                               item, full=self.config.full)
-            check_arrays(arrays, self.name(index), self.config.T_in, self.config.patch_size_HR[0])
+                                                   item, full=self.config.full)
+                train = store.band_folder(self.config.dataset_path, self.config.spectral_band) / "train"
+                names = store.load_arrays(train, ["names"])["names"]  # the scenes `scene` indexes
+            check_arrays(arrays, self.name(index), self.config.T_in, self.config.patch_size_HR[0], names)
             self._cache[index] = arrays
             while len(self._cache) > 2:
                 self._cache.popitem(last=False)
