@@ -105,6 +105,7 @@ def test_a_run_killed_by_sigkill_resumes_from_its_last_checkpoint(kind, tmp_path
         for index, variable in slots:
             np.testing.assert_array_equal(variable.numpy(),
                                           saved.get_tensor(f"optimizer/_variables/{index}/.ATTRIBUTES/VARIABLE_VALUE"))
+        resumed.loop.release()  # a Trainer holds its folder until it runs; the restarted command below takes it
     # The killed run had the uninterrupted run's state at its checkpoint...
     expected = checkpoint_tensors(str(uninterrupted / f"ckpt-{step}"))
     for key, value in checkpoint_tensors(killed_at).items():

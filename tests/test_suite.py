@@ -1,4 +1,5 @@
-"""Rules of the test suite itself: the parity tests against the authors' code cannot be skipped in CI."""
+"""Rules of the test suite itself: the tests on the shared data (the authors' reference numbers,
+the real PROBA-V sample) cannot be skipped in CI."""
 
 import os
 import subprocess
@@ -6,21 +7,22 @@ import sys
 
 from helpers import REPOSITORY_ROOT
 
-PARITY_TEST = "tests/test_weights.py::test_pretraining_digests_match_reference_files"
+# a test on the shared real PROBA-V sample, in a module that does not import TensorFlow (quick)
+SHARED_DATA_TEST = "tests/test_probav.py::test_real_sample_needs_assume_clear"
 
 
 def _run(ci: bool) -> subprocess.CompletedProcess:
-    env = {key: value for key, value in os.environ.items() if key not in ("CI", "DEEPSUM_REFERENCE_DIR")}
+    env = {key: value for key, value in os.environ.items() if key not in ("CI", "DEEPSUM_SHARED_DATA")}
     if ci:
         env["CI"] = "true"
-    return subprocess.run([sys.executable, "-m", "pytest", PARITY_TEST, "-q", "-rs", "-p", "no:cacheprovider"],
+    return subprocess.run([sys.executable, "-m", "pytest", SHARED_DATA_TEST, "-q", "-rs", "-p", "no:cacheprovider"],
                           cwd=REPOSITORY_ROOT, env=env, capture_output=True, text=True, timeout=300)
 
 
-def test_without_the_reference_data_a_parity_test_skips_outside_ci_and_fails_in_ci():
+def test_without_the_shared_data_its_tests_skip_outside_ci_and_fail_in_ci():
     outside = _run(ci=False)
     assert outside.returncode == 0 and "1 skipped" in outside.stdout, outside.stdout[-2000:]
-    assert "DEEPSUM_REFERENCE_DIR is not set" in outside.stdout
+    assert "DEEPSUM_SHARED_DATA is not set" in outside.stdout
     inside = _run(ci=True)
     assert inside.returncode == 1 and "1 error" in inside.stdout, inside.stdout[-2000:]
     assert "CI is set, so the tests that need it must run" in inside.stdout
