@@ -100,17 +100,23 @@ def _hr_images(data: Path) -> dict:
     return {folder.name: probav.read_image_png(folder / "HR.png") for folder in probav.list_scenes(data, "train", BAND)}
 
 
-def score_eight_bit(data: Path, tmp: Path) -> tuple[list[str], str]:
+def _score_with_one_bad_entry(data: Path, tmp: Path, bad_png) -> tuple[list[str], str]:
+    """A zip of the HR images of the train scenes, the first one's entry replaced by
+    `bad_png(image)`; returns (the score command, that scene's name)."""
     images = _hr_images(data)
     name = sorted(images)[0]
     path = tmp / "train.zip"
     with zipfile.ZipFile(path, "w") as archive:
         for scene, image in images.items():
-            content = iio.imwrite("<bytes>", (image // 256).astype(np.uint8), extension=".png") if scene == name \
-                else iio.imwrite("<bytes>", image, extension=".png")
+            content = bad_png(image) if scene == name else iio.imwrite("<bytes>", image, extension=".png")
             archive.writestr(f"{scene}.png", content)
-    return (["score", "--data", str(data), "--band", BAND, "--submission", str(path)],
-            f"{name}: wrong dtype uint8, expected uint16")
+    return ["score", "--data", str(data), "--band", BAND, "--submission", str(path)], name
+
+
+def score_eight_bit(data: Path, tmp: Path) -> tuple[list[str], str]:
+    argv, name = _score_with_one_bad_entry(
+        data, tmp, lambda image: iio.imwrite("<bytes>", (image // 256).astype(np.uint8), extension=".png"))
+    return argv, f"{name}: wrong dtype uint8, expected uint16"
 
 
 def score_missing_scene(data: Path, tmp: Path) -> tuple[list[str], str]:
@@ -123,16 +129,8 @@ def score_missing_scene(data: Path, tmp: Path) -> tuple[list[str], str]:
 
 
 def score_truncated_entry(data: Path, tmp: Path) -> tuple[list[str], str]:
-    images = _hr_images(data)
-    name = sorted(images)[0]
-    path = tmp / "train.zip"
-    with zipfile.ZipFile(path, "w") as archive:
-        for scene, image in images.items():
-            content = png16(96, 96, rows_present=50) if scene == name else iio.imwrite("<bytes>", image,
-                                                                                       extension=".png")
-            archive.writestr(f"{scene}.png", content)
-    return (["score", "--data", str(data), "--band", BAND, "--submission", str(path)],
-            f"{name}: {name}.png is not a readable PNG")
+    argv, name = _score_with_one_bad_entry(data, tmp, lambda image: png16(96, 96, rows_present=50))
+    return argv, f"{name}: {name}.png is not a readable PNG"
 
 
 CASES = [short_lr_data, huge_lr_header, short_hr_data, bad_crc, config_t_in, config_r, score_eight_bit,
