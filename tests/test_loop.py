@@ -127,16 +127,19 @@ def test_a_second_run_on_the_same_checkpoint_folder_stops_at_once_and_touches_no
     config = tiny_config(tmp_path, data_path)
     first = training.Trainer(config, progress=False)  # holds the folder from here until its run ends
     folder = Path(config.checkpoint_dir)
-    saved = (folder / "config.json").read_bytes()
-    files = sorted(path.relative_to(folder) for path in folder.rglob("*"))
+
+    def contents() -> dict:
+        return {path.relative_to(folder): path.read_bytes() for path in folder.rglob("*") if path.is_file()}
+
+    before = contents()  # the lock's note of the holder's process; config.json comes at the first step
+    assert before == {Path(".lock"): f"{os.getpid()}\n".encode()}
     config_file = write_config(config.replace(lr=0.5), tmp_path / "other.json")
     run = subprocess.run([sys.executable, "-m", "libraries", "train", "--config", str(config_file), "--steps", "1"],
                          cwd=tmp_path, env=subprocess_env(), capture_output=True, text=True, timeout=300)
     assert run.returncode == 1, run.stderr[-2000:]
     assert run.stderr.strip().splitlines()[-1] == (f"error: {folder}: this checkpoint folder is in use by another run "
                                                    f"(process {os.getpid()}); wait for it to end or use another folder")
-    assert (folder / "config.json").read_bytes() == saved
-    assert sorted(path.relative_to(folder) for path in folder.rglob("*")) == files
+    assert contents() == before
     first.train(1)  # the run ends: the folder is free again
     assert training.Trainer(config, progress=False).resumed_from.endswith("ckpt-1")
 

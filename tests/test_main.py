@@ -50,7 +50,7 @@ BAD_INPUTS = [
     ("pretrain-regnet", ["--config", "{tmp}/no_config.json"], "no_config.json"),
     ("superresolve", ["--config", "{tmp}/no_config.json", "--checkpoint", "{tmp}/none", "--data", "{tmp}",
                       "--out", "{tmp}/out.zip"], "no_config.json"),
-    ("score", ["--data", "{tmp}", "--submission", "{tmp}/no_submission.zip"], "no_submission.zip"),
+    ("score", ["--data", "{tmp}", "--submission", "{tmp}/no_submission.zip"], "train/NIR: no such folder"),
 ]
 
 

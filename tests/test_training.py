@@ -117,7 +117,7 @@ def test_nan_in_the_inputs_is_an_error_naming_chunk_and_scene(tmp_path, data_pat
         training.make_validation_dataset(config, validation)
 
 
-def test_nan_in_a_chunk_on_disk_names_the_scene(tmp_path, data_path):
+def test_nan_in_a_chunk_on_disk_names_the_scene_and_leaves_no_checkpoint_folder(tmp_path, data_path, capsys):
     copy = tmp_path / "prepared"
     shutil.copytree(data_path, copy)
     chunk = copy / "NIR" / "best9" / "train" / "chunk_1"
@@ -131,6 +131,13 @@ def test_nan_in_a_chunk_on_disk_names_the_scene(tmp_path, data_path):
     with pytest.raises(training.TrainingDataError, match=rf"training chunk 1 of .*frames holds NaN or Inf in rows \[4\] "
                                                          rf"\(scenes \['{name}'\]\)"):
         next(iter(training.make_training_dataset(config)))
+    # through the command: one error line, and no checkpoint folder, config.json or logs left
+    config_file = write_config(config.replace(batch_size=12), tmp_path / "config.json")  # chunk 1 in the first steps
+    capsys.readouterr()
+    assert main(["train", "--config", str(config_file), "--steps", "2", "--no-progress"]) == 1
+    error = capsys.readouterr().err.strip().splitlines()
+    assert error[-1].startswith("error: training chunk 1 of ") and f"(scenes ['{name}'])" in error[-1], error
+    assert not Path(config.checkpoint_dir).exists()
 
 
 def test_a_chunk_of_the_wrong_patch_size_is_an_error(tmp_path, data_path):

@@ -55,7 +55,7 @@ class TrainingLoop:
     objects: what the checkpoint holds besides `step` and `best` (e.g. model=..., optimizer=...).
     skip_step: steps between validation + checkpoint.
     best_key: the validation value whose best is kept (`best_mode` "min" or "max").
-    config: saved as JSON to `folder/config.json` (chief only) when the loop is created.
+    config: saved as JSON to `folder/config.json` (chief only) at the first step or validation.
     worker: None for the chief (or a single process), else the task id of a non-chief worker.
     """
 
@@ -78,17 +78,34 @@ class TrainingLoop:
         # one run per folder: taken before anything is written, dropped when `run` ends (or
         # when the process dies), so a second run on the folder cannot overwrite this one's files
         self.save_dir = save_dir
+        self._created = not save_dir.exists()
         self.lock: fileio.FolderLock | None = fileio.FolderLock(save_dir, "checkpoint folder")
         self.manager = tf.train.CheckpointManager(self.checkpoint, str(save_dir),
                                                   max_to_keep=KEEP_CHECKPOINTS if self.is_chief else 1)
         self.best_manager = tf.train.CheckpointManager(self.checkpoint, str(save_dir / "best"), max_to_keep=1)
-        if self.is_chief:
-            if config is not None:
-                fileio.save_json(self.folder / CONFIG_FILE, config_module.to_json(config))
-            self.train_writer = tf.summary.create_file_writer(str(self.folder / "logs" / "train"))
-            self.validation_writer = tf.summary.create_file_writer(str(self.folder / "logs" / "validation"))
-        else:
-            self.train_writer = self.validation_writer = tf.summary.create_noop_writer()
+        self._config = config
+        self._writers: tuple[Any, Any] | None = None
+
+    def _started(self) -> tuple[Any, Any]:
+        """(train, validation) summary writers; the first call writes `config.json` and opens the
+        logs, so a run that stops before its first step (bad data) leaves nothing behind."""
+        if self._writers is None:
+            if self.is_chief:
+                if self._config is not None:
+                    fileio.save_json(self.folder / CONFIG_FILE, config_module.to_json(self._config))
+                self._writers = (tf.summary.create_file_writer(str(self.folder / "logs" / "train")),
+                                 tf.summary.create_file_writer(str(self.folder / "logs" / "validation")))
+            else:
+                self._writers = (tf.summary.create_noop_writer(),) * 2
+        return self._writers
+
+    @property
+    def train_writer(self) -> Any:
+        return self._started()[0]
+
+    @property
+    def validation_writer(self) -> Any:
+        return self._started()[1]
 
     def latest(self) -> str | None:
         """The newest checkpoint of the chief's folder, or None."""
@@ -154,9 +171,9 @@ class TrainingLoop:
         if steps and start >= steps:
             self.release()
             return history
-        iterator = iter(batches(start))
         bar = tqdm(total=steps or None, initial=start, desc=self.title, unit="step", disable=not self.progress)
         try:
+            iterator = iter(batches(start))
             while not steps or int(self.step) < steps:
                 began = time.perf_counter()
                 with without_remapper():
@@ -178,15 +195,19 @@ class TrainingLoop:
                     self._validate_and_save(validate, history)
         finally:
             bar.close()
-            self.train_writer.flush()
+            if self._writers is not None:
+                self.train_writer.flush()
             self.release()
         return history
 
     def release(self) -> None:
-        """Free the checkpoint folder for another run (`run` does it when it returns)."""
+        """Free the checkpoint folder for another run (`run` does it when it returns); a folder
+        this loop created and never wrote to is removed."""
         if self.lock is not None:
             self.lock.release()
             self.lock = None
+            if self._created and self.save_dir.is_dir() and not any(self.save_dir.iterdir()):
+                self.save_dir.rmdir()
 
     def _validate_and_save(self, validate: Validation | None, history: dict[str, list]) -> None:
         step = int(self.step)
