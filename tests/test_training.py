@@ -140,6 +140,19 @@ def test_nan_in_a_chunk_on_disk_names_the_scene_and_leaves_no_checkpoint_folder(
     assert not Path(config.checkpoint_dir).exists()
 
 
+def test_an_object_array_in_the_data_set_is_one_error_naming_the_file(tmp_path, data_path, capsys):
+    copy = tmp_path / "prepared"
+    shutil.copytree(data_path, copy)
+    bad = copy / "NIR" / "best9" / "validation" / "hr.npy"
+    np.save(bad, np.array([{"a": 1}], dtype=object), allow_pickle=True)  # the hostile file; never unpickled
+    config_file = write_config(tiny_config(tmp_path, copy), tmp_path / "config.json")
+    assert main(["train", "--config", str(config_file), "--steps", "1", "--no-progress"]) == 1
+    error = capsys.readouterr().err.strip().splitlines()[-1]
+    assert error.startswith(f"error: {bad}: not a readable array of a prepared dataset (Array can't be "
+                            "memory-mapped: Python objects in dtype.)"), error
+    assert not (tmp_path / "checkpoints").exists()
+
+
 def test_a_chunk_of_the_wrong_patch_size_is_an_error(tmp_path, data_path):
     config = tiny_config(tmp_path, data_path, patch_size_HR=(96, 96), patch_size_LR=(32, 32))
     with pytest.raises(training.TrainingDataError, match="patches are 48x48, the config's patch_size_HR is 96x96"):

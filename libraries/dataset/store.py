@@ -67,7 +67,14 @@ def load_arrays(folder: Path, keys: Iterable[str], mmap: bool = True) -> dict[st
         if not path.is_file():
             raise DatasetError(f"{path}: file missing (expected an array of a prepared dataset; "
                                f"run `python -m libraries prepare` or the dataset_creation notebooks)")
-        arrays[key] = np.load(path, mmap_mode="r" if mmap else None, allow_pickle=False)
+        try:
+            arrays[key] = np.load(path, mmap_mode="r" if mmap else None, allow_pickle=False)
+        except (ValueError, OSError, EOFError) as error:  # an object array (never unpickled), a damaged header
+            raise DatasetError(f"{path}: not a readable array of a prepared dataset ({error}); "
+                               f"run `python -m libraries prepare` again") from None
+        if arrays[key].dtype.kind not in "biufU":
+            raise DatasetError(f"{path}: array of dtype {arrays[key].dtype}, expected numbers, booleans or "
+                               f"names; run `python -m libraries prepare` again")
     return arrays
 
 

@@ -180,6 +180,8 @@ class Trainer:
         target = self.config.max_steps if steps is None else steps
 
         def batches(start: int):
+            if self.is_chief and self._validation_arrays is None:  # checked before the first step writes
+                self._validation_arrays = data.load_validation_arrays(self.config)
             dataset = data.make_training_dataset(self.config, self.chunks, start_step=start)
             return self.strategy.experimental_distribute_dataset(dataset)
 
