@@ -144,7 +144,9 @@ def test_an_object_array_in_the_data_set_is_one_error_naming_the_file(tmp_path, 
     copy = tmp_path / "prepared"
     shutil.copytree(data_path, copy)
     bad = copy / "NIR" / "best9" / "validation" / "hr.npy"
-    np.save(bad, np.array([{"a": 1}], dtype=object), allow_pickle=True)  # the hostile file; never unpickled
+    with open(bad, "wb") as handle:  # the hostile file: an object-array header, written without pickle
+        np.lib.format.write_array_header_1_0(handle, {"descr": "|O", "fortran_order": False, "shape": (1,)})
+        handle.write(b"\x80\x04not loaded")
     config_file = write_config(tiny_config(tmp_path, copy), tmp_path / "config.json")
     assert main(["train", "--config", str(config_file), "--steps", "1", "--no-progress"]) == 1
     error = capsys.readouterr().err.strip().splitlines()[-1]
