@@ -93,11 +93,18 @@ def validate_submission(zip_path: str | Path, split_dir: str | Path, bands: Iter
     """
     zip_path = Path(zip_path)
     expected = expected_scenes(split_dir, bands, scale)
+    return sorted(_checked_images(zip_path, expected, split_dir, allow_missing))
+
+
+def _checked_images(zip_path: Path, expected: Mapping[str, tuple[int, int]], split_dir: str | Path,
+                    allow_missing: bool) -> dict[str, np.ndarray]:
+    """Every entry of the zip decoded once and checked against `expected` (scene -> HR size):
+    scene name -> uint16 `[H, W]`. Raises one SubmissionError listing every problem by scene."""
     try:
         archive = zipfile.ZipFile(zip_path)
     except (OSError, zipfile.BadZipFile) as error:
         raise SubmissionError(f"{zip_path}: not a readable zip file ({error})") from None
-    problems = []
+    problems, images = [], {}
     with archive:
         entries = Counter(archive.namelist())
         for entry, count in sorted(entries.items()):
@@ -119,13 +126,14 @@ def validate_submission(zip_path: str | Path, split_dir: str | Path, bands: Iter
             if image.shape != (height, width):
                 problems.append(f"{scene}: wrong size {'x'.join(map(str, image.shape))}, "
                                 f"expected {height}x{width} (single channel)")
+            images[scene] = image
         if not allow_missing:
             problems += [f"{scene}: missing ({scene}.png not in the zip)" for scene in sorted(expected)
                          if f"{scene}.png" not in entries]
     if problems:
         shown = "\n  ".join(problems[:20]) + ("\n  ..." if len(problems) > 20 else "")
         raise SubmissionError(f"{zip_path}: {len(problems)} problem(s):\n  {shown}")
-    return sorted(scene for scene in expected if f"{scene}.png" in entries)
+    return images
 
 
 def read_submission(zip_path: str | Path) -> dict[str, np.ndarray]:
@@ -162,8 +170,7 @@ def score_submission(zip_path: str | Path, data_dir: str | Path, band: str = "al
         raise SubmissionError(f"{zip_path}: not a readable zip file ({error})") from None
     if not named & set(train):
         raise SubmissionError(f"{zip_path}: no scene of the zip has an HR image under {data_dir / 'train'} ({band})")
-    validate_submission(zip_path, data_dir / "train", bands, allow_missing=allow_missing)
-    images = read_submission(zip_path)
+    images = _checked_images(zip_path, train, data_dir / "train", allow_missing)  # sizes are the HR.png sizes
     norm = probav.read_norm(data_dir / "norm.csv")
     rows = []
     for scene_band in domain.BANDS if band == "all" else (band,):
@@ -172,8 +179,6 @@ def score_submission(zip_path: str | Path, data_dir: str | Path, band: str = "al
             if not (folder / "HR.png").is_file():
                 continue
             hr, clear = probav.read_image_png(folder / "HR.png"), probav.read_mask_png(folder / "SM.png")
-            if images[name].shape != hr.shape:
-                raise SubmissionError(f"{name}: wrong size {images[name].shape}, expected {hr.shape} (its HR.png)")
             if name not in norm:
                 raise SubmissionError(f"{name}: no baseline in {data_dir / 'norm.csv'}")
             sr = images[name]
