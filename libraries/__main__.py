@@ -30,7 +30,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "train": ("libraries.training.deepsum", "train DeepSUM from a JSON config"),
     "pretrain-sisrnet": ("libraries.training.pretraining", "pretrain SISRNet (single-frame residual SR)"),
     "pretrain-regnet": ("libraries.training.pretraining", "pretrain RegNet on planted shifts"),
-    "superresolve": ("libraries.inference.submission", "super-resolve a split and write a Kelvins submission zip"),
+    "superresolve": ("libraries.inference.submission", "super-resolve a split into a Kelvins submission zip, or a "
+                                                     "folder of frames (--frames) into one image"),
     "score": ("libraries.inference.submission", "score a submission zip against the HR images of a split"),
 }
 

@@ -1,5 +1,6 @@
 """The Kelvins submission: writing, checking and scoring the zip, and the `superresolve` and
-`score` commands.
+`score` commands (`superresolve --frames` super-resolves a folder of frames instead, with
+`frame_stack`).
 
 A submission is a zip of one 16-bit PNG `imgsetNNNN.png` per scene of the split, each of its
 HR size. `write_submission` writes it atomically, `validate_submission` checks it against the
@@ -23,6 +24,7 @@ import numpy as np
 
 from libraries import config as config_module
 from libraries import domain, fileio, metrics, probav
+from libraries.inference import frame_stack
 from libraries.inference.superresolve import Superresolver, load_model
 
 SCENE_NAME = re.compile(r"imgset\d{4}")
@@ -197,17 +199,24 @@ def score_submission(zip_path: str | Path, data_dir: str | Path, band: str = "al
 
 def add_superresolve_arguments(parser: argparse.ArgumentParser) -> None:
     per_band = "; give it once for every band, or once per band as BAND=PATH (e.g. NIR=... RED=...)"
-    parser.add_argument("--config", required=True, action="append",
-                        help="DeepSUM JSON config (config_files/DeepSUM_config_NIR.json)" + per_band)
-    parser.add_argument("--checkpoint", required=True, action="append",
+    parser.add_argument("--config", action="append",
+                        help="DeepSUM JSON config (config_files/DeepSUM_config_NIR.json)" + per_band +
+                             "; with --frames: default config_files/DeepSUM_config_{band}.json")
+    parser.add_argument("--checkpoint", action="append",
                         help="our checkpoint or an authors' TF1 checkpoint (folder or prefix)" + per_band)
     parser.add_argument("--data", help="PROBA-V folder (as downloaded, or written by `synth`; default: the config's "
                                        "base_dir)")
-    parser.add_argument("--split", choices=("train", "test"), default="test")
-    parser.add_argument("--band", choices=(*domain.BANDS, "all"), default="all", help="'all': both bands in one zip")
-    parser.add_argument("--out", required=True, help="submission zip to write")
+    parser.add_argument("--split", choices=("train", "test"), default=None, help="default: test")
+    parser.add_argument("--band", choices=(*domain.BANDS, "all"), default=None,
+                        help="'all' (the default): both bands in one zip; with --frames: the model, NIR (default) or RED")
+    parser.add_argument("--out", required=True, help="submission zip to write; with --frames: the image to write "
+                                                     "(.png: 16-bit greyscale, .tif/.tiff: float32)")
     parser.add_argument("--n-slide", type=int, default=None, help="sliding-window passes (default: the config's n_slide)")
     parser.add_argument("--windows-per-call", type=int, default=3, help="windows per network call (memory)")
+    parser.add_argument("--frames", help="instead of a split: a folder of PNG or TIFF frames of one scene (16-bit, "
+                                         "8-bit or float, one size), super-resolved into the one image --out")
+    parser.add_argument("--masks", help="with --frames: glob of their clear masks (nonzero = clear), relative to the "
+                                        "folder or absolute, matched to the frames in sorted order (default: all clear)")
 
 
 def paths_per_band(values: list[str], bands: Iterable[str], option: str) -> dict[str, str]:
@@ -218,16 +227,25 @@ def paths_per_band(values: list[str], bands: Iterable[str], option: str) -> dict
     for value in values:
         band, separator, path = value.partition("=")
         if not separator or band not in domain.BANDS or not path:
-            raise ValueError(f"{option} {value!r}: expected one PATH for every band, or BAND=PATH with BAND in {domain.BANDS}")
+            raise domain.DeepSUMError(f"{option} {value!r}: expected one PATH for every band, or BAND=PATH with BAND in {domain.BANDS}")
         paths[band] = path
     missing = [band for band in bands if band not in paths]
     if missing:
-        raise ValueError(f"{option}: no path for band {', '.join(missing)} (give {missing[0]}=PATH)")
+        raise domain.DeepSUMError(f"{option}: no path for band {', '.join(missing)} (give {missing[0]}=PATH)")
     return paths
 
 
 def _superresolve(args: argparse.Namespace) -> None:
-    bands = domain.BANDS if args.band == "all" else (args.band,)
+    if args.frames is not None:
+        _superresolve_frames(args)
+        return
+    for option, value in (("--config", args.config), ("--checkpoint", args.checkpoint)):
+        if not value:
+            raise domain.DeepSUMError(f"{option}: required to super-resolve a split (or give --frames DIR)")
+    if args.masks is not None:
+        raise domain.DeepSUMError("--masks: the clear masks of --frames; a PROBA-V split has its own QM masks")
+    bands = domain.BANDS if args.band in (None, "all") else (args.band,)
+    split = "test" if args.split is None else args.split
     config_paths = paths_per_band(args.config, bands, "--config")
     checkpoint_paths = paths_per_band(args.checkpoint, bands, "--checkpoint")
     images = {}
@@ -236,11 +254,39 @@ def _superresolve(args: argparse.Namespace) -> None:
         n_slide = config.n_slide if args.n_slide is None else args.n_slide
         superresolver = Superresolver(load_model(config, checkpoint_paths[band]), config)
         data = Path(args.data) if args.data is not None else config.base_dir
-        images.update(superresolver.folder(data, args.split, [band], n_slide, args.windows_per_call))
+        images.update(superresolver.folder(data, split, [band], n_slide, args.windows_per_call))
         print(f"{band}: {checkpoint_paths[band]}, n_slide {n_slide}", file=sys.stderr)
     write_submission(images, args.out)
-    validate_submission(args.out, data / args.split, bands)
+    validate_submission(args.out, data / split, bands)
     print(f"wrote {args.out}: {len(images)} scenes ({', '.join(bands)}), validated")
+
+
+def _superresolve_frames(args: argparse.Namespace) -> None:
+    """`superresolve --frames DIR --out IMAGE`: one image from a folder of frames, with the model
+    of one band (its config by default from config_files/)."""
+    for option, value in (("--data", args.data), ("--split", args.split)):
+        if value is not None:
+            raise domain.DeepSUMError(f"{option}: not used with --frames (which reads the frames of one folder)")
+    if args.band == "all":
+        raise domain.DeepSUMError("--band all: --frames super-resolves one stack with one model; give --band NIR or RED")
+    band = "NIR" if args.band is None else args.band
+    kind = frame_stack.output_kind(args.out)  # a bad suffix is refused before anything runs
+    if not args.checkpoint:
+        raise domain.DeepSUMError(f"--checkpoint: required with --frames (the {band} model's weights)")
+    default_config = config_module.REPOSITORY_ROOT / "config_files" / f"DeepSUM_config_{band}.json"
+    config_path = paths_per_band(args.config, [band], "--config")[band] if args.config else default_config
+    checkpoint = paths_per_band(args.checkpoint, [band], "--checkpoint")[band]
+    stack = frame_stack.read_frame_stack(args.frames, args.masks)
+    config = config_module.load_config(config_path)
+    n_slide = config.n_slide if args.n_slide is None else args.n_slide
+    prepared = frame_stack.prepare_stack(stack, config)
+    image = frame_stack.superresolve_frames(load_model(config, checkpoint), config, prepared, n_slide,
+                                            args.windows_per_call)
+    frame_stack.write_image(args.out, image)
+    used = frame_stack.frames_used(prepared, config, n_slide)
+    reused = f", reused to make {config.T_in}" if len(used) < config.T_in else ""
+    print(f"wrote {args.out}: {image.shape[0]}x{image.shape[1]} {kind} from {len(used)} of the {len(stack.frame_names)} "
+          f"{stack.kind} frames of {args.frames}{reused} ({band} model, n_slide {n_slide})")
 
 
 def run_superresolve(args: argparse.Namespace) -> int:
