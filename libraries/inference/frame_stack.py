@@ -27,7 +27,7 @@ import glob
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 import numpy as np
 import tifffile  # scikit-image's TIFF reader and writer
@@ -159,10 +159,14 @@ def _mask_files(folder: Path, masks_glob: str) -> list[Path]:
     files = sorted(Path(name) for name in glob.glob(pattern) if Path(name).is_file())
     if not files:
         raise FrameStackError(f"{pattern}: the masks glob matches no file (expected one clear mask per frame)")
+    for path in files:
+        if path.suffix.lower() not in FRAME_SUFFIXES:
+            raise FrameStackError(f"{path}: matches the masks glob {masks_glob!r} but is not a PNG or TIFF file "
+                                  "(expected clear masks *.png, *.tif or *.tiff)")
     return files
 
 
-def frame_files(folder: str | os.PathLike, masks: list[Path] = ()) -> list[Path]:
+def frame_files(folder: str | os.PathLike, masks: Sequence[Path] = ()) -> list[Path]:
     """The frame files of `folder`: its PNG and TIFF files, hidden files and `masks` left out,
     sorted by name."""
     folder = Path(folder)

@@ -277,6 +277,8 @@ def _superresolve_frames(args: argparse.Namespace) -> None:
     config_path = paths_per_band(args.config, [band], "--config")[band] if args.config else default_config
     checkpoint = paths_per_band(args.checkpoint, [band], "--checkpoint")[band]
     stack = frame_stack.read_frame_stack(args.frames, args.masks)
+    if Path(args.out).resolve() in {(stack.folder / name).resolve() for name in stack.frame_names}:
+        raise domain.DeepSUMError(f"--out {args.out}: is one of the frames; write the image elsewhere")
     config = config_module.load_config(config_path)
     n_slide = config.n_slide if args.n_slide is None else args.n_slide
     prepared = frame_stack.prepare_stack(stack, config)
