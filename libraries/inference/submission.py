@@ -208,6 +208,7 @@ def add_superresolve_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", required=True, help="submission zip to write")
     parser.add_argument("--n-slide", type=int, default=None, help="sliding-window passes (default: the config's n_slide)")
     parser.add_argument("--windows-per-call", type=int, default=3, help="windows per network call (memory)")
+    config_module.add_precision_argument(parser)
 
 
 def paths_per_band(values: list[str], bands: Iterable[str], option: str) -> dict[str, str]:
@@ -232,7 +233,7 @@ def _superresolve(args: argparse.Namespace) -> None:
     checkpoint_paths = paths_per_band(args.checkpoint, bands, "--checkpoint")
     images = {}
     for band in bands:  # the authors trained one model per band (RED fine-tuned from NIR)
-        config = config_module.load_config(config_paths[band])
+        config = config_module.with_precision(config_module.load_config(config_paths[band]), args.precision)
         n_slide = config.n_slide if args.n_slide is None else args.n_slide
         superresolver = Superresolver(load_model(config, checkpoint_paths[band]), config)
         data = Path(args.data) if args.data is not None else config.base_dir
