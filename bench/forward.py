@@ -1,7 +1,7 @@
 """Forward-pass benchmark: ours (`libraries.model`) against the naive baseline (the authors'
 formulation, `naive_deepsum.py`) on a whole scene (batch 1, 9x384x384) and on a training
 batch (8x9x96x96), ours also frame by frame (`DeepSUM(frame_by_frame=True)`, config
-`frame_by_frame` in inference: less memory), with the machine's 3x3-convolution ceiling measured in the same process,
+`frame_by_frame` in inference: less memory) and in `mixed_bfloat16`, with the machine's 3x3-convolution ceiling measured in the same process,
 peak memory of a fresh process per configuration, and whole-test-set throughput.
 
     .venv/bin/python bench/forward.py [--repeats 3] [--quick]
@@ -51,17 +51,20 @@ def test_set_throughput(model, size: int, repeats: int, naive_forward_s: float) 
 
 
 FRAME_BY_FRAME = "ours, frame by frame"  # DeepSUM(frame_by_frame=True): config frame_by_frame in inference
+BFLOAT16 = "ours, mixed_bfloat16"  # config precision: mixed_bfloat16 (oneDNN's AMX kernels where the CPU has them)
 
 
 def measure(setup: dict, repeats: int) -> dict:
     model = runners.make_model(setup["features"])
     frame_model = runners.make_model(setup["features"], frame_by_frame=True)  # same seed: same weights
+    bfloat16_model = runners.make_model(setup["features"], precision="mixed_bfloat16")
     results = {"n_features": setup["features"], "configs": {}}
     for name, (batch, size) in setup["configs"].items():
         data = runners.inputs(batch, size)
         runs = {impl: runners.make_forward(impl, model, data) for impl in runners.IMPLEMENTATIONS}
         if setup.get("frame_by_frame", True):
             runs[FRAME_BY_FRAME] = runners.make_forward("ours", frame_model, data)
+        runs[BFLOAT16] = runners.make_forward("ours", bfloat16_model, data)
         print(f"{name}: batch {batch}, 9x{size}x{size}", file=sys.stderr, flush=True)
         timing = harness.interleaved_medians(runs, repeats)
         flops = harness.deepsum_flops(batch, size, size, setup["features"])["total"]
@@ -69,11 +72,13 @@ def measure(setup: dict, repeats: int) -> dict:
         memory = {impl: harness.run_child(__file__, {**child, "impl": impl}) for impl in runners.IMPLEMENTATIONS}
         if setup.get("frame_by_frame", True):
             memory[FRAME_BY_FRAME] = harness.run_child(__file__, {**child, "impl": "ours", "frame_by_frame": True})
+        memory[BFLOAT16] = harness.run_child(__file__, {**child, "impl": "ours", "config": {"precision": "mixed_bfloat16"}})
         results["configs"][name] = {"batch": batch, "size": size, "flops": flops, "timing": timing, "memory": memory}
     results["ceiling"] = conv_ceiling.measure_ceiling(size=setup["ceiling_size"])
     scene_batch, scene_size = setup["configs"]["scene"]
     naive_scene_s = results["configs"]["scene"]["timing"]["naive"]["median_s"]
     results["test_set"] = test_set_throughput(model, scene_size, repeats, naive_scene_s)
+    results["test_set_bfloat16"] = test_set_throughput(bfloat16_model, scene_size, repeats, naive_scene_s)
     results["machine"] = harness.machine()
     return results
 
@@ -93,6 +98,8 @@ def report(results: dict) -> None:
         config["speedup"] = timing["naive"]["median_s"] / timing["ours"]["median_s"]
         config["memory_ratio"] = memory["ours"]["peak_rss_bytes"] / memory["naive"]["peak_rss_bytes"]
         config["ceiling_fraction"] = config["flops"] / timing["ours"]["median_s"] / 1e9 / ceiling
+        config["bfloat16_speedup"] = timing["ours"]["median_s"] / timing[BFLOAT16]["median_s"]
+        config["bfloat16_memory_ratio"] = memory[BFLOAT16]["peak_rss_bytes"] / memory["naive"]["peak_rss_bytes"]
         if FRAME_BY_FRAME in timing:
             config["frame_by_frame_speedup"] = timing["naive"]["median_s"] / timing[FRAME_BY_FRAME]["median_s"]
             config["frame_by_frame_memory_ratio"] = (memory[FRAME_BY_FRAME]["peak_rss_bytes"]
@@ -106,12 +113,17 @@ def report(results: dict) -> None:
                           f"{c['frame_by_frame_speedup']:.2f}x" if "frame_by_frame_speedup" in c else "-",
                           f"{c['frame_by_frame_memory_ratio']:.2f}" if "frame_by_frame_memory_ratio" in c else "-"]
                          for n, c in results["configs"].items()])
-    test_set = results["test_set"]
-    harness.print_table("whole test set (290 scenes), sliding windows",
-                        ["n_slide", "ours scenes/h", "naive scenes/h", "ours hours", "naive hours"],
-                        [[n, test_set[f"n_slide={n}"]["ours_scenes_per_hour"], test_set[f"n_slide={n}"]["naive_scenes_per_hour"],
-                          test_set[f"n_slide={n}"]["ours_test_set_hours"], test_set[f"n_slide={n}"]["naive_test_set_hours"]]
-                         for n in (0, 2)])
+    harness.print_table("mixed_bfloat16 against float32 (ours)", ["config", "speed-up", "peak memory / naive's"],
+                        [[n, f"{c['bfloat16_speedup']:.2f}x", f"{c['bfloat16_memory_ratio']:.2f}"]
+                         for n, c in results["configs"].items()])
+    for key, title in (("test_set", "float32"), ("test_set_bfloat16", "mixed_bfloat16")):
+        test_set = results[key]
+        harness.print_table(f"whole test set (290 scenes), sliding windows, ours in {title}",
+                            ["n_slide", "ours scenes/h", "naive scenes/h", "ours hours", "naive hours"],
+                            [[n, test_set[f"n_slide={n}"]["ours_scenes_per_hour"],
+                              test_set[f"n_slide={n}"]["naive_scenes_per_hour"],
+                              test_set[f"n_slide={n}"]["ours_test_set_hours"],
+                              test_set[f"n_slide={n}"]["naive_test_set_hours"]] for n in (0, 2)])
 
 
 def main(argv: list[str] | None = None) -> int:

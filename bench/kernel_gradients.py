@@ -19,6 +19,7 @@ import numpy as np
 import tensorflow as tf
 
 from libraries import model as model_lib
+from libraries.model import kernel_gradients
 
 FULL = {"images": 72, "scenes": 8, "size": 96}
 QUICK = {"images": 18, "scenes": 2, "size": 32}
@@ -39,7 +40,8 @@ def _functions(padded: tf.Tensor, kernel: tf.Tensor) -> dict[str, object]:
     three_d = kernel.shape.rank == 5
     forward = (lambda p, k: tf.nn.conv3d(p, k, [1] * 5, "VALID")) if three_d else (
         lambda p, k: tf.nn.conv2d(p, k, 1, "VALID"))
-    ours = model_lib.conv3d if three_d else model_lib.conv2d
+    convolution = model_lib.conv3d if three_d else model_lib.conv2d
+    ours = lambda p, k: convolution(p, k, True)  # noqa: E731  (XLA forced, whatever "auto" would choose)
     out_grad = tf.random.stateless_normal(forward(padded, kernel).shape, seed=[3, 4])
 
     def gradients(convolution, wrt, corner: bool = False):
@@ -76,6 +78,10 @@ def measure(setup: dict, repeats: int) -> dict:
             "input_shape": input_shape, "kernel_shape": kernel_shape, "flops": flops, "timing": timing,
             "relative_difference": float(np.linalg.norm(actual - expected) / np.linalg.norm(expected)),
             "speedup": timing["kernel gradient, oneDNN"]["median_s"] / timing["kernel gradient, XLA"]["median_s"]}
+    # what `xla_kernel_gradients: auto` chooses in a process on this machine, and why
+    probe = kernel_gradients.measure()
+    results["auto"] = {**probe, "shape": list(kernel_gradients.PROBE_SHAPE),
+                       "xla": probe["xla_s"] * kernel_gradients.MARGIN < probe["onednn_s"]}
     results["machine"] = harness.machine()
     return results
 
@@ -91,6 +97,10 @@ def report(results: dict) -> None:
     harness.print_table("kernel gradient: XLA against oneDNN", ["layer", "speed-up", "relative difference"],
                         [[n, f"{layer['speedup']:.2f}x", f"{layer['relative_difference']:.1e}"]
                          for n, layer in results["layers"].items()])
+    auto = results["auto"]
+    print(f"\nxla_kernel_gradients auto chooses {'XLA' if auto['xla'] else 'oneDNN'} on this machine: its probe "
+          f"{auto['shape']} measured oneDNN {auto['onednn_s']:.4f} s, XLA {auto['xla_s']:.4f} s "
+          f"(XLA only when {kernel_gradients.MARGIN}x faster)")
 
 
 def main(argv: list[str] | None = None) -> int:

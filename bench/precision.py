@@ -25,7 +25,7 @@ from libraries.config import default_config
 from libraries.model import DeepSUM
 
 VARIANTS = {"float32": {}, "float32 + XLA": {"jit_compile": True},
-            "bfloat16": {"precision": "bfloat16"}, "float16": {"precision": "float16"}}
+            "mixed_bfloat16": {"precision": "mixed_bfloat16"}, "mixed_float16": {"precision": "mixed_float16"}}
 
 
 def load_case(reference_dir: Path) -> dict[str, np.ndarray]:

@@ -2,8 +2,10 @@
 patches, ours (`libraries.model`) against the naive baseline (`naive_deepsum.py`), with the
 3x3-convolution ceiling measured in the same process and the peak memory of a fresh process
 per variant: ours as it trains by default, the naive baseline, ours with gradient checkpointing
-(`recompute`) and ours in micro-batches of 1 and 2 scenes (`micro_batch`: the same update,
-gradients summed over passes).
+(`recompute`), ours in micro-batches of 1 and 2 scenes (`micro_batch`: the same update,
+gradients summed over passes), ours with the kernel gradients forced to XLA or oneDNN (the
+default `xla_kernel_gradients: auto` takes the faster, printed with its measurement) and ours
+in `mixed_bfloat16`.
 
     .venv/bin/python bench/train_step.py [--repeats 3] [--quick]
 
@@ -21,6 +23,8 @@ import conv_ceiling
 import harness
 import runners
 
+from libraries.model import kernel_gradients
+
 FULL = {"features": 64, "batch": 8, "size": 96, "ceiling_size": 192}
 QUICK = {"features": 8, "batch": 2, "size": 24, "ceiling_size": 32,
          "variants": ["ours", "naive"]}  # the two compared: fewer fresh processes in tests
@@ -31,7 +35,12 @@ VARIANTS = {
     "ours+recompute": ("ours", {"recompute": True}, {}),
     "ours, micro-batch 1": ("ours", {}, {"micro_batch": 1}),
     "ours, micro-batch 2": ("ours", {}, {"micro_batch": 2}),
+    "ours, kernel gradients by XLA": ("ours", {"xla_kernel_gradients": True}, {}),
+    "ours, kernel gradients by oneDNN": ("ours", {"xla_kernel_gradients": False}, {}),
+    "ours, mixed_bfloat16": ("ours", {"precision": "mixed_bfloat16"}, {}),
+    "ours, mixed_bfloat16, micro-batch 1": ("ours", {"precision": "mixed_bfloat16"}, {"micro_batch": 1}),
 }
+MODEL_OPTIONS = ("recompute", "frame_by_frame")  # the others are config keys
 
 
 def measure(setup: dict, repeats: int) -> dict:
@@ -40,7 +49,10 @@ def measure(setup: dict, repeats: int) -> dict:
     # Fresh-process peaks first, while this process is small: after the timing it holds
     # several GB (its allocator keeps them), which with a 12 GB naive child exceeds 24 GB.
     child = {"mode": "train", "batch": batch, "size": size, "n_features": setup["features"]}
-    memory = {name: harness.run_child(__file__, {**child, "impl": impl, **model_options, **step_options})
+    memory = {name: harness.run_child(__file__, {**child, "impl": impl, **step_options,
+                                                 **{k: v for k, v in model_options.items() if k in MODEL_OPTIONS},
+                                                 "config": {k: v for k, v in model_options.items()
+                                                            if k not in MODEL_OPTIONS}})
               for name, (impl, model_options, step_options) in variants.items()}
     data = runners.inputs(batch, size)
     steps = {}
@@ -48,13 +60,15 @@ def measure(setup: dict, repeats: int) -> dict:
         model = runners.make_model(setup["features"], **model_options)
         steps[name] = runners.make_train_step(impl, model, data, **step_options)
     timing = harness.interleaved_medians(steps, repeats)
+    probe = kernel_gradients.measure()
+    kernel_choice = {**probe, "xla": probe["xla_s"] * kernel_gradients.MARGIN < probe["onednn_s"]}
     flops = harness.train_step_flops(batch, size, size, setup["features"])
     ceiling = conv_ceiling.measure_ceiling(size=setup["ceiling_size"])
     naive_s, naive_bytes = timing["naive"]["median_s"], memory["naive"]["peak_rss_bytes"]
     return {**setup, "flops": flops, "timing": timing, "memory": memory, "ceiling": ceiling,
             "speedup": {name: naive_s / timing[name]["median_s"] for name in variants},
             "memory_ratio": {name: memory[name]["peak_rss_bytes"] / naive_bytes for name in variants},
-            "machine": harness.machine()}
+            "kernel_gradients": kernel_choice, "machine": harness.machine()}
 
 
 def report(results: dict) -> None:
@@ -82,6 +96,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     results = measure(QUICK if args.quick else FULL, 2 if args.quick else args.repeats)
     report(results)
+    print(f"xla_kernel_gradients auto on this machine: {'XLA' if results['kernel_gradients']['xla'] else 'oneDNN'} "
+          f"(measured {results['kernel_gradients']['onednn_s']:.3f} s oneDNN, {results['kernel_gradients']['xla_s']:.3f} s XLA)")
     path = harness.save_result("train_step_quick" if args.quick else "train_step", results)
     print(f"\nwrote {path}")
     return 0

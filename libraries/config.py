@@ -25,7 +25,11 @@ from libraries import domain
 
 REPOSITORY_ROOT = Path(__file__).resolve().parent.parent
 SECTIONS = ("hyperparameters", "others")
+ConfigT = TypeVar("ConfigT")
 SUB_NETWORKS = ("sisrnet", "regnet", "fusionnet")
+# Keras mixed-precision policy names: variables, optimiser state, loss and metrics stay float32
+PRECISIONS = ("float32", "mixed_bfloat16", "mixed_float16")
+AUTO = "auto"  # a speed choice made for the machine at hand (`libraries.model.speed`)
 
 
 class ConfigError(domain.DeepSUMError):
@@ -42,6 +46,31 @@ def hyper(default: Any = dataclasses.MISSING, doc: str = "") -> Any:
 
 def other(default: Any = dataclasses.MISSING, doc: str = "") -> Any:
     return _field("others", default, doc)
+
+
+def check_precision(precision: str) -> None:
+    """Raise `ConfigError` unless `precision` is one of `PRECISIONS`."""
+    if precision not in PRECISIONS:
+        raise ConfigError(f"precision: expected one of {', '.join(PRECISIONS)} (Keras mixed-precision policy "
+                          f"names), got {precision!r}")
+
+
+def compute_dtype_name(precision: str) -> str:
+    """The compute type of a precision: float32, bfloat16 or float16."""
+    check_precision(precision)
+    return precision.removeprefix("mixed_")
+
+
+def add_precision_argument(parser: Any) -> None:
+    """The `--precision` flag of the commands that run the network (an argparse parser)."""
+    parser.add_argument("--precision", choices=PRECISIONS,
+                        help="override the config's precision: float32 (the authors' numbers), mixed_bfloat16 "
+                             "(CPUs with AMX or AVX512-BF16, recent GPUs) or mixed_float16 (GPUs)")
+
+
+def with_precision(config: ConfigT, precision: str | None) -> ConfigT:
+    """`config` with `precision` (a `--precision` value; None keeps the config's)."""
+    return config if precision is None else config.replace(precision=precision)  # type: ignore[attr-defined]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -82,15 +111,17 @@ class DeepSUMConfig:
     freeze: tuple[str, ...] = other((), "sub-networks not trained: any of sisrnet, regnet, fusionnet")
     validation_images: int = other(3, "SR images written to TensorBoard at each validation")
     jit_compile: bool = other(False, "compile the network with XLA")
-    precision: str = other("float32", "float32, bfloat16 or float16 compute precision")
+    precision: str = other("float32", "float32 (the authors' numbers), mixed_bfloat16 or mixed_float16: the "
+                                      "compute type of convolutions and element-wise work (Keras mixed precision)")
     micro_batch: int = other(0, "scenes per forward/backward pass of a training step; the batch's gradients "
                                 "are summed over passes (same update, less memory); 0: the whole batch at once")
-    frame_by_frame: bool = other(False, "inference: run the network one frame at a time (about 0.6x the peak "
-                                        "memory of a whole-scene pass, about 1.5x its time on CPU)")
+    frame_by_frame: bool = other(False, "inference: run the network one frame at a time (less peak memory "
+                                        "than a whole-scene pass, a little more time)")
     recompute: bool = other(False, "gradient checkpointing in training: recompute each layer's intermediates "
                                    "in the backward pass instead of storing them (less memory, more time)")
-    xla_kernel_gradients: bool = other(True, "training: the convolution kernels' gradients computed by XLA "
-                                             "(2-2.7x faster than oneDNN's on CPU, bench/kernel_gradients.py; same values)")
+    xla_kernel_gradients: bool | str = other(AUTO, "training: the float32 convolution kernels' gradients computed "
+                                                   "by XLA (true) or oneDNN (false); auto: whichever a short "
+                                                   "measurement finds faster on this machine (same values)")
 
     def __post_init__(self) -> None:
         # Value checks that the type system cannot express; the loader names the file.
@@ -99,8 +130,9 @@ class DeepSUMConfig:
         unknown = set(self.freeze) - set(SUB_NETWORKS)
         if unknown:
             raise ConfigError(f"freeze: unknown sub-network(s) {sorted(unknown)}; expected any of {SUB_NETWORKS}")
-        if self.precision not in ("float32", "bfloat16", "float16"):
-            raise ConfigError(f"precision: expected float32, bfloat16 or float16, got {self.precision!r}")
+        check_precision(self.precision)
+        if isinstance(self.xla_kernel_gradients, str) and self.xla_kernel_gradients != AUTO:
+            raise ConfigError(f"xla_kernel_gradients: expected true, false or {AUTO!r}, got {self.xla_kernel_gradients!r}")
         for name in ("lr", "sigma", "sigma_rescaled"):
             if not getattr(self, name) > 0:
                 raise ConfigError(f"{name}: expected a positive number, got {getattr(self, name)!r}")
@@ -152,8 +184,10 @@ class PretrainConfig:
     n_features: int = other(64, "feature width F of SISRNet and RegNet")
     heldout_fraction: float = other(0.1, "share of scenes kept out of training for the evaluation")
     eval_frames: int = other(256, "held-out frames used per evaluation (at most)")
+    precision: str = other("float32", "float32, mixed_bfloat16 or mixed_float16, as DeepSUM's `precision`")
 
     def __post_init__(self) -> None:
+        check_precision(self.precision)
         if self.spectral_band not in ("NIR", "RED"):
             raise ConfigError(f"spectral_band: expected 'NIR' or 'RED', got {self.spectral_band!r}")
         for name in ("lr", "sigma", "sigma_rescaled"):
@@ -199,9 +233,6 @@ class RegNetPretrainConfig(PretrainConfig):
             raise ConfigError(f"patch_size: expected more than 2*max_shift + 2, got {self.patch_size}")
         if self.eval_size and self.eval_size <= 2 * self.max_shift + 2:
             raise ConfigError(f"eval_size: expected 0 or more than 2*max_shift + 2, got {self.eval_size}")
-
-
-ConfigT = TypeVar("ConfigT")
 
 
 def _convert(value: Any, annotation: Any, key: str) -> Any:

@@ -59,11 +59,12 @@ class DemoPlan:
 
 def make_plan(out_dir: str | Path = DEMO_OUT, data_dir: str | Path | None = None, seed: int = 0,
               steps: int | None = None, pretrain_steps: int | None = None, patch_size: int | None = None,
-              n_features: int | None = None) -> DemoPlan:
+              n_features: int | None = None, precision: str | None = None) -> DemoPlan:
     """Resolve the configs of a run: the demo presets (synthetic data) or the paper's (`data_dir`).
 
     Every output path is redirected into `out_dir`; `steps`, `pretrain_steps`, `patch_size` and
-    `n_features` override the configs (tests use tiny values).
+    `n_features` override the configs (tests use tiny values); `precision` (a `--precision`
+    value) every config's precision.
     """
     out_dir = fileio.require_folder_path(Path(out_dir).absolute(), "demo output folder")
     synthetic = data_dir is None
@@ -89,7 +90,7 @@ def make_plan(out_dir: str | Path = DEMO_OUT, data_dir: str | Path | None = None
             changes.update(patch_size_HR=(patch_size, patch_size), patch_size_LR=(patch_size // 3, patch_size // 3))
         if n_features is not None:
             changes["n_features"] = n_features
-        deepsum[band] = cfg.replace(**changes)
+        deepsum[band] = config_module.with_precision(cfg.replace(**changes), precision)
     nir = deepsum["NIR"]
     pretrain_changes: dict[str, Any] = dict(dataset_path=dataset_dir, spectral_band="NIR")
     if n_features is not None:
@@ -100,6 +101,7 @@ def make_plan(out_dir: str | Path = DEMO_OUT, data_dir: str | Path | None = None
     sisrnet = sisrnet.replace(checkpoint_dir=nir.SISRNet_pretrain_dir, **pretrain_changes)
     regnet = regnet.replace(checkpoint_dir=nir.RegNet_pretrain_dir, SISRNet_pretrain_dir=nir.SISRNet_pretrain_dir,
                             **pretrain_changes)
+    sisrnet, regnet = (config_module.with_precision(c, precision) for c in (sisrnet, regnet))
     if pretrain_steps is not None:
         sisrnet = sisrnet.replace(steps=pretrain_steps, skip_step=pretrain_steps)
         regnet = regnet.replace(steps=pretrain_steps, skip_step=pretrain_steps)
@@ -294,13 +296,15 @@ def add_demo_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--patch-size", type=int, help="training patch size on the HR grid")
     parser.add_argument("--features", type=int, help="feature width of every sub-network")
     parser.add_argument("--n-slide", type=int, default=2, help="largest sliding-window n_slide evaluated")
+    config_module.add_precision_argument(parser)
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
 
 
 def run_demo(args: argparse.Namespace) -> int:
     if args.data is not None and not args.data.is_dir():  # before anything is written
         raise probav.ProbaVError(f"{args.data}: folder missing (expected a PROBA-V folder with norm.csv, train/ and test/)")
-    plan = make_plan(args.out, args.data, args.seed, args.steps, args.pretrain_steps, args.patch_size, args.features)
+    plan = make_plan(args.out, args.data, args.seed, args.steps, args.pretrain_steps, args.patch_size, args.features,
+                     args.precision)
     run_pipeline(plan, args.scenes, args.test_scenes, args.lr_size, tuple(range(args.n_slide + 1)), not args.no_progress)
     return 0
 

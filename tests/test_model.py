@@ -221,18 +221,21 @@ def test_frame_by_frame_fill_is_bit_exact():
     np.testing.assert_array_equal(tf.concat(frames, axis=1).numpy(), expected)
 
 
+@pytest.mark.parametrize("setting", [True, "auto"])
 @pytest.mark.parametrize("dims", [2, 3])
-def test_xla_kernel_gradient_convolutions_match_tensorflows(dims):
-    """`conv2d`/`conv3d` (kernel gradient by XLA) against `tf.nn.conv2d`/`conv3d` differentiated
-    by TensorFlow: same outputs, same gradients for the input and the kernel."""
+def test_xla_kernel_gradient_convolutions_match_tensorflows(dims, setting):
+    """`conv2d`/`conv3d` (kernel gradient by XLA, or chosen by measurement) against
+    `tf.nn.conv2d`/`conv3d` differentiated by TensorFlow: same outputs, same gradients for the
+    input and the kernel."""
     if dims == 2:
         padded = tf.random.stateless_normal([3, 14, 12, 5], seed=[1, 2])
         kernel = tf.random.stateless_normal([3, 3, 5, 4], seed=[3, 4])
-        ours, theirs = model_lib.conv2d, lambda p, k: tf.nn.conv2d(p, k, 1, "VALID")
+        ours, theirs = (lambda p, k: model_lib.conv2d(p, k, setting)), lambda p, k: tf.nn.conv2d(p, k, 1, "VALID")
     else:
         padded = tf.random.stateless_normal([2, 7, 12, 10, 5], seed=[1, 2])
         kernel = tf.random.stateless_normal([3, 3, 3, 5, 4], seed=[3, 4])
-        ours, theirs = model_lib.conv3d, lambda p, k: tf.nn.conv3d(p, k, [1] * 5, "VALID")
+        ours = lambda p, k: model_lib.conv3d(p, k, setting)  # noqa: E731
+        theirs = lambda p, k: tf.nn.conv3d(p, k, [1] * 5, "VALID")  # noqa: E731
 
     @tf.function
     def value_and_gradients(convolution):
@@ -247,10 +250,42 @@ def test_xla_kernel_gradient_convolutions_match_tensorflows(dims):
         assert relative_error(actual.numpy(), expected.numpy()) < 1e-5
 
 
+def test_kernel_gradients_auto_takes_the_faster_by_its_measurement(monkeypatch):
+    """`xla_kernel_gradients: "auto"` follows the measured seconds (here planted: XLA only when
+    more than the margin faster), once per process; true and false are taken as they are."""
+    from libraries.model import kernel_gradients
+
+    assert SMALL.xla_kernel_gradients == "auto"  # the default
+    assert kernel_gradients.resolve(True) is True and kernel_gradients.resolve(False) is False
+    for onednn_s, xla_s, expected in ((1.0, 0.5, True), (1.0, 0.95, False), (0.4, 1.0, False)):
+        kernel_gradients.xla_is_faster.cache_clear()
+        calls = []
+        monkeypatch.setattr(kernel_gradients, "measure", lambda: calls.append(1) or {"onednn_s": onednn_s, "xla_s": xla_s})
+        assert kernel_gradients.resolve("auto") is expected
+        assert kernel_gradients.resolve("auto") is expected and len(calls) == 1  # measured once
+    kernel_gradients.xla_is_faster.cache_clear()
+
+
+def test_both_kernel_gradients_equal_numpys_and_the_measurement_times_both():
+    """d loss / d kernel of a VALID 3x3 convolution, sum over pixels of input patch x output
+    gradient, computed in NumPy; both implementations give it."""
+    from libraries.model import kernel_gradients
+
+    padded = tf.random.stateless_normal([2, 7, 6, 3], seed=[1, 2])
+    out_grad = tf.random.stateless_normal([2, 5, 4, 4], seed=[3, 4])
+    kernel = tf.zeros([3, 3, 3, 4])
+    p, g = padded.numpy().astype(np.float64), out_grad.numpy().astype(np.float64)
+    expected = np.stack([np.stack([np.einsum("nhwi,nhwo->io", p[:, i:i + 5, j:j + 4], g) for j in range(3)])
+                         for i in range(3)])  # [3, 3, in, out]
+    for gradient in (kernel_gradients.xla_kernel_gradient, kernel_gradients.onednn_kernel_gradient):
+        assert relative_error(gradient(padded, out_grad, kernel).numpy(), expected) < 1e-5
+    assert sorted(kernel_gradients.measure(shape=(2, 10, 10, 8), repeats=1)) == ["onednn_s", "xla_s"]
+
+
 @pytest.mark.parametrize("recompute", [False, True])
 def test_xla_kernel_gradients_give_tensorflows_gradients(recompute):
-    """The whole network's gradients with `xla_kernel_gradients` (the default) equal those
-    of TensorFlow's own convolution gradients, also under gradient checkpointing."""
+    """The whole network's gradients with `xla_kernel_gradients: true` equal those of
+    TensorFlow's own convolution gradients, also under gradient checkpointing."""
     x = tf.random.stateless_normal([2, 9, 16, 16, 1], seed=[5, 6])
     masks = tf.random.stateless_uniform([2, 9, 16, 16, 1], seed=[7, 8]) < 0.7
 
@@ -266,7 +301,7 @@ def test_xla_kernel_gradients_give_tensorflows_gradients(recompute):
 
         return [g.numpy() for g in run()]
 
-    assert SMALL.xla_kernel_gradients  # the default
-    fast, plain = gradients(SMALL), gradients(SMALL.replace(xla_kernel_gradients=False))
+    fast = gradients(SMALL.replace(xla_kernel_gradients=True))
+    plain = gradients(SMALL.replace(xla_kernel_gradients=False))
     worst = max(relative_error(a, b) for a, b in zip(fast, plain))
     assert 0 < worst < 1e-4  # not the same code path (0), the same gradients (float32 sums)

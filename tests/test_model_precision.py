@@ -40,7 +40,7 @@ def test_float32_is_unchanged_and_has_no_reduced_precision_op(reference_dir, ref
 
 
 def test_bfloat16_stays_within_its_measured_tolerance(reference_dir, reference_case):
-    model = reference_model(reference_dir, "bfloat16")
+    model = reference_model(reference_dir, "mixed_bfloat16")
     out = model(reference_case["x"], reference_case["masks_lr"])
     assert all(value.dtype == tf.float32 for value in out.values())
     assert all(variable.dtype == tf.float32 for variable in model.variables)
@@ -53,7 +53,7 @@ def test_bfloat16_stays_within_its_measured_tolerance(reference_dir, reference_c
     assert np.max(np.abs(cpsnr - reference_cpsnr)) < BFLOAT16_CPSNR_DB
 
 
-@pytest.mark.parametrize("precision", ["bfloat16", "float16"])
+@pytest.mark.parametrize("precision", ["mixed_bfloat16", "mixed_float16"])
 def test_reduced_precision_trains_float32_variables(precision):
     model = DeepSUM(default_config(n_features=8, precision=precision))
     x = tf.random.stateless_normal([1, 9, 16, 16, 1], seed=[1, 2])

@@ -84,3 +84,65 @@ def test_adam_takes_tf1_adam_optimizer_steps():
         expected = expected - 0.01 * np.sqrt(1 - 0.999**t) / (1 - 0.9**t) * m / (np.sqrt(v) + 1e-8)
     # float32 arithmetic against float64: measured 1.2e-7 absolute (float32 spacing near 1); tolerance 1e-6
     np.testing.assert_allclose(variable.numpy(), expected, atol=1e-6, rtol=0)
+
+
+# --------------------------------------------------------------------------- loss scaling
+
+
+def _quadratic(precision: str):
+    """A float32 variable w, its optimiser(s) and the loss sum((w - target)^2) / 2 (gradient
+    w - target, known by hand)."""
+    w = tf.Variable([1.0, -2.0, 0.5])
+    adam = optimization.adam(0.1)
+    applier, state = optimization.with_loss_scaling(adam, precision, [w])
+    return w, adam, applier, state
+
+
+def _adam_by_hand(w0: np.ndarray, gradient: np.ndarray, lr: float = 0.1) -> np.ndarray:
+    """TF1 Adam's first step: m = (1-b1) g, v = (1-b2) g^2, bias-corrected, epsilon 1e-8."""
+    b1, b2 = optimization.ADAM_BETAS
+    m, v = (1 - b1) * gradient, (1 - b2) * gradient**2
+    return w0 - lr * (m / (1 - b1)) / (np.sqrt(v / (1 - b2)) + optimization.ADAM_EPSILON)
+
+
+@pytest.mark.parametrize("precision", ["float32", "mixed_bfloat16", "mixed_float16"])
+def test_a_step_with_loss_scaling_applies_the_unscaled_gradient(precision):
+    w, adam, applier, state = _quadratic(precision)
+    target = tf.constant([0.25, 0.5, -1.0])
+    scale = optimization.loss_scale(applier)
+    assert (scale is None) == (precision != "mixed_float16") and bool(state) == (precision == "mixed_float16")
+    if scale is not None:
+        assert float(scale) == 32768.0  # Keras' initial dynamic scale
+    with tf.GradientTape() as tape:
+        loss = tf.reduce_sum((w - target) ** 2) / 2
+    w0 = w.numpy()
+    optimization.minimise(applier, tape, loss, [w])
+    gradient = w0 - target.numpy()
+    np.testing.assert_allclose(w.numpy(), _adam_by_hand(w0, gradient), rtol=1e-5)
+    # Adam's step hardly depends on the gradient's scale; its moments do: m = (1 - b1) g
+    slots = {variable.name: variable.numpy() for variable in adam.variables if tuple(variable.shape) == (3,)}
+    momentum = [value for name, value in slots.items() if "momentum" in name]
+    assert len(slots) == 2 and len(momentum) == 1, list(slots)
+    np.testing.assert_allclose(momentum[0], (1 - optimization.ADAM_BETAS[0]) * gradient, rtol=1e-6)
+    assert int(adam.iterations) == 1
+
+
+def test_an_overflowing_float16_step_is_skipped_and_halves_the_scale():
+    w, adam, applier, _ = _quadratic("mixed_float16")
+    with tf.GradientTape() as tape:
+        loss = tf.reduce_sum(w * tf.constant([1.0, np.inf, 1.0]))
+    w0 = w.numpy()
+    optimization.minimise(applier, tape, loss, [w])
+    np.testing.assert_array_equal(w.numpy(), w0)
+    assert float(optimization.loss_scale(applier)) == 16384.0 and int(adam.iterations) == 0
+
+
+def test_batch_gradients_with_a_scale_are_the_scaled_gradients_of_the_unscaled_loss(problem):
+    model, batch, loss_of = problem
+    scale = tf.Variable(1024.0)
+    step = tf.function(lambda *b: optimization.batch_gradients(loss_of, model.trainable_variables, b, BATCH, 3,
+                                                               scale=scale))
+    loss, gradients = step(*batch)
+    expected_loss, expected = _run(problem, 0)
+    assert abs(float(loss) - expected_loss) <= 1e-5 * abs(expected_loss)
+    _assert_close([g.numpy() / 1024.0 for g in gradients], expected, 1e-4)

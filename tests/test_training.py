@@ -8,6 +8,7 @@ and `libraries.dataset.prepare`.
 from __future__ import annotations
 
 import json
+import math
 import shutil
 import socket
 import subprocess
@@ -404,6 +405,27 @@ def test_authors_pretraining_checkpoints_are_loaded(tmp_path, data_path, referen
         reader = tf.train.load_checkpoint(str(folder / sub))
         for name, variable in getattr(network, part).tf1_variables().items():
             np.testing.assert_array_equal(variable.numpy(), reader.get_tensor(name), err_msg=name)
+
+
+def test_checkpoints_are_interchangeable_between_precisions(tmp_path, data_path):
+    """mixed_bfloat16 trains float32 variables, a mixed_float16 run resumes from its checkpoint
+    (and adds its loss scale), and a float32 run resumes from that one: every run starts from
+    the weights and Adam state the previous one saved."""
+    config = tiny_config(tmp_path, data_path, precision="mixed_bfloat16")
+    trainer = training.Trainer(config, progress=False)
+    history = trainer.train(SKIP_STEP)
+    assert all(math.isfinite(loss) for loss in history["loss"]) and len(history["validation"]) == 1
+    assert all(variable.dtype == tf.float32 for variable in trainer.model.variables)
+    saved = weights(trainer.model)
+    for precision, step in (("mixed_float16", SKIP_STEP + 1), ("float32", SKIP_STEP + 2)):
+        resumed = training.Trainer(config.replace(precision=precision, skip_step=1), progress=False)
+        assert int(resumed.step) == step - 1 and int(resumed.optimizer.iterations) == step - 1
+        for name, value in weights(resumed.model).items():
+            np.testing.assert_array_equal(value, saved[name], err_msg=f"{precision}: {name}")
+        resumed.train(step)
+        saved = weights(resumed.model)
+        names = [name for name, _ in tf.train.list_variables(tf.train.latest_checkpoint(str(config.checkpoint_dir)))]
+        assert any(name.startswith("loss_scale/scale") for name in names) == (precision == "mixed_float16")
 
 
 def test_command_line_overrides_the_config(tmp_path, data_path):

@@ -217,6 +217,7 @@ def add_superresolve_arguments(parser: argparse.ArgumentParser) -> None:
                                          "8-bit or float, one size), super-resolved into the one image --out")
     parser.add_argument("--masks", help="with --frames: glob of their clear masks (nonzero = clear), relative to the "
                                         "folder or absolute, matched to the frames in sorted order (default: all clear)")
+    config_module.add_precision_argument(parser)
 
 
 def paths_per_band(values: list[str], bands: Iterable[str], option: str) -> dict[str, str]:
@@ -250,7 +251,7 @@ def _superresolve(args: argparse.Namespace) -> None:
     checkpoint_paths = paths_per_band(args.checkpoint, bands, "--checkpoint")
     images = {}
     for band in bands:  # the authors trained one model per band (RED fine-tuned from NIR)
-        config = config_module.load_config(config_paths[band])
+        config = config_module.with_precision(config_module.load_config(config_paths[band]), args.precision)
         n_slide = config.n_slide if args.n_slide is None else args.n_slide
         superresolver = Superresolver(load_model(config, checkpoint_paths[band]), config)
         data = Path(args.data) if args.data is not None else config.base_dir
@@ -279,7 +280,7 @@ def _superresolve_frames(args: argparse.Namespace) -> None:
     stack = frame_stack.read_frame_stack(args.frames, args.masks)
     if Path(args.out).resolve() in {(stack.folder / name).resolve() for name in stack.frame_names}:
         raise domain.DeepSUMError(f"--out {args.out}: is one of the frames; write the image elsewhere")
-    config = config_module.load_config(config_path)
+    config = config_module.with_precision(config_module.load_config(config_path), args.precision)
     n_slide = config.n_slide if args.n_slide is None else args.n_slide
     prepared = frame_stack.prepare_stack(stack, config)
     image = frame_stack.superresolve_frames(load_model(config, checkpoint), config, prepared, n_slide,

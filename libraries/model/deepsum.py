@@ -10,6 +10,7 @@ import numpy as np
 import tensorflow as tf
 
 from libraries import domain
+from libraries import config as config_module
 from libraries.config import DeepSUMConfig, default_config
 from libraries.model.layers import Conv, Network, frame_list, cast_like, one_after_another
 from libraries.model.networks import FusionNet, RegNet, SISRNet
@@ -100,15 +101,16 @@ class DeepSUM(Network):
 
     config: a `DeepSUMConfig` (None: `default_config()`); uses `n_features`, `T_in`, `channels`,
     `filter_size`, `sigma`, `sigma_rescaled`, `seed` (initialisation) and `precision`: the
-    networks compute in that dtype (`compute_dtype`; float32, bfloat16 or float16) while the
+    networks compute in its compute type (`compute_dtype`: float32, or bfloat16 / float16 for
+    `mixed_bfloat16` / `mixed_float16`) while the
     variables, the instance-norm moments, the registration filters (softmax), the registration
     and fill of x, the residual and every output stay float32.
     recompute: gradient checkpointing (`tf.recompute_grad`) of every layer of SISRNet, of
     RegNet's 1x3x3 layers and of FusionNet's 3x3x3 layers, for training: the backward pass
     recomputes each layer's intermediates from its input instead of keeping them. Same values
     and gradients, less memory, a little more time (`recompute` attribute, read when traced).
-    The kernels' gradients are computed by XLA when `config.xla_kernel_gradients` (the
-    default; `conv2d`, `conv3d`).
+    The kernels' gradients are computed as `config.xla_kernel_gradients` says (by default the
+    faster of oneDNN and XLA on this machine; `libraries.model.kernel_gradients`).
     frame_by_frame: run the network one frame at a time (attribute of the same name): SISRNet,
     RegNet and the registration frame by frame, FusionNet output frame by output frame. Same
     values; the peak memory of about two sets of frames instead of several (inference of whole
@@ -119,7 +121,7 @@ class DeepSUM(Network):
         super().__init__(name="DeepSUM")
         self.config = default_config() if config is None else config
         c = self.config
-        self.compute_dtype = tf.as_dtype(c.precision)
+        self.compute_dtype = tf.as_dtype(config_module.compute_dtype_name(c.precision))
         self.sisrnet = SISRNet(c.n_features, c.channels, c.seed)
         self.regnet = RegNet(c.n_features, c.filter_size, c.seed)
         self.fusionnet = FusionNet(c.n_features, c.seed)

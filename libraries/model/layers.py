@@ -4,9 +4,8 @@ Every variable has exactly the shape it had in the authors' TF1 graph (conv kern
 `[kt, kh, kw, in, out]`) and is listed under its TF1 name by `tf1_variables()`, so an authors'
 checkpoint is a name-by-name copy (`libraries.checkpoints`).
 
-In training, the convolutions' kernel gradients can be computed by XLA (`conv2d`, `conv3d`):
-oneDNN's weight-gradient convolutions are much slower than its forward ones on AVX2 CPUs
-(`bench/kernel_gradients.py` measures both on the machine at hand).
+In training, the convolutions' kernel gradients are computed by oneDNN or by XLA, whichever
+is faster on the machine at hand (`conv2d`, `conv3d`, `libraries.model.kernel_gradients`).
 """
 
 from __future__ import annotations
@@ -14,6 +13,8 @@ from __future__ import annotations
 import zlib
 
 import tensorflow as tf
+
+from libraries.model import kernel_gradients
 
 LEAKY_SLOPE = 0.2  # tf.nn.leaky_relu's default, as in the original
 NORM_EPSILON = 1e-3  # the original InstanceNorm's epsilon
@@ -24,77 +25,79 @@ def _seed(seed: int, name: str) -> int:
     return (seed * 1_000_003 + zlib.crc32(name.encode())) % (2**31 - 1)
 
 
-def conv2d(padded: tf.Tensor, kernel: tf.Tensor, xla_kernel_gradient: bool = True) -> tf.Tensor:
+def conv2d(padded: tf.Tensor, kernel: tf.Tensor, xla_kernel_gradient: bool | str = "auto") -> tf.Tensor:
     """VALID 2-D cross-correlation: padded `[n, H+kh-1, W+kw-1, in]`, kernel `[kh, kw, in, out]`
     -> `[n, H, W, out]`, as `tf.nn.conv2d`.
 
-    xla_kernel_gradient: the gradient for the kernel is computed by XLA (`_kernel_gradient_2d`)
-    instead of the default kernel. On CPU, oneDNN's weight-gradient convolution ran at a
-    quarter of its forward convolution's speed (37 against 148 GFLOP/s, 72x96x96x64, AVX2);
-    XLA's ran 2.2-2.5x faster than oneDNN's. Same values up to float32 summation order.
-    Only float32 takes this path (the reduced precisions keep TensorFlow's kernels).
+    xla_kernel_gradient: how the kernel's gradient is computed (`libraries.model.kernel_gradients`):
+    True by XLA, False by TensorFlow's own kernel, "auto" by whichever a measurement on this
+    machine finds faster (decided when the gradient is first built, so inference never measures).
+    Same values up to float32 summation order. Only float32 takes this path (the reduced
+    precisions keep TensorFlow's kernels).
     """
-    if xla_kernel_gradient and kernel.dtype == tf.float32:
-        return _conv2d_xla_kernel_gradient(padded, kernel)
-    return tf.nn.conv2d(padded, kernel, strides=1, padding="VALID")
+    if xla_kernel_gradient is False or kernel.dtype != tf.float32:
+        return tf.nn.conv2d(padded, kernel, strides=1, padding="VALID")
+    return _conv2d_with_kernel_gradient(xla_kernel_gradient)(padded, kernel)
 
 
-def conv3d(padded: tf.Tensor, kernel: tf.Tensor, xla_kernel_gradient: bool = True) -> tf.Tensor:
+def conv3d(padded: tf.Tensor, kernel: tf.Tensor, xla_kernel_gradient: bool | str = "auto") -> tf.Tensor:
     """VALID 3-D cross-correlation: padded `[b, T, H+2, W+2, in]`, kernel `[kt, 3, 3, in, out]`
     -> `[b, T-kt+1, H, W, out]`, as `tf.nn.conv3d`.
 
-    xla_kernel_gradient: the kernel's gradient as kt 2-D weight gradients (time tap t pairs
-    input frames t.. with the output frames) computed by XLA: 3.6x faster than oneDNN's 3-D
-    weight-gradient convolution at 8x9x96x96x64 (1.1 against 4.1 s). Float32 only.
+    xla_kernel_gradient as for `conv2d`; by XLA the kernel's gradient is kt 2-D kernel
+    gradients (time tap t pairs input frames t.. with the output frames): 3.6x faster than
+    oneDNN's 3-D weight-gradient convolution at 8x9x96x96x64 on an AVX2 CPU. Float32 only.
     """
-    if xla_kernel_gradient and kernel.dtype == tf.float32:
-        return _conv3d_xla_kernel_gradient(padded, kernel)
-    return tf.nn.conv3d(padded, kernel, strides=[1] * 5, padding="VALID")
+    if xla_kernel_gradient is False or kernel.dtype != tf.float32:
+        return tf.nn.conv3d(padded, kernel, strides=[1] * 5, padding="VALID")
+    return _conv3d_with_kernel_gradient(xla_kernel_gradient)(padded, kernel)
 
 
-@tf.function(jit_compile=True)
-def _kernel_gradient_2d(padded: tf.Tensor, out_grad: tf.Tensor, kernel: tf.Tensor) -> tf.Tensor:
-    """d loss / d kernel of `conv2d(padded, kernel)` given d loss / d output `out_grad`
-    (`kernel` gives the shape: XLA needs it at compile time, and it is known there)."""
-    return tf.raw_ops.Conv2DBackpropFilter(input=padded, filter_sizes=tf.shape(kernel), out_backprop=out_grad,
-                                           strides=[1, 1, 1, 1], padding="VALID")
+def _conv2d_with_kernel_gradient(setting: bool | str):
+    @tf.custom_gradient
+    def convolve(padded: tf.Tensor, kernel: tf.Tensor):
+        def gradient(out_grad: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
+            # unused (e.g. for the input frames, which need none) it is pruned from the graph
+            d_padded = tf.raw_ops.Conv2DBackpropInput(input_sizes=tf.shape(padded), filter=kernel,
+                                                      out_backprop=out_grad, strides=[1, 1, 1, 1], padding="VALID")
+            kernel_gradient = (kernel_gradients.xla_kernel_gradient if kernel_gradients.resolve(setting)
+                               else kernel_gradients.onednn_kernel_gradient)
+            return d_padded, kernel_gradient(padded, out_grad, kernel)
+
+        return tf.nn.conv2d(padded, kernel, strides=1, padding="VALID"), gradient
+
+    return convolve
 
 
-def _input_gradient_2d(padded: tf.Tensor, out_grad: tf.Tensor, kernel: tf.Tensor) -> tf.Tensor:
-    return tf.raw_ops.Conv2DBackpropInput(input_sizes=tf.shape(padded), filter=kernel, out_backprop=out_grad,
-                                          strides=[1, 1, 1, 1], padding="VALID")
+def _conv3d_with_kernel_gradient(setting: bool | str):
+    @tf.custom_gradient
+    def convolve(padded: tf.Tensor, kernel: tf.Tensor):
+        def gradient(out_grad: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
+            d_padded = tf.raw_ops.Conv3DBackpropInputV2(input_sizes=tf.shape(padded), filter=kernel,
+                                                        out_backprop=out_grad, strides=[1] * 5, padding="VALID")
+            if not kernel_gradients.resolve(setting):
+                return d_padded, tf.raw_ops.Conv3DBackpropFilterV2(input=padded, filter_sizes=tf.shape(kernel),
+                                                                   out_backprop=out_grad, strides=[1] * 5,
+                                                                   padding="VALID")
+            frames_out = out_grad.shape[1]  # static: T - kt + 1
+            out_images = frames_as_images(out_grad)  # [b*T_out, H, W, out]
+            # The slices are taken outside XLA: inside one compiled function with the three
+            # gradients they made it 1.3x slower (measured).
+            taps = [kernel_gradients.xla_kernel_gradient(frames_as_images(padded[:, t:t + frames_out]), out_images,
+                                                         kernel[t])
+                    for t in range(kernel.shape[0])]
+            return d_padded, tf.stack(taps)  # [kt, 3, 3, in, out]
 
+        return tf.nn.conv3d(padded, kernel, strides=[1] * 5, padding="VALID"), gradient
 
-@tf.custom_gradient
-def _conv2d_xla_kernel_gradient(padded: tf.Tensor, kernel: tf.Tensor):
-    def gradient(out_grad: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
-        # unused (e.g. for the input frames, which need none) it is pruned from the graph
-        return _input_gradient_2d(padded, out_grad, kernel), _kernel_gradient_2d(padded, out_grad, kernel)
-
-    return tf.nn.conv2d(padded, kernel, strides=1, padding="VALID"), gradient
-
-
-@tf.custom_gradient
-def _conv3d_xla_kernel_gradient(padded: tf.Tensor, kernel: tf.Tensor):
-    def gradient(out_grad: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
-        d_padded = tf.raw_ops.Conv3DBackpropInputV2(input_sizes=tf.shape(padded), filter=kernel, out_backprop=out_grad,
-                                                    strides=[1] * 5, padding="VALID")
-        frames_out = out_grad.shape[1]  # static: T - kt + 1
-        out_images = frames_as_images(out_grad)  # [b*T_out, H, W, out]
-        # The slices are taken outside XLA: inside one compiled function with the three
-        # gradients they made it 1.3x slower (measured).
-        taps = [_kernel_gradient_2d(frames_as_images(padded[:, t:t + frames_out]), out_images, kernel[t])
-                for t in range(kernel.shape[0])]
-        return d_padded, tf.stack(taps)  # [kt, 3, 3, in, out]
-
-    return tf.nn.conv3d(padded, kernel, strides=[1] * 5, padding="VALID"), gradient
+    return convolve
 
 
 class Conv(tf.Module):
     """The weights of one TF1 `Conv3D` layer: kernel `W` `[kt, kh, kw, in, out]` and bias `b` `[out]`.
 
-    xla_kernel_gradient (attribute, read when traced): the kernel's gradient computed by XLA
-    (`conv2d`, `conv3d`), the default; False: by TensorFlow's own kernels. Set by `DeepSUM`.
+    xla_kernel_gradient (attribute, read when traced): how the kernel's gradient is computed,
+    True (XLA), False (TensorFlow's own kernels) or "auto" (measured; `conv2d`). Set by `DeepSUM`.
     """
 
     def __init__(self, tf1_name: str, shape: list[int], seed: int):
@@ -103,7 +106,7 @@ class Conv(tf.Module):
         initializer = tf.keras.initializers.GlorotNormal(seed=_seed(seed, tf1_name))
         self.W = tf.Variable(initializer(shape, dtype=tf.float32), name=f"{tf1_name}/W")
         self.b = tf.Variable(tf.zeros([shape[-1]], tf.float32), name=f"{tf1_name}/b")
-        self.xla_kernel_gradient = True
+        self.xla_kernel_gradient: bool | str = "auto"
 
     def tf1_variables(self) -> dict[str, tf.Variable]:
         return {f"{self.tf1_name}/W": self.W, f"{self.tf1_name}/b": self.b}
@@ -151,12 +154,15 @@ class InstanceNorm(tf.Module):
         return {f"{self.tf1_name}/gamma": self.gamma, f"{self.tf1_name}/beta": self.beta}
 
     def __call__(self, values: tf.Tensor, axes: list[int]) -> tf.Tensor:
-        # The original's exact formula: biased moments, then tf.nn.batch_normalization. The
-        # moments are taken in float32 whatever the compute precision (a bfloat16 sum over
-        # H*W pixels would lose most of its bits); in float32 every cast is the identity.
-        mean, variance = tf.nn.moments(tf.cast(values, tf.float32), axes, keepdims=True)
-        return tf.nn.batch_normalization(values, cast_like(mean, values), cast_like(variance, values), cast_like(self.beta, values),
-                                         cast_like(self.gamma, values), NORM_EPSILON)
+        # The original's exact formula: biased moments, then tf.nn.batch_normalization. In a
+        # reduced precision the moments and the normalisation run in float32 and only the result
+        # is rounded: a bfloat16 sum over H*W pixels would lose most of its bits, and subtracting
+        # a bfloat16-rounded mean from values far from zero cancels what is left (measured on
+        # the authors' reference case). In float32 every cast is the identity.
+        exact = tf.cast(values, tf.float32)
+        mean, variance = tf.nn.moments(exact, axes, keepdims=True)
+        normalised = tf.nn.batch_normalization(exact, mean, variance, self.beta, self.gamma, NORM_EPSILON)
+        return cast_like(normalised, values)
 
 
 class Network(tf.Module):

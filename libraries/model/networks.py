@@ -194,7 +194,10 @@ class FusionNet(Network):
     def _output(self, values: tf.Tensor) -> tf.Tensor:
         """The 1x1x1 output convolution, a matrix product over the feature axis: `[b, n, H, W, F]` -> `[b, n, H, W, 1]`."""
         output = self.output_conv
-        return tf.tensordot(values, cast_like(output.W[0, 0, 0], values), axes=1) + output.bias(values)
+        # in float32 whatever the compute precision: the sum over F features of the last layer
+        # is the network's output, whose rounding a bfloat16 result would carry into every pixel
+        values = tf.cast(values, tf.float32)
+        return tf.tensordot(values, output.W[0, 0, 0], axes=1) + output.b
 
     @staticmethod
     def _layer(values: tf.Tensor, conv: Conv, norm: InstanceNorm) -> tf.Tensor:

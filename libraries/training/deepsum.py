@@ -106,10 +106,13 @@ class Trainer:
             self.model = DeepSUM(config, recompute=config.recompute)
             self.variables = self._trained_variables()
             self.optimizer = optimization.adam(config.lr)
-            self.optimizer.build(self.variables)
+            # `applier` applies the gradients: Adam itself, or Adam with loss scaling (mixed_float16)
+            self.applier, loss_scale_state = optimization.with_loss_scaling(self.optimizer, config.precision,
+                                                                            self.variables)
         worker = None if self.is_chief else self.strategy.cluster_resolver.task_id
         self.loop = TrainingLoop(config.checkpoint_dir, {"model": self.model, "optimizer": self.optimizer},
-                                 config.skip_step, title=f"train {config.spectral_band}", best_key="score",
+                                 config.skip_step, title=f"train {config.spectral_band}", optional=loss_scale_state,
+                                 best_key="score",
                                  best_mode="min", config=config, worker=worker, progress=progress)
         self.step, self.best_score = self.loop.step, self.loop.best
         self.pretrained: dict[str, list[str]] = {}
@@ -130,8 +133,9 @@ class Trainer:
         return [variable for variable in self.model.trainable_variables if id(variable) not in frozen]
 
     def _make_train_step(self):
-        model, optimizer, variables, config = self.model, self.optimizer, self.variables, self.config
+        model, applier, variables, config = self.model, self.applier, self.variables, self.config
         strategy = self.strategy
+        scale = optimization.loss_scale(applier)
 
         def scene_loss(x, masks, y, y_mask):
             loss = metrics.cl2_loss(y, model(x, masks, training=True)["sr"], y_mask, border=config.border)
@@ -142,8 +146,8 @@ class Trainer:
             # gradients: each part's batch mean is weighted by its share of the global batch.
             loss, gradients = optimization.batch_gradients(scene_loss, variables, (x, masks, y, y_mask),
                                                            config.batch_size, config.micro_batch,
-                                                           config.jit_compile)
-            optimizer.apply_gradients(zip(gradients, variables))
+                                                           config.jit_compile, scale)
+            applier.apply_gradients(zip(gradients, variables))
             return loss
 
         @tf.function
@@ -201,6 +205,7 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--init-from", type=Path, help="start from these full-model weights (e.g. NIR to fine-tune RED)")
     parser.add_argument("--require-pretrained", action="store_true",
                         help="fail (instead of warning) when a pretraining checkpoint folder is empty")
+    config_module.add_precision_argument(parser)
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
 
 
@@ -221,7 +226,8 @@ def load_training_config(config_path: str | os.PathLike, dataset_path: str | os.
 
 def config_from_arguments(args: argparse.Namespace) -> config_module.DeepSUMConfig:
     """The config file of `--config` with the command-line overrides applied."""
-    changes = {field: getattr(args, field) for field in ("skip_step", "batch_size", "lr") if getattr(args, field) is not None}
+    changes = {field: getattr(args, field) for field in ("skip_step", "batch_size", "lr", "precision")
+               if getattr(args, field, None) is not None}
     if args.freeze:
         changes["freeze"] = tuple(args.freeze)
     return load_training_config(args.config, args.dataset_path, args.checkpoint_dir, **changes)

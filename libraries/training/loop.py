@@ -53,6 +53,8 @@ class TrainingLoop:
 
     folder: checkpoints, `best/`, `logs/` and `config.json` go here.
     objects: what the checkpoint holds besides `step` and `best` (e.g. model=..., optimizer=...).
+    optional: objects the checkpoint also holds but that a checkpoint may lack, restored when
+    present (the loss scale of `mixed_float16`: a checkpoint of another precision has none).
     skip_step: steps between validation + checkpoint.
     best_key: the validation value whose best is kept (`best_mode` "min" or "max").
     config: saved as JSON to `folder/config.json` (chief only) at the first step or validation.
@@ -60,7 +62,7 @@ class TrainingLoop:
     """
 
     def __init__(self, folder: str | Path, objects: Mapping[str, Any], skip_step: int, title: str = "train",
-                 best_key: str | None = None, best_mode: str = "min", config: Any = None,
+                 optional: Mapping[str, Any] | None = None, best_key: str | None = None, best_mode: str = "min", config: Any = None,
                  worker: int | None = None, progress: bool = True):
         if best_mode not in ("min", "max"):
             raise ValueError(f"best_mode: expected 'min' or 'max', got {best_mode!r}")
@@ -73,7 +75,10 @@ class TrainingLoop:
         self.step = tf.Variable(0, dtype=tf.int64, trainable=False, name="step")
         self.best = tf.Variable(np.inf if best_mode == "min" else -np.inf, dtype=tf.float32, trainable=False,
                                 name="best")
-        self.checkpoint = tf.train.Checkpoint(step=self.step, best=self.best, **objects)
+        # written with every object; read back without the optional ones, then those alone
+        self.checkpoint = tf.train.Checkpoint(step=self.step, best=self.best, **objects, **(optional or {}))
+        self._required = tf.train.Checkpoint(step=self.step, best=self.best, **objects)
+        self._optional = tf.train.Checkpoint(**optional) if optional else None
         save_dir = self.folder if self.is_chief else self.folder / f".worker_{worker}"
         # one run per folder: taken before anything is written, dropped when `run` ends (or
         # when the process dies), so a second run on the folder cannot overwrite this one's files
@@ -136,7 +141,9 @@ class TrainingLoop:
             raise TrainingError(f"{self.folder}: no checkpoint reads back intact ({', '.join(damaged)} damaged); "
                                 "move them away to start again")
         try:
-            self.checkpoint.restore(latest).assert_existing_objects_matched()
+            self._required.restore(latest).assert_existing_objects_matched()
+            if self._optional is not None:
+                self._optional.restore(latest).expect_partial()
         except (AssertionError, ValueError, tf.errors.OpError) as error:
             message = str(error).splitlines()[0][:240]
             self.release()

@@ -1,8 +1,9 @@
 """The optimiser of every training, and the gradients of one step in micro-batches.
 
 `adam` is TF1's AdamOptimizer as the authors used it (epsilon 1e-8, where Keras' default is
-1e-7), for DeepSUM and both pretrainings. `without_remapper` runs a training step without
-Grappler's remapper (see there).
+1e-7), for DeepSUM and both pretrainings. `with_loss_scaling` adds Keras' dynamic loss scaling
+for `mixed_float16` (float16 gradients would otherwise underflow). `without_remapper` runs a
+training step without Grappler's remapper (see there).
 
 A training step's loss is a batch mean of per-scene losses (the cL2 loss), so its gradient is
 the sum over any split of the batch of each part's gradient weighted by the part's share of
@@ -15,8 +16,9 @@ order). Used by `libraries.training.deepsum.Trainer` and by `bench/train_step.py
 from __future__ import annotations
 
 import contextlib
-from typing import Callable, Iterator, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
+import keras
 import tensorflow as tf
 
 LossFunction = Callable[..., tf.Tensor]
@@ -51,9 +53,44 @@ def adam(learning_rate: float) -> tf.keras.optimizers.Adam:
     return tf.keras.optimizers.Adam(learning_rate, beta_1=ADAM_BETAS[0], beta_2=ADAM_BETAS[1], epsilon=ADAM_EPSILON)
 
 
+def with_loss_scaling(optimizer: keras.optimizers.Optimizer, precision: str,
+                      variables: Sequence[tf.Variable]) -> tuple[keras.optimizers.Optimizer, dict[str, Any]]:
+    """The optimiser a step applies its gradients with, and what of it a checkpoint holds
+    besides `optimizer` itself.
+
+    `mixed_float16`: Keras' `LossScaleOptimizer` around `optimizer` (dynamic loss scaling: the
+    loss is multiplied by a scale before differentiation, the gradients divided by it before
+    Adam, a step whose gradients overflow is skipped and the scale halved, and the scale doubled
+    after 2000 good steps); {"loss_scale": its scale and counter}. Other precisions need no
+    scaling: (optimizer, {}). The checkpoint keeps `optimizer` (the inner Adam) under the same
+    name in every precision, so checkpoints are interchangeable between precisions.
+    `variables` builds the optimiser's state (call it inside the strategy's scope).
+    """
+    optimizer.build(list(variables))
+    if precision != "mixed_float16":
+        return optimizer, {}
+    scaled = keras.optimizers.LossScaleOptimizer(optimizer)
+    scaled.build(list(variables))
+    return scaled, {"loss_scale": tf.train.Checkpoint(scale=scaled.dynamic_scale, good_steps=scaled.step_counter)}
+
+
+def loss_scale(optimizer: keras.optimizers.Optimizer) -> tf.Variable | None:
+    """The dynamic loss scale of a `with_loss_scaling` optimiser, None without scaling."""
+    return getattr(optimizer, "dynamic_scale", None)
+
+
+def minimise(applier: keras.optimizers.Optimizer, tape: tf.GradientTape, loss: tf.Tensor,
+             variables: Sequence[tf.Variable]) -> None:
+    """One optimiser step on `loss` recorded by `tape`, with the loss scale of `applier` if it
+    has one (the gradient seeded with the scale is that of the scaled loss)."""
+    scale = loss_scale(applier)
+    gradients = tape.gradient(loss, variables, output_gradients=None if scale is None else tf.cast(scale, loss.dtype))
+    applier.apply_gradients(zip(gradients, variables))
+
+
 def batch_gradients(loss_of: LossFunction, variables: Sequence[tf.Variable], batch: Sequence[tf.Tensor],
-                    global_batch: int, micro_batch: int = 0,
-                    jit_compile: bool = False) -> tuple[tf.Tensor, list[tf.Tensor]]:
+                    global_batch: int, micro_batch: int = 0, jit_compile: bool = False,
+                    scale: tf.Variable | None = None) -> tuple[tf.Tensor, list[tf.Tensor]]:
     """The weighted loss and its gradients for `variables`, `micro_batch` scenes at a time.
 
     loss_of: `loss_of(*part)` -> the mean loss (float32 scalar) of the scenes of `part`, slices
@@ -63,7 +100,9 @@ def batch_gradients(loss_of: LossFunction, variables: Sequence[tf.Variable], bat
     gradient of the global batch mean.
     micro_batch: scenes per forward/backward pass; 0 (or >= b): the whole `batch` in one pass.
     jit_compile: compile each pass (forward, loss, backward) with XLA.
-    Returns (weighted loss of `batch`, gradients `[tf.Tensor]` aligned with `variables`).
+    scale: the loss scale (`loss_scale(optimizer)`): the gradients are those of the loss times
+    it, for the `LossScaleOptimizer` that divides them again; None: unscaled.
+    Returns (weighted loss of `batch`, unscaled; gradients `[tf.Tensor]` aligned with `variables`).
     """
     variables = list(variables)
 
@@ -71,7 +110,8 @@ def batch_gradients(loss_of: LossFunction, variables: Sequence[tf.Variable], bat
         with tf.GradientTape() as tape:
             share = tf.cast(tf.shape(part[0])[0], tf.float32) / global_batch
             loss = loss_of(*part) * share
-        return loss, tape.gradient(loss, variables, unconnected_gradients=tf.UnconnectedGradients.ZERO)
+            scaled = loss if scale is None else loss * scale
+        return loss, tape.gradient(scaled, variables, unconnected_gradients=tf.UnconnectedGradients.ZERO)
 
     if jit_compile:  # only then a function of its own: Grappler optimises an inlined pass better
         weighted_pass = tf.function(weighted_pass, jit_compile=True)

@@ -39,6 +39,7 @@ from libraries import checkpoints, domain, metrics
 from libraries import config as config_module
 from libraries.config import RegNetPretrainConfig, SISRNetPretrainConfig
 from libraries.model import Conv, RegNet, SISRNet
+from libraries.model.layers import cast_like
 from libraries.training import optimization
 from libraries.training import pretraining_data as pdata
 from libraries.training.loop import TrainingLoop
@@ -53,17 +54,18 @@ class SingleFrameSR(tf.Module):
     `(v - mu) / sigma_rescaled` scale (see the module docstring).
     """
 
-    def __init__(self, n_features: int, residual_scale: float, seed: int):
+    def __init__(self, n_features: int, residual_scale: float, seed: int, precision: str = "float32"):
         super().__init__(name="SingleFrameSR")
+        self.compute_dtype = tf.as_dtype(config_module.compute_dtype_name(precision))
         self.sisrnet = SISRNet(n_features, channels=1, seed=seed)
         self.head = Conv(SISRNET_HEAD, [1, 1, 1, n_features, 1], seed)
         self.residual_scale = float(residual_scale)
 
     def __call__(self, x: tf.Tensor) -> tf.Tensor:
-        features = self.sisrnet(x)  # [b, T, H, W, F]
+        features = self.sisrnet(tf.cast(x, self.compute_dtype))  # [b, T, H, W, F]
         # 1x1x1 convolution = a matrix product over the feature axis
-        residual = tf.tensordot(features, self.head.W[0, 0, 0], axes=1) + self.head.b  # [b, T, H, W, 1]
-        return (x + residual) * self.residual_scale
+        residual = tf.tensordot(features, cast_like(self.head.W[0, 0, 0], features), axes=1) + self.head.bias(features)
+        return (x + tf.cast(residual, tf.float32)) * self.residual_scale  # [b, T, H, W, 1] float32
 
     def tf1_variables(self) -> dict[str, tf.Variable]:
         return dict(sorted({**self.sisrnet.tf1_variables(), **self.head.tf1_variables()}.items()))
@@ -71,7 +73,7 @@ class SingleFrameSR(tf.Module):
 
 def single_frame_network(config: config_module.PretrainConfig) -> SingleFrameSR:
     """A freshly initialised (seeded) SISRNet + `conv_up_8` for `config`."""
-    return SingleFrameSR(config.n_features, config.sigma / config.sigma_rescaled, config.seed)
+    return SingleFrameSR(config.n_features, config.sigma / config.sigma_rescaled, config.seed, config.precision)
 
 
 def _initialise(loop: TrainingLoop, config: config_module.PretrainConfig, model: tf.Module,
@@ -100,9 +102,10 @@ def pretrain_sisrnet(config: SISRNetPretrainConfig, steps: int | None = None,
     network = single_frame_network(config)
     trainable = list(network.tf1_variables().values())
     optimizer = optimization.adam(config.lr)
-    optimizer.build(trainable)
+    applier, loss_scale_state = optimization.with_loss_scaling(optimizer, config.precision, trainable)
     loop = TrainingLoop(config.checkpoint_dir, {"model": network.sisrnet, "head": network.head, "optimizer": optimizer},
-                        config.skip_step, title="SISRNet pretraining", best_key="heldout_loss", best_mode="min",
+                        config.skip_step, title="SISRNet pretraining", optional=loss_scale_state,
+                        best_key="heldout_loss", best_mode="min",
                         config=config, progress=progress)
     _initialise(loop, config, network.sisrnet, {"head": network.head})
 
@@ -115,7 +118,7 @@ def pretrain_sisrnet(config: SISRNetPretrainConfig, steps: int | None = None,
     def train_step(batch):
         with tf.GradientTape() as tape:
             values = losses(*batch)
-        optimizer.apply_gradients(zip(tape.gradient(values["loss"], trainable), trainable))
+        optimization.minimise(applier, tape, values["loss"], trainable)
         return values
 
     heldout_losses = tf.function(losses, reduce_retracing=True)
@@ -218,23 +221,24 @@ def pretrain_regnet(config: RegNetPretrainConfig, steps: int | None = None,
     regnet = RegNet(config.n_features, config.filter_size, seed=config.seed)
     trainable = list(regnet.tf1_variables().values())
     optimizer = optimization.adam(config.lr)
-    optimizer.build(trainable)
+    applier, loss_scale_state = optimization.with_loss_scaling(optimizer, config.precision, trainable)
+    compute_dtype = tf.as_dtype(config_module.compute_dtype_name(config.precision))
     loop = TrainingLoop(config.checkpoint_dir, {"model": regnet, "optimizer": optimizer}, config.skip_step,
-                        title="RegNet pretraining", best_key="heldout_accuracy", best_mode="max", config=config,
+                        title="RegNet pretraining", optional=loss_scale_state, best_key="heldout_accuracy", best_mode="max", config=config,
                         progress=progress)
     _initialise(loop, config, regnet)
     step_counter = loop.step
 
     @tf.function(reduce_retracing=True)
     def train_step(x):  # x: [b, p, p, 1]
-        features = sisrnet(x[:, None])[:, 0]  # [b, p, p, F], frozen: outside the tape
+        features = sisrnet(tf.cast(x[:, None], compute_dtype))[:, 0]  # [b, p, p, F], frozen: outside the tape
         seed = tf.stack([tf.constant(config.seed, tf.int64), tf.convert_to_tensor(step_counter, tf.int64)])
         shifts = pdata.random_shifts(config.batch_size, frames_per_stack - 1, config.max_shift, seed)
         labels = domain.tap_index(shifts, config.filter_size)  # [b, T-1]
         with tf.GradientTape() as tape:
             logits = planted_shift_logits(regnet, features, shifts, config.max_shift)  # [b, T-1, k*k]
             loss = tf.reduce_mean(tf.nn.sparse_softmax_cross_entropy_with_logits(labels, logits))
-        optimizer.apply_gradients(zip(tape.gradient(loss, trainable), trainable))
+        optimization.minimise(applier, tape, loss, trainable)
         correct = tf.equal(tf.argmax(logits, axis=-1, output_type=tf.int32), labels)
         return {"loss": loss, "accuracy": tf.reduce_mean(tf.cast(correct, tf.float32))}
 
@@ -266,6 +270,7 @@ def real_frame_accuracy(frames: np.ndarray, sisrnet_dir: Any, regnet_dir: Any, n
 def _add_arguments(parser: argparse.ArgumentParser, default: str) -> None:
     parser.add_argument("--config", default=default, help=f"JSON config (default {default})")
     parser.add_argument("--steps", type=int, default=None, help="total training steps (default: the config's)")
+    config_module.add_precision_argument(parser)
 
 
 def add_pretrain_sisrnet_arguments(parser: argparse.ArgumentParser) -> None:
@@ -277,7 +282,7 @@ def add_pretrain_regnet_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run_pretrain_sisrnet(args: argparse.Namespace) -> int:
-    config = config_module.load_config(args.config, kind=SISRNetPretrainConfig)
+    config = config_module.with_precision(config_module.load_config(args.config, kind=SISRNetPretrainConfig), args.precision)
     history = pretrain_sisrnet(config, steps=args.steps)
     if history.get("loss"):
         print(f"step {history['step'][-1]}: cL2 loss {history['loss'][-1]:.5f} "
@@ -286,7 +291,7 @@ def run_pretrain_sisrnet(args: argparse.Namespace) -> int:
 
 
 def run_pretrain_regnet(args: argparse.Namespace) -> int:
-    config = config_module.load_config(args.config, kind=RegNetPretrainConfig)
+    config = config_module.with_precision(config_module.load_config(args.config, kind=RegNetPretrainConfig), args.precision)
     history = pretrain_regnet(config, steps=args.steps)
     if history["validation"]:
         print(f"step {history['validation'][-1]['step']}: held-out tap accuracy "
