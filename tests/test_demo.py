@@ -1,5 +1,6 @@
 """The demo end to end at a tiny size: synthetic data -> ... -> validated submission + table."""
 
+import argparse
 import zipfile
 
 from libraries import __main__ as cli, domain
@@ -51,6 +52,12 @@ def test_final_table_says_whether_deepsum_beat_bicubic():
 
 def test_paper_plan_uses_the_paper_configs(tmp_path):
     plan = demo.make_plan(tmp_path / "out", data_dir=tmp_path / "probav_data")
+    assert {cfg.precision for cfg in (*plan.deepsum.values(), plan.sisrnet, plan.regnet)} == {"float32"}
+    args = argparse.ArgumentParser()
+    demo.add_demo_arguments(args)
+    precision = args.parse_args(["--precision", "mixed_bfloat16"]).precision
+    bfloat16 = demo.make_plan(tmp_path / "out", data_dir=tmp_path / "probav_data", precision=precision)
+    assert {cfg.precision for cfg in (*bfloat16.deepsum.values(), bfloat16.sisrnet, bfloat16.regnet)} == {precision}
     assert not plan.synthetic and plan.deepsum["NIR"].n_features == 64 and plan.deepsum["RED"].spectral_band == "RED"
     assert plan.sisrnet.checkpoint_dir == plan.deepsum["NIR"].SISRNet_pretrain_dir
     assert plan.regnet.SISRNet_pretrain_dir == plan.deepsum["NIR"].SISRNet_pretrain_dir

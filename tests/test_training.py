@@ -436,8 +436,9 @@ def test_command_line_overrides_the_config(tmp_path, data_path):
     config_file = write_config(tiny_config(tmp_path, data_path), tmp_path / "config.json")
     args = parser.parse_args(["--config", str(config_file), "--steps", "7", "--checkpoint-dir", "here",
                               "--skip-step", "3", "--freeze", "regnet", "--lr", "0.5", "--batch-size", "4",
-                              "--dataset-path", "elsewhere"])
+                              "--dataset-path", "elsewhere", "--precision", "mixed_float16"])
     config = deepsum_training.config_from_arguments(args)
     assert args.steps == 7 and config.batch_size == 4 and config.dataset_path == Path("elsewhere").absolute()
     assert config.checkpoint_dir == Path("here").absolute() and config.skip_step == 3
     assert config.freeze == ("regnet",) and config.lr == 0.5 and config.n_features == 8
+    assert config.precision == "mixed_float16"

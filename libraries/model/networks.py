@@ -13,7 +13,7 @@ from __future__ import annotations
 import tensorflow as tf
 
 from libraries.model.layers import (Conv, InstanceNorm, Network, checkpointed, frame_list, frames_as_images,
-                                    images_as_frames, leaky_relu, cast_like, one_after_another, reflect_pad,
+                                    images_as_frames, leaky_relu, one_after_another, reflect_pad,
                                     sum_one_after_another)
 
 

@@ -281,8 +281,13 @@ def add_pretrain_regnet_arguments(parser: argparse.ArgumentParser) -> None:
     _add_arguments(parser, "config_files/RegNet_pretrain_config.json")
 
 
+def config_from_arguments(args: argparse.Namespace, kind: type) -> config_module.PretrainConfig:
+    """The config file of `--config` (a `kind` pretraining config) with `--precision` applied."""
+    return config_module.with_precision(config_module.load_config(args.config, kind=kind), args.precision)
+
+
 def run_pretrain_sisrnet(args: argparse.Namespace) -> int:
-    config = config_module.with_precision(config_module.load_config(args.config, kind=SISRNetPretrainConfig), args.precision)
+    config = config_from_arguments(args, SISRNetPretrainConfig)
     history = pretrain_sisrnet(config, steps=args.steps)
     if history.get("loss"):
         print(f"step {history['step'][-1]}: cL2 loss {history['loss'][-1]:.5f} "
@@ -291,7 +296,7 @@ def run_pretrain_sisrnet(args: argparse.Namespace) -> int:
 
 
 def run_pretrain_regnet(args: argparse.Namespace) -> int:
-    config = config_module.with_precision(config_module.load_config(args.config, kind=RegNetPretrainConfig), args.precision)
+    config = config_from_arguments(args, RegNetPretrainConfig)
     history = pretrain_regnet(config, steps=args.steps)
     if history["validation"]:
         print(f"step {history['validation'][-1]['step']}: held-out tap accuracy "
