@@ -208,6 +208,9 @@ def add_superresolve_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", required=True, help="submission zip to write")
     parser.add_argument("--n-slide", type=int, default=None, help="sliding-window passes (default: the config's n_slide)")
     parser.add_argument("--windows-per-call", type=int, default=3, help="windows per network call (memory)")
+    parser.add_argument("--self-ensemble", action=argparse.BooleanOptionalAction, default=None,
+                        help="average each scene's outputs under its 8 flips and rotations (8x the time; "
+                             "default: the config's self_ensemble)")
 
 
 def paths_per_band(values: list[str], bands: Iterable[str], option: str) -> dict[str, str]:
@@ -233,11 +236,14 @@ def _superresolve(args: argparse.Namespace) -> None:
     images = {}
     for band in bands:  # the authors trained one model per band (RED fine-tuned from NIR)
         config = config_module.load_config(config_paths[band])
+        if args.self_ensemble is not None:
+            config = config.replace(self_ensemble=args.self_ensemble)
         n_slide = config.n_slide if args.n_slide is None else args.n_slide
         superresolver = Superresolver(load_model(config, checkpoint_paths[band]), config)
         data = Path(args.data) if args.data is not None else config.base_dir
         images.update(superresolver.folder(data, args.split, [band], n_slide, args.windows_per_call))
-        print(f"{band}: {checkpoint_paths[band]}, n_slide {n_slide}", file=sys.stderr)
+        print(f"{band}: {checkpoint_paths[band]}, n_slide {n_slide}"
+              + (", self-ensemble" if config.self_ensemble else ""), file=sys.stderr)
     write_submission(images, args.out)
     validate_submission(args.out, data / args.split, bands)
     print(f"wrote {args.out}: {len(images)} scenes ({', '.join(bands)}), validated")
