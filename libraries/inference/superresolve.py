@@ -186,8 +186,8 @@ def evaluate_sliding_window(superresolver: Superresolver, dataset: Mapping[str, 
     "seconds" is the mean wall time per scene of that row's computation: frame selection,
     SISRNet, fusion and averaging as measured, plus the windows' network time shared equally
     among the windows (they have the same shape), so a row counts only the windows it uses. The
-    functions are traced on a crop of the first scene first, so no row pays for tracing (with
-    `jit_compile`, XLA still compiles per image size within the first scene).
+    first scene's windows are computed once untimed before it is timed, so no row pays for
+    tracing or for the first call at an image size (a non-square scene's rotations still do).
     Returns rows {"method", "n_slide", "self_ensemble", "cpsnr", "score", "seconds", "scenes"}:
     bicubic first (n_slide and self_ensemble None), then per n_slide one row per setting.
     """
@@ -200,7 +200,7 @@ def evaluate_sliding_window(superresolver: Superresolver, dataset: Mapping[str, 
     for number, scene in enumerate(tqdm(iterate_scenes(dataset), total=scene_count(dataset), desc="sliding window",
                                         disable=not progress)):
         if number == 0:
-            _trace(superresolver, scene)
+            superresolver.window_images(scene, max(n_slides))  # untimed: tracing, first call at this size
         hr, clear, baseline = scene["hr"], scene["hr_clear"], float(scene["baseline"])
         start = time.perf_counter()
         candidates = {"bicubic": (bicubic_baseline(scene), time.perf_counter() - start)}
@@ -254,13 +254,6 @@ def _sliding_window_images(superresolver: Superresolver, scene: Mapping[str, Any
         shared = sum(before + during * min(n + 1, len(images)) / len(images) for images, before, during in computed)
         per_n_slide[n] = (image, time.perf_counter() - start + shared)
     return per_n_slide
-
-
-def _trace(superresolver: Superresolver, scene: Mapping[str, Any], size: int = 24) -> None:
-    """Run the network once on the top-left `size` x `size` pixels of a scene, so that its
-    `tf.function`s (one trace for any image size) are traced before anything is timed."""
-    superresolver.window_images({**scene, "frames": scene["frames"][:, :size, :size],
-                                 "masks": scene["masks"][:, :size, :size]})
 
 
 def format_table(rows: Iterable[Mapping[str, Any]]) -> str:
