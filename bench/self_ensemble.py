@@ -75,7 +75,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true", help="no demo: a tiny model on a tiny synthetic set (for tests)")
     args = parser.parse_args(argv)
     with tempfile.TemporaryDirectory(prefix="bench-self-ensemble-") as folder:
-        models = quick_models(Path(folder)) if args.quick else demo_models(args.demo_out)
+        try:
+            models = quick_models(Path(folder)) if args.quick else demo_models(args.demo_out)
+        except FileNotFoundError as error:
+            print(f"error: {error}", file=sys.stderr)
+            return 1
         rows = measure(models, args.n_slides)
     ensemble_cell = {None: None, False: "no", True: "yes"}
     table = reports.format_table(COLUMNS, [(row["band"], row["method"], row["n_slide"], ensemble_cell[row["self_ensemble"]],

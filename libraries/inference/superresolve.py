@@ -258,22 +258,23 @@ def _sliding_window_images(superresolver: Superresolver, scene: Mapping[str, Any
 
 def format_table(rows: Iterable[Mapping[str, Any]]) -> str:
     """The rows of `evaluate_sliding_window` as a text table ("self-ensemble": yes or no, "-" for
-    bicubic; "s/scene": mean wall seconds per scene)."""
+    bicubic; "s/scene": mean wall seconds per scene; "-" for a row without these keys)."""
     ensemble_cell = {None: None, False: "no", True: "yes"}
     return reports.format_table(("method", "n_slide", "self-ensemble", "cPSNR (dB)", "score", "s/scene", "scenes"),
-                                [(row["method"], row["n_slide"], ensemble_cell[row["self_ensemble"]], row["cpsnr"],
-                                  row["score"], row["seconds"], row["scenes"]) for row in rows],
+                                [(row["method"], row["n_slide"], ensemble_cell[row.get("self_ensemble")], row["cpsnr"],
+                                  row["score"], row.get("seconds"), row["scenes"]) for row in rows],
                                 digits=(0, 0, 0, 3, 4, ".3g", 0))
 
 
 def plot_sliding_window(rows: Iterable[Mapping[str, Any]]) -> Any:
     """Score and cPSNR against n_slide: DeepSUM, DeepSUM with the self-ensemble (where rows have
-    it) and the bicubic baseline as a dashed line. Returns the figure."""
+    it; a row without the key is without it) and the bicubic baseline as a dashed line. Returns
+    the figure."""
     import matplotlib.pyplot as plt  # loaded only for figures: the commands stay light
 
     rows = list(rows)
     model_rows = [row for row in rows if row["n_slide"] is not None]
-    lines = {label: [row for row in model_rows if row["self_ensemble"] == on]
+    lines = {label: [row for row in model_rows if bool(row.get("self_ensemble")) == on]
              for label, on in (("DeepSUM", False), ("DeepSUM + self-ensemble", True))}
     bicubic = [row for row in rows if row["n_slide"] is None]
     figure, axes = plt.subplots(1, 2, figsize=(9, 3.5))
