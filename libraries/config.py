@@ -117,6 +117,8 @@ class DeepSUMConfig:
                                 "are summed over passes (same update, less memory); 0: the whole batch at once")
     frame_by_frame: bool = other(False, "inference: run the network one frame at a time (less peak memory "
                                         "than a whole-scene pass, a little more time)")
+    self_ensemble: bool = other(False, "inference: super-resolve each scene under the 8 flips and rotations by 90 "
+                                       "degrees and average the 8 outputs (8x the time); false: the authors' inference")
     recompute: bool = other(False, "gradient checkpointing in training: recompute each layer's intermediates "
                                    "in the backward pass instead of storing them (less memory, more time)")
     xla_kernel_gradients: bool | str = other(AUTO, "training: the float32 convolution kernels' gradients computed "

@@ -60,6 +60,7 @@ def test_flop_count_matches_the_hand_count(bench):
     ("train_step", ["train_step_quick.json"]),
     ("profile", ["profile_quick.json"]),
     ("kernel_gradients", ["kernel_gradients_quick.json"]),
+    ("self_ensemble", ["self_ensemble_quick.json"]),
 ])
 def test_bench_script_runs_quick_and_writes_json(bench, tmp_path, script, outputs, capsys):
     module = bench(script)
@@ -71,6 +72,11 @@ def test_bench_script_runs_quick_and_writes_json(bench, tmp_path, script, output
         assert result
         if script == "kernel_gradients":  # XLA's kernel gradients are TensorFlow's, not only faster
             assert all(layer["relative_difference"] < 1e-4 for layer in result["layers"].values()), result
+        if script == "self_ensemble":  # both bands, each n_slide with and without the ensemble, after bicubic
+            assert [(row["band"], row["n_slide"], row["self_ensemble"]) for row in result["rows"]] == [
+                (band, n, on) for band in ("NIR", "RED")
+                for n, on in [(None, None)] + [(n, on) for n in (0, 1, 2) for on in (False, True)]]
+            assert "yes" in printed and "gain (dB)" in printed and result["machine"]["cpu"]
         if script in ("forward", "train_step"):
             text = json.dumps(result)
             assert "peak_rss_bytes" in text and "median_s" in text and np.isfinite(result["ceiling"]["gflops"])

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import pytest
 
-from libraries import dataset, inference, synthetic
+from libraries import config, dataset, inference, probav, synthetic
 from notebooks import notebook_code_cells_are_short, run_notebook
 
 REPOSITORY_ROOT = Path(__file__).resolve().parent.parent
@@ -39,13 +40,20 @@ def test_sliding_window_notebook_runs(synthetic_dir, tmp_path):
                                                             "config_changes": TINY}, timeout=300)
     text = outputs(notebook)
     assert "freshly initialised" in text and "bicubic" in text
-    assert [line.split()[:2] for line in text.splitlines() if line.startswith("DeepSUM")] == [["DeepSUM", "0"], ["DeepSUM", "1"]]
+    assert [line.split()[:3] for line in text.splitlines() if line.startswith("DeepSUM")] == [
+        ["DeepSUM", "0", "no"], ["DeepSUM", "0", "yes"], ["DeepSUM", "1", "no"], ["DeepSUM", "1", "yes"]]  # SELF_ENSEMBLE
 
 
 def test_superresolve_notebook_writes_a_valid_zip(synthetic_dir, tmp_path):
     out_zip = tmp_path / "submission.zip"
     notebook = run_notebook(REPOSITORY_ROOT / NOTEBOOKS[1], {"data_dir": str(synthetic_dir), "out_zip": str(out_zip),
-                                                            "config_changes": TINY}, timeout=300)
+                                                            "config_changes": TINY, "SELF_ENSEMBLE": True}, timeout=300)
     assert "4 scenes, valid" in outputs(notebook)
     assert len(inference.validate_submission(out_zip, synthetic_dir / "test")) == 4
+    cfg = config.load_config(REPOSITORY_ROOT / "config_files" / "DeepSUM_config_NIR.json").replace(**TINY)
+    folder = probav.list_scenes(synthetic_dir, "test", "NIR")[-1]  # same seed, same fresh weights as the notebook's
+    expected = inference.Superresolver(inference.load_model(cfg), cfg).scene(
+        dataset.prepare_test_scene(probav.read_scene(folder)), self_ensemble=True)
+    np.testing.assert_array_equal(inference.read_submission(out_zip)[folder.name],
+                                  np.clip(np.rint(expected), 0, 65535).astype(np.uint16))
     assert any("image/png" in output.get("data", {}) for output in notebook.cells[-1].outputs)  # the figure

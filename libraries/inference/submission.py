@@ -218,6 +218,9 @@ def add_superresolve_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--masks", help="with --frames: glob of their clear masks (nonzero = clear), relative to the "
                                         "folder or absolute, matched to the frames in sorted order (default: all clear)")
     config_module.add_precision_argument(parser)
+    parser.add_argument("--self-ensemble", action=argparse.BooleanOptionalAction, default=None,
+                        help="average each scene's outputs under its 8 flips and rotations (8x the time; "
+                             "default: the config's self_ensemble)")
 
 
 def paths_per_band(values: list[str], bands: Iterable[str], option: str) -> dict[str, str]:
@@ -252,11 +255,14 @@ def _superresolve(args: argparse.Namespace) -> None:
     images = {}
     for band in bands:  # the authors trained one model per band (RED fine-tuned from NIR)
         config = config_module.with_precision(config_module.load_config(config_paths[band]), args.precision)
+        if args.self_ensemble is not None:
+            config = config.replace(self_ensemble=args.self_ensemble)
         n_slide = config.n_slide if args.n_slide is None else args.n_slide
         superresolver = Superresolver(load_model(config, checkpoint_paths[band]), config)
         data = Path(args.data) if args.data is not None else config.base_dir
         images.update(superresolver.folder(data, split, [band], n_slide, args.windows_per_call))
-        print(f"{band}: {checkpoint_paths[band]}, n_slide {n_slide}", file=sys.stderr)
+        print(f"{band}: {checkpoint_paths[band]}, n_slide {n_slide}"
+              + (", self-ensemble" if config.self_ensemble else ""), file=sys.stderr)
     write_submission(images, args.out)
     validate_submission(args.out, data / split, bands)
     print(f"wrote {args.out}: {len(images)} scenes ({', '.join(bands)}), validated")
@@ -281,6 +287,8 @@ def _superresolve_frames(args: argparse.Namespace) -> None:
     if Path(args.out).resolve() in {(stack.folder / name).resolve() for name in stack.frame_names}:
         raise domain.DeepSUMError(f"--out {args.out}: is one of the frames; write the image elsewhere")
     config = config_module.with_precision(config_module.load_config(config_path), args.precision)
+    if args.self_ensemble is not None:
+        config = config.replace(self_ensemble=args.self_ensemble)
     n_slide = config.n_slide if args.n_slide is None else args.n_slide
     prepared = frame_stack.prepare_stack(stack, config)
     image = frame_stack.superresolve_frames(load_model(config, checkpoint), config, prepared, n_slide,

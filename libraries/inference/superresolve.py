@@ -5,10 +5,19 @@ second config, e.g. with `jit_compile`, gets its own traces): SISRNet's features
 are computed once per scene, the rest of the network per window. The window outputs are
 registered to the first with phase cross-correlation, those shifted by more than 4 pixels
 dropped, and the rest averaged (the authors' sliding window). Image sizes come from the data.
+
+With the self-ensemble (`self_ensemble`, see `ensemble`) a scene is super-resolved under each
+of the 8 flips and rotations, the sliding window fused per transform, and the 8 fused images,
+transformed back, averaged. Fusing per transform keeps each fusion the authors' one (its
+windows registered to its own first window, in one orientation) and gives every transform the
+same weight; the 8 fused images need no registration among them, since each transform's
+reference is the same frame, so fusing all 8 x windows images at once would only add
+cross-correlations and a chance to drop a transform's image for a spurious shift.
 """
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 from typing import Any, Iterable, Mapping
 
@@ -20,6 +29,7 @@ from tqdm.auto import tqdm
 from libraries import checkpoints, domain, metrics, probav, reports
 from libraries import config as config_module
 from libraries.dataset.scenes import prepare_test_scene
+from libraries.inference import ensemble
 from libraries.inference.frames import bicubic_baseline, iterate_scenes, scene_count, scene_frames
 from libraries.model import DeepSUM
 
@@ -82,7 +92,14 @@ class Superresolver:
         (windows share T_in - 1 frames with their neighbour), the rest of the network
         `windows_per_call` windows at a time; memory grows linearly with it.
         """
+        return self.timed_window_images(scene, n_slide, windows_per_call)[0]
+
+    def timed_window_images(self, scene: Mapping[str, Any], n_slide: int = 0,
+                            windows_per_call: int = 3) -> tuple[np.ndarray, float, float]:
+        """`window_images` and where its wall time went: (images `[windows, H, W]`, seconds before
+        the first window (frame selection, SISRNet), seconds of the windows' network calls)."""
         config = self.config
+        start = time.perf_counter()
         x, masks, index = scene_frames(scene, config, n_slide)
         if self.reuses_features:
             x, masks = tf.constant(x), tf.constant(masks)
@@ -90,28 +107,48 @@ class Superresolver:
             run = lambda rows: self.windows(features, x, masks, tf.constant(rows))  # noqa: E731
         else:
             run = lambda rows: self.network_call(tf.constant(x[rows]), tf.constant(masks[rows]))  # noqa: E731
+        windows_start = time.perf_counter()
         outputs = [run(index[start:start + windows_per_call]).numpy()[:, 0, :, :, 0]  # [b, 1, H, W, 1] -> [b, H, W]
                    for start in range(0, index.shape[0], windows_per_call)]
         images = domain.denormalise(np.concatenate(outputs), config.mu, config.sigma_rescaled)  # [windows, H, W] DN
+        end = time.perf_counter()
         if not np.all(np.isfinite(images)):
             raise ValueError(f"scene {scene.get('name', '?')}: the network produced NaN or infinite values")
-        return images
+        return images, windows_start - start, end - windows_start
 
-    def scene(self, scene: Mapping[str, Any], n_slide: int = 0, windows_per_call: int = 3) -> np.ndarray:
-        """Super-resolve one scene with the sliding window: float32 `[H, W]` DN (H, W of its frames)."""
-        image, _ = fuse_windows(self.window_images(scene, n_slide, windows_per_call))
-        return image
+    def transforms(self, self_ensemble: bool | None = None) -> tuple[ensemble.Transform, ...]:
+        """The transforms a scene is super-resolved under: the 8 of `ensemble.TRANSFORMS` with the
+        self-ensemble (`self_ensemble`; None: the config's), else the identity alone."""
+        on = self.config.self_ensemble if self_ensemble is None else self_ensemble
+        if not isinstance(on, (bool, np.bool_)):
+            raise domain.DeepSUMError(f"self_ensemble: expected true or false, got {on!r}")
+        return ensemble.TRANSFORMS if on else (ensemble.IDENTITY,)
+
+    def scene(self, scene: Mapping[str, Any], n_slide: int = 0, windows_per_call: int = 3,
+              self_ensemble: bool | None = None) -> np.ndarray:
+        """Super-resolve one scene with the sliding window: float32 `[H, W]` DN (H, W of its frames).
+
+        With the self-ensemble (`self_ensemble`; None: the config's), the mean of the 8 transformed
+        scenes' sliding-window images, each transformed back (8x the time).
+        """
+        transforms = self.transforms(self_ensemble)
+        fused = [fuse_windows(self.window_images(ensemble.transform_scene(scene, transform), n_slide,
+                                                 windows_per_call))[0] for transform in transforms]
+        return ensemble.restored_mean(fused, transforms)
 
     def folder(self, data_dir: str | Path, split: str, bands: Iterable[str], n_slide: int = 0,
-               windows_per_call: int = 3, progress: bool = True) -> dict[str, np.ndarray]:
+               windows_per_call: int = 3, progress: bool = True,
+               self_ensemble: bool | None = None) -> dict[str, np.ndarray]:
         """Super-resolve the scenes of a PROBA-V folder (`data_dir/split/band/imgset*`), doing the
-        test-time preprocessing (`dataset.prepare_test_scene`) per scene: name -> `[H, W]` DN."""
+        test-time preprocessing (`dataset.prepare_test_scene`) per scene: name -> `[H, W]` DN.
+        `self_ensemble` as in `scene` (None: the config's)."""
+        self.transforms(self_ensemble)  # a bad value is refused before the first scene
         images = {}
         for band in bands:
             for folder in tqdm(probav.list_scenes(data_dir, split, band), desc=f"super-resolving {split}/{band}",
                                unit="scene", disable=not progress):
                 scene = prepare_test_scene(probav.read_scene(folder, band=band, split=split))
-                images[folder.name] = self.scene(scene, n_slide, windows_per_call)
+                images[folder.name] = self.scene(scene, n_slide, windows_per_call, self_ensemble)
         return images
 
 
@@ -136,55 +173,121 @@ def fuse_windows(images: np.ndarray, max_shift: int = MAX_SR_SHIFT) -> tuple[np.
 
 
 def evaluate_sliding_window(superresolver: Superresolver, dataset: Mapping[str, np.ndarray],
-                            n_slides: Iterable[int] = (0, 1, 2), progress: bool = True) -> list[dict[str, Any]]:
-    """Mean cPSNR and mean Kelvins score of the sliding window for each n_slide, and of bicubic.
+                            n_slides: Iterable[int] = (0, 1, 2), progress: bool = True,
+                            self_ensemble: bool | Iterable[bool] | None = None) -> list[dict[str, Any]]:
+    """Mean cPSNR, mean Kelvins score and seconds per scene of the sliding window for each n_slide,
+    with and/or without the self-ensemble, and of bicubic.
 
-    dataset: `load_scenes(..., "validation")` (with hr, hr_clear, baseline). The windows of the
-    largest n_slide are computed once; a smaller n_slide fuses the first n_slide + 1 of them,
-    which is exactly what `Superresolver.scene` with that n_slide computes.
-    Returns rows {"method", "n_slide", "cpsnr", "score", "scenes"} (bicubic first).
+    dataset: `load_scenes(..., "validation")` (with hr, hr_clear, baseline). self_ensemble: False
+    (the authors' inference), True (the 8-transform self-ensemble) or both, e.g. (False, True),
+    for a row of each; None: both where the config's `self_ensemble` is on, else False. Per
+    transform the windows of the largest n_slide are computed once; a smaller n_slide fuses the
+    first n_slide + 1 of them, which is what `Superresolver.scene` with that n_slide computes.
+    "seconds" is the mean wall time per scene of that row's computation: frame selection,
+    SISRNet, fusion and averaging as measured, plus the windows' network time shared equally
+    among the windows (they have the same shape), so a row counts only the windows it uses. The
+    first scene's windows are computed once untimed before it is timed, so no row pays for
+    tracing or for the first call at an image size (a non-square scene's rotations still do).
+    Returns rows {"method", "n_slide", "self_ensemble", "cpsnr", "score", "seconds", "scenes"}:
+    bicubic first (n_slide and self_ensemble None), then per n_slide one row per setting.
     """
     n_slides = sorted(set(int(n) for n in n_slides))
     if not n_slides or n_slides[0] < 0:
         raise ValueError(f"n_slides: expected one or more integers >= 0, got {n_slides}")
-    results: dict[Any, list[tuple[float, float]]] = {"bicubic": [], **{n: [] for n in n_slides}}
-    for scene in tqdm(iterate_scenes(dataset), total=scene_count(dataset), desc="sliding window", disable=not progress):
+    settings = _ensemble_settings(superresolver, self_ensemble)
+    results: dict[Any, list[tuple[float, float, float]]] = {"bicubic": [], **{(n, on): [] for n in n_slides
+                                                                               for on in settings}}
+    for number, scene in enumerate(tqdm(iterate_scenes(dataset), total=scene_count(dataset), desc="sliding window",
+                                        disable=not progress)):
+        if number == 0:
+            superresolver.window_images(scene, max(n_slides))  # untimed: tracing, first call at this size
         hr, clear, baseline = scene["hr"], scene["hr_clear"], float(scene["baseline"])
-        candidates = {"bicubic": bicubic_baseline(scene)}
-        images = superresolver.window_images(scene, max(n_slides))
-        candidates.update({n: fuse_windows(images[:n + 1])[0] for n in n_slides})
-        for key, image in candidates.items():
-            results[key].append((metrics.kelvins_cpsnr(image, hr, clear), metrics.kelvins_score(image, hr, clear, baseline)))
+        start = time.perf_counter()
+        candidates = {"bicubic": (bicubic_baseline(scene), time.perf_counter() - start)}
+        windows: dict[ensemble.Transform, tuple[np.ndarray, float, float]] = {}  # shared by both settings
+        for on in settings:
+            per_n_slide = _sliding_window_images(superresolver, scene, n_slides, superresolver.transforms(on), windows)
+            candidates.update({(n, on): value for n, value in per_n_slide.items()})
+        for key, (image, seconds) in candidates.items():
+            results[key].append((metrics.kelvins_cpsnr(image, hr, clear),
+                                 metrics.kelvins_score(image, hr, clear, baseline), seconds))
     rows = []
     for key, values in results.items():
-        cpsnr, score = np.mean(np.array(values, dtype=np.float64), axis=0)
-        rows.append({"method": "bicubic" if key == "bicubic" else "DeepSUM", "n_slide": None if key == "bicubic" else key,
-                     "cpsnr": float(cpsnr), "score": float(score), "scenes": len(values)})
+        cpsnr, score, seconds = np.mean(np.array(values, dtype=np.float64), axis=0)
+        n_slide, on = (None, None) if key == "bicubic" else key
+        rows.append({"method": "bicubic" if key == "bicubic" else "DeepSUM", "n_slide": n_slide, "self_ensemble": on,
+                     "cpsnr": float(cpsnr), "score": float(score), "seconds": float(seconds), "scenes": len(values)})
     return rows
 
 
+def _ensemble_settings(superresolver: Superresolver, self_ensemble: bool | Iterable[bool] | None) -> list[bool]:
+    """`self_ensemble` of `evaluate_sliding_window` as a list: [False], [True] or [False, True]."""
+    if self_ensemble is None:
+        return [False, True] if superresolver.config.self_ensemble else [False]
+    values = [self_ensemble] if isinstance(self_ensemble, (bool, np.bool_)) else list(self_ensemble)
+    if not values or not all(isinstance(value, (bool, np.bool_)) for value in values):
+        raise domain.DeepSUMError(f"self_ensemble: expected True, False or a list of them, got {self_ensemble!r}")
+    return sorted(set(bool(value) for value in values))
+
+
+def _sliding_window_images(superresolver: Superresolver, scene: Mapping[str, Any], n_slides: list[int],
+                           transforms: tuple[ensemble.Transform, ...],
+                           windows: dict[ensemble.Transform, tuple[np.ndarray, float, float]],
+                           ) -> dict[int, tuple[np.ndarray, float]]:
+    """n_slide -> (the image `Superresolver.scene` gives for it under `transforms`, its seconds).
+
+    The windows of the largest n_slide are computed once per transform and kept in `windows`
+    (transform -> (window images, seconds before the windows, seconds of the windows)), so the
+    identity's serve the rows with and without the self-ensemble alike, each counting its time.
+    """
+    for transform in transforms:
+        if transform not in windows:
+            start = time.perf_counter()
+            transformed = ensemble.transform_scene(scene, transform)
+            images, _, during = superresolver.timed_window_images(transformed, max(n_slides))
+            windows[transform] = (images, time.perf_counter() - start - during, during)
+    computed = [windows[transform] for transform in transforms]
+    per_n_slide = {}
+    for n in n_slides:
+        start = time.perf_counter()
+        image = ensemble.restored_mean([fuse_windows(images[:n + 1])[0] for images, _, _ in computed], transforms)
+        shared = sum(before + during * min(n + 1, len(images)) / len(images) for images, before, during in computed)
+        per_n_slide[n] = (image, time.perf_counter() - start + shared)
+    return per_n_slide
+
+
 def format_table(rows: Iterable[Mapping[str, Any]]) -> str:
-    """The rows of `evaluate_sliding_window` as a text table."""
-    return reports.format_table(("method", "n_slide", "cPSNR (dB)", "score", "scenes"),
-                                [(row["method"], row["n_slide"], row["cpsnr"], row["score"], row["scenes"])
-                                 for row in rows], digits=(0, 0, 3, 4, 0))
+    """The rows of `evaluate_sliding_window` as a text table ("self-ensemble": yes or no, "-" for
+    bicubic; "s/scene": mean wall seconds per scene; "-" for a row without these keys)."""
+    ensemble_cell = {None: None, False: "no", True: "yes"}
+    return reports.format_table(("method", "n_slide", "self-ensemble", "cPSNR (dB)", "score", "s/scene", "scenes"),
+                                [(row["method"], row["n_slide"], ensemble_cell[row.get("self_ensemble")], row["cpsnr"],
+                                  row["score"], row.get("seconds"), row["scenes"]) for row in rows],
+                                digits=(0, 0, 0, 3, 4, ".3g", 0))
 
 
 def plot_sliding_window(rows: Iterable[Mapping[str, Any]]) -> Any:
-    """Score and cPSNR against n_slide, the bicubic baseline as a dashed line. Returns the figure."""
+    """Score and cPSNR against n_slide: DeepSUM, DeepSUM with the self-ensemble (where rows have
+    it; a row without the key is without it) and the bicubic baseline as a dashed line. Returns
+    the figure."""
     import matplotlib.pyplot as plt  # loaded only for figures: the commands stay light
 
     rows = list(rows)
     model_rows = [row for row in rows if row["n_slide"] is not None]
+    lines = {label: [row for row in model_rows if bool(row.get("self_ensemble")) == on]
+             for label, on in (("DeepSUM", False), ("DeepSUM + self-ensemble", True))}
     bicubic = [row for row in rows if row["n_slide"] is None]
     figure, axes = plt.subplots(1, 2, figsize=(9, 3.5))
     for axis, key, label in zip(axes, ("score", "cpsnr"), ("mean score (lower is better)", "mean cPSNR (dB)")):
-        axis.plot([row["n_slide"] for row in model_rows], [row[key] for row in model_rows], "o-", label="DeepSUM")
+        for line_label, line_rows in lines.items():
+            if line_rows:
+                axis.plot([row["n_slide"] for row in line_rows], [row[key] for row in line_rows], "o-",
+                          label=line_label)
         for row in bicubic:
             axis.axhline(row[key], linestyle="--", color="gray", label="bicubic")
         axis.set_xlabel("n_slide")
         axis.set_ylabel(label)
-        axis.set_xticks([row["n_slide"] for row in model_rows])
+        axis.set_xticks(sorted({row["n_slide"] for row in model_rows}))
         axis.legend()
     figure.tight_layout()
     return figure
