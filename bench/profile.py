@@ -22,6 +22,8 @@ import runners
 import tensorflow as tf
 from tensorflow.tsl.profiler.protobuf import xplane_pb2
 
+from libraries.config import PRECISIONS
+
 
 def op_times(trace_dir: Path) -> dict[str, float]:
     """Seconds per op type in the trace's XSpace: on the host plane's executor threads
@@ -41,8 +43,9 @@ def op_times(trace_dir: Path) -> dict[str, float]:
     return dict(totals)
 
 
-def profile(batch: int, size: int, n_features: int, train: bool, frame_by_frame: bool) -> dict:
-    model = runners.make_model(n_features, frame_by_frame=frame_by_frame)
+def profile(batch: int, size: int, n_features: int, train: bool, frame_by_frame: bool,
+            precision: str = "float32") -> dict:
+    model = runners.make_model(n_features, frame_by_frame=frame_by_frame, precision=precision)
     data = runners.inputs(batch, size)
     run = runners.make_train_step("ours", model, data) if train else runners.make_forward("ours", model, data)
     run()  # trace and warm up outside the profile
@@ -54,7 +57,7 @@ def profile(batch: int, size: int, n_features: int, train: bool, frame_by_frame:
     total = sum(times.values())
     ranked = sorted(times.items(), key=lambda item: -item[1])
     return {"batch": batch, "size": size, "n_features": n_features, "train": train, "frame_by_frame": frame_by_frame,
-            "trace_dir": str(trace_dir), "op_seconds_total": total,
+            "precision": precision, "trace_dir": str(trace_dir), "op_seconds_total": total,
             "ops": [{"op": op, "seconds": seconds, "share": seconds / total if total else 0.0} for op, seconds in ranked],
             "machine": harness.machine()}
 
@@ -66,13 +69,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--features", type=int, default=64)
     parser.add_argument("--train", action="store_true", help="a training step instead of a forward pass")
     parser.add_argument("--frame-by-frame", action="store_true", help="DeepSUM(frame_by_frame=True)")
+    parser.add_argument("--precision", default="float32", choices=PRECISIONS, help="the config's precision")
     parser.add_argument("--quick", action="store_true", help="32 px, 8 features (for tests)")
     args = parser.parse_args(argv)
     size, features = (32, 8) if args.quick else (args.size, args.features)
-    result = profile(args.batch, size, features, args.train, args.frame_by_frame)
+    result = profile(args.batch, size, features, args.train, args.frame_by_frame, args.precision)
     what = "training step" if args.train else "forward pass"
     rows = [[entry["op"], entry["seconds"], f"{entry['share']:.1%}"] for entry in result["ops"][:15]]
-    harness.print_table(f"{what}, batch {args.batch}, 9x{size}x{size}, {features} features: time per op type "
+    harness.print_table(f"{what}, batch {args.batch}, 9x{size}x{size}, {features} features, {args.precision}: "
+                        f"time per op type "
                         f"(tf.profiler; all ops {result['op_seconds_total']:.2f} s of thread time)",
                         ["op", "seconds", "share"], rows)
     print(f"\ntrace: {result['trace_dir']} (tensorboard --logdir there, Profile tab)")

@@ -13,10 +13,11 @@ from libraries import checkpoints, metrics
 from libraries.config import default_config
 from libraries.model import DeepSUM
 
-# bench/precision.py on the reference case (2 scenes, 9x64x64, 64 features): bfloat16 moved
-# cPSNR by 0.082 dB and the output by 5.0e-2 of its largest value; the tolerances leave ~2x.
-BFLOAT16_CPSNR_DB = 0.2
-BFLOAT16_RELATIVE = 0.1
+# bench/precision.py on the reference case (2 scenes, 9x64x64, 64 features): mixed_bfloat16
+# moved cPSNR by 0.014-0.018 dB and the output by 7.5e-3 of its largest value (Intel Xeon, AMX);
+# the bar for cPSNR is 0.05 dB, the output's tolerance leaves ~2.5x.
+BFLOAT16_CPSNR_DB = 0.05
+BFLOAT16_RELATIVE = 0.02
 
 
 def reference_model(reference_dir, precision: str) -> DeepSUM:
