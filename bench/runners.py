@@ -60,11 +60,14 @@ def make_forward(impl: str, model: model_lib.DeepSUM, data: dict[str, tf.Tensor]
 
 
 def make_train_step(impl: str, model: model_lib.DeepSUM, data: dict[str, tf.Tensor],
-                    micro_batch: int = 0) -> Callable[[], float]:
+                    micro_batch: int | None = None) -> Callable[[], float]:
     """A zero-argument function running one training step (cL2 loss, gradients of every
     variable, Adam update) on `data`, returning the loss. Each call updates the weights.
     micro_batch: scenes per forward/backward pass (`libraries.training.optimization.batch_gradients`,
-    as `Trainer` computes it); 0: the whole batch in one pass."""
+    as `Trainer` computes it); 0: the whole batch in one pass; None: the model config's
+    `micro_batch`, as `Trainer` resolves it."""
+    if micro_batch is None:
+        micro_batch = optimization.resolve_micro_batch(model.config.micro_batch) if impl == "ours" else 0
     network = _network(impl, model)
     optimizer = optimization.adam(1e-5)
     variables = model.trainable_variables
@@ -98,7 +101,7 @@ def memory_child(spec: dict) -> dict:
                        **spec.get("config", {}))
     data = inputs(spec["batch"], spec["size"])
     make = make_forward if spec["mode"] == "forward" else make_train_step
-    extra = {"micro_batch": spec["micro_batch"]} if spec.get("micro_batch") else {}
+    extra = {"micro_batch": spec["micro_batch"]} if "micro_batch" in spec else {}
     run = make(spec["impl"], model, data, **extra)
     base = harness.peak_rss_bytes()
     run()

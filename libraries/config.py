@@ -113,10 +113,12 @@ class DeepSUMConfig:
     jit_compile: bool = other(False, "compile the network with XLA")
     precision: str = other("float32", "float32 (the authors' numbers), mixed_bfloat16 or mixed_float16: the "
                                       "compute type of convolutions and element-wise work (Keras mixed precision)")
-    micro_batch: int = other(0, "scenes per forward/backward pass of a training step; the batch's gradients "
-                                "are summed over passes (same update, less memory); 0: the whole batch at once")
-    frame_by_frame: bool = other(False, "inference: run the network one frame at a time (less peak memory "
-                                        "than a whole-scene pass, a little more time)")
+    micro_batch: int | str = other(AUTO, "scenes per forward/backward pass of a training step; the batch's "
+                                         "gradients are summed over passes (same update, less memory); 0: the "
+                                         "whole batch at once; auto: 1 on CPUs, the whole batch on GPUs")
+    frame_by_frame: bool | str = other(AUTO, "inference: run the network one frame at a time (less peak memory, "
+                                             "the same outputs); auto: on CPUs with AVX-512, where it is also as "
+                                             "fast, not on AVX2 CPUs or GPUs")
     self_ensemble: bool = other(False, "inference: super-resolve each scene under the 8 flips and rotations by 90 "
                                        "degrees and average the 8 outputs (8x the time); false: the authors' inference")
     recompute: bool = other(False, "gradient checkpointing in training: recompute each layer's intermediates "
@@ -133,13 +135,16 @@ class DeepSUMConfig:
         if unknown:
             raise ConfigError(f"freeze: unknown sub-network(s) {sorted(unknown)}; expected any of {SUB_NETWORKS}")
         check_precision(self.precision)
+        if isinstance(self.frame_by_frame, str) and self.frame_by_frame != AUTO:
+            raise ConfigError(f"frame_by_frame: expected true, false or {AUTO!r}, got {self.frame_by_frame!r}")
         if isinstance(self.xla_kernel_gradients, str) and self.xla_kernel_gradients != AUTO:
             raise ConfigError(f"xla_kernel_gradients: expected true, false or {AUTO!r}, got {self.xla_kernel_gradients!r}")
         for name in ("lr", "sigma", "sigma_rescaled"):
             if not getattr(self, name) > 0:
                 raise ConfigError(f"{name}: expected a positive number, got {getattr(self, name)!r}")
-        if self.micro_batch < 0:
-            raise ConfigError(f"micro_batch: expected 0 (whole batch) or a positive integer, got {self.micro_batch}")
+        if self.micro_batch != AUTO and (isinstance(self.micro_batch, str) or self.micro_batch < 0):
+            raise ConfigError(f"micro_batch: expected 0 (whole batch), a positive integer or {AUTO!r}, "
+                              f"got {self.micro_batch!r}")
         for name in ("batch_size", "skip_step", "n_chunks", "channels", "T_in", "R", "n_features", "filter_size"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name}: expected a positive integer, got {getattr(self, name)!r}")

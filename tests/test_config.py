@@ -64,6 +64,13 @@ def test_round_trip_through_json(tmp_path):
         (lambda c: c["others"].update(T_in=7), "T_in: the network supports only 9, got 7"),
         (lambda c: c["others"].update(R=2), "R: the network supports only 3, got 2"),
         (lambda c: c["others"].update(channels=3), "channels: the network supports only 1, got 3"),
+        (lambda c: c["others"].update(precision="bfloat16"), "precision: expected one of float32, mixed_bfloat16, "
+                                                             "mixed_float16 (Keras mixed-precision policy names)"),
+        (lambda c: c["others"].update(micro_batch="sometimes"), "micro_batch: expected 0 (whole batch), a positive "
+                                                                "integer or 'auto', got 'sometimes'"),
+        (lambda c: c["others"].update(micro_batch=-1), "micro_batch: expected 0"),
+        (lambda c: c["others"].update(xla_kernel_gradients="fast"), "xla_kernel_gradients: expected true, false or "
+                                                                    "'auto', got 'fast'"),
         (lambda c: c["others"].update(patch_size_LR=[30, 32]),
          "patch_size_LR: expected patch_size_HR / R = [32, 32], got [30, 32]"),
     ],

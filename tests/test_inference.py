@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+from libraries.inference import superresolve as superresolve_module
 from libraries import checkpoints, dataset, domain, fileio, inference, metrics, preprocessing, probav, synthetic
 from libraries.__main__ import main
 from libraries.config import default_config, to_json
@@ -178,13 +179,20 @@ def tiny_model(tiny_config):
     return inference.load_model(tiny_config)
 
 
-def test_load_model_runs_frame_by_frame_when_the_config_says_so(tiny_config, tiny_model):
-    assert tiny_model.frame_by_frame is False
+def test_load_model_runs_frame_by_frame_when_the_config_says_so(tiny_config, monkeypatch):
+    whole = inference.load_model(tiny_config.replace(frame_by_frame=False))
+    assert whole.frame_by_frame is False
     frame_model = inference.load_model(tiny_config.replace(frame_by_frame=True))
     assert frame_model.frame_by_frame is True
+    assert tiny_config.frame_by_frame == "auto"  # the default: frame by frame on CPUs with AVX-512 only
+    for flags, expected in (({"avx2", "fma"}, False), ({"avx2", "avx512f", "amx_bf16"}, True)):
+        monkeypatch.setattr(superresolve_module, "cpu_flags", lambda flags=flags: flags)
+        assert inference.load_model(tiny_config).frame_by_frame is expected
+    monkeypatch.setattr(tf.config, "list_logical_devices", lambda kind=None: ["GPU:0"] if kind == "GPU" else [])
+    assert superresolve_module.resolve_frame_by_frame("auto") is False
     x = tf.random.stateless_normal([1, 9, 16, 16, 1], seed=[1, 2])
     masks = tf.ones([1, 9, 16, 16, 1], tf.bool)
-    expected = tiny_model(x, masks)["sr"].numpy()  # same seed: same weights
+    expected = whole(x, masks)["sr"].numpy()  # same seed: same weights
     np.testing.assert_allclose(frame_model(x, masks)["sr"].numpy(), expected, rtol=1e-5, atol=1e-5)
 
 

@@ -146,3 +146,12 @@ def test_batch_gradients_with_a_scale_are_the_scaled_gradients_of_the_unscaled_l
     expected_loss, expected = _run(problem, 0)
     assert abs(float(loss) - expected_loss) <= 1e-5 * abs(expected_loss)
     _assert_close([g.numpy() / 1024.0 for g in gradients], expected, 1e-4)
+
+
+def test_micro_batch_auto_is_one_scene_per_pass_on_cpus_and_the_whole_batch_on_gpus(monkeypatch):
+    assert default_config().micro_batch == "auto"
+    assert optimization.resolve_micro_batch(3) == 3 and optimization.resolve_micro_batch(0) == 0
+    monkeypatch.setattr(tf.config, "list_logical_devices", lambda kind=None: [])
+    assert optimization.resolve_micro_batch("auto") == 1
+    monkeypatch.setattr(tf.config, "list_logical_devices", lambda kind=None: ["GPU:0"] if kind == "GPU" else [])
+    assert optimization.resolve_micro_batch("auto") == 0

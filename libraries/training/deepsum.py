@@ -136,6 +136,7 @@ class Trainer:
         model, applier, variables, config = self.model, self.applier, self.variables, self.config
         strategy = self.strategy
         scale = optimization.loss_scale(applier)
+        micro_batch = optimization.resolve_micro_batch(config.micro_batch)
 
         def scene_loss(x, masks, y, y_mask):
             loss = metrics.cl2_loss(y, model(x, masks, training=True)["sr"], y_mask, border=config.border)
@@ -145,7 +146,7 @@ class Trainer:
             # A replica holds a slice of the global batch and the optimiser sums the replicas'
             # gradients: each part's batch mean is weighted by its share of the global batch.
             loss, gradients = optimization.batch_gradients(scene_loss, variables, (x, masks, y, y_mask),
-                                                           config.batch_size, config.micro_batch,
+                                                           config.batch_size, micro_batch,
                                                            config.jit_compile, scale)
             applier.apply_gradients(zip(gradients, variables))
             return loss
