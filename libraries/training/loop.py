@@ -17,9 +17,9 @@ A `TrainingLoop` owns what every training needs and nothing a particular one doe
 Several workers (`tf.distribute.MultiWorkerMirroredStrategy`): every worker saves (a save is
 collective), the non-chief ones into a scratch folder `.worker_<id>` inside the chief's; all
 restore from the chief's folder; only the chief writes logs and the config. A worker that dies
-makes the others' next collective fail (UNAVAILABLE, at once when its process is gone, or from
-the strategy's health check); `run` turns that into one `TrainingError`, and the cluster resumes
-when every worker is started again with the same command.
+makes the others' next collective fail (UNAVAILABLE: at once when its process is gone, as its
+socket closes or its port refuses); `run` turns that into one `TrainingError`, and the cluster
+resumes when every worker is started again with the same command.
 """
 
 from __future__ import annotations
@@ -208,9 +208,9 @@ class TrainingLoop:
 
     def _cluster_error(self, error: tf.errors.UnavailableError) -> TrainingError:
         """What a worker prints when another worker of the cluster is gone: TensorFlow's message
-        spans many lines; the task it names (the `/job:worker/replica:0/task:N` of gRPC or of the
-        health check) is what the user needs, with the checkpoint the restarted cluster takes."""
-        task = re.search(r"/job:(\w+)/replica:\d+/task:(\d+)", str(error))
+        spans many lines; the task it names (gRPC's `remote target /job:worker/replica:0/task:N`)
+        is what the user needs, with the checkpoint the restarted cluster takes."""
+        task = re.search(r"remote target /job:(\w+)/replica:\d+/task:(\d+)", str(error))
         who = f"{task[1]} {task[2]}" if task else "a worker of the cluster"
         latest = self.latest()
         resume = f"the chief's last checkpoint {latest}" if latest else "the start (no checkpoint yet)"
