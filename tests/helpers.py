@@ -55,10 +55,16 @@ def subprocess_env() -> dict[str, str]:
     return env
 
 
-def logged_losses(checkpoint_dir: Path) -> dict[int, float]:
-    """The training loss per step from the TensorBoard event files of a run."""
+def event_files(checkpoint_dir: Path) -> list[Path]:
+    """The TensorBoard event files of a run's training logs, oldest first (one per process)."""
+    return sorted((checkpoint_dir / "logs" / "train").glob("events.out.tfevents.*"))
+
+
+def logged_losses(checkpoint_dir: Path, files: list[Path] | None = None) -> dict[int, float]:
+    """The training loss per step from the TensorBoard event files of a run (default: all of
+    them, a later file's value of a step replacing an earlier one's)."""
     losses = {}
-    for file in sorted((checkpoint_dir / "logs" / "train").glob("events.out.tfevents.*")):
+    for file in event_files(checkpoint_dir) if files is None else files:
         for event in tf.compat.v1.train.summary_iterator(str(file)):
             for value in event.summary.value:
                 if value.tag == "loss":

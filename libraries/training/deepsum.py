@@ -27,7 +27,7 @@ from libraries import checkpoints, metrics
 from libraries import config as config_module
 from libraries.model import DeepSUM
 from libraries.training import data, evaluation, optimization
-from libraries.training.loop import TrainingLoop
+from libraries.training.loop import TrainingError, TrainingLoop
 
 LOG = logging.getLogger(__name__)
 PRETRAINED = (("sisrnet", "SISRNet_pretrain_dir"), ("regnet", "RegNet_pretrain_dir"))
@@ -124,8 +124,42 @@ class Trainer:
             LOG.info("initialised every weight from %s", init_from)
         else:
             self.pretrained = load_pretrained(self.model, config, required=require_pretrained)
+        if isinstance(self.strategy, tf.distribute.MultiWorkerMirroredStrategy):
+            self._check_workers_start_alike()
         self._train_step = self._make_train_step()
         self.evaluator = evaluation.Evaluator(self.model, config)
+
+    def _check_workers_start_alike(self) -> None:
+        """Raise `TrainingError` on every worker unless all start from the same state.
+
+        Each worker restores its own copy of the variables, from the chief's `checkpoint_dir`
+        and the pretraining folders at its own paths: a worker that cannot see them (no shared
+        file system) would train other weights from step 0 beside the chief's. One all-gather
+        of what each worker started from makes that an error instead.
+        """
+        start = [int(self.step) if self.resumed_from else -1] + [int(name in self.pretrained) for name, _ in PRETRAINED]
+        strategy = self.strategy
+
+        @tf.function  # the strategy's collectives run eagerly only with a warning
+        def gathered(start):  # [3] -> [replicas, 3], the replicas of worker 0 first, then worker 1's...
+            return strategy.gather(strategy.run(lambda: start[None]), axis=0)
+
+        rows = gathered(tf.constant(start, tf.int64)).numpy()
+        if (rows == rows[0]).all():
+            return
+
+        def described(row) -> str:
+            if row[0] >= 0:
+                return f"checkpoint of step {row[0]}"
+            loaded = [name for (name, _), flag in zip(PRETRAINED, row[1:]) if flag]
+            return f"no checkpoint, pretrained {' and '.join(loaded)}" if loaded else "no checkpoint, no pretraining"
+
+        self.loop.release()
+        per_worker = len(self.strategy.extended.worker_devices)
+        starts = "; ".join(f"worker {index}: {described(row)}" for index, row in enumerate(rows[::per_worker]))
+        raise TrainingError(f"{self.config.checkpoint_dir}: the workers did not start from the same state ({starts}); "
+                            "every worker must see the chief's checkpoint_dir and the pretraining folders at the same paths "
+                            "(a shared file system)")
 
     def _trained_variables(self) -> list:
         """Trainable variables minus those of the sub-networks named in `config.freeze`."""

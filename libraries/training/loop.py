@@ -16,7 +16,10 @@ A `TrainingLoop` owns what every training needs and nothing a particular one doe
 
 Several workers (`tf.distribute.MultiWorkerMirroredStrategy`): every worker saves (a save is
 collective), the non-chief ones into a scratch folder `.worker_<id>` inside the chief's; all
-restore from the chief's folder; only the chief writes logs and the config.
+restore from the chief's folder; only the chief writes logs and the config. A worker that dies
+makes the others' next collective fail (UNAVAILABLE: at once when its process is gone, as its
+socket closes or its port refuses); `run` turns that into one `TrainingError`, and the cluster
+resumes when every worker is started again with the same command.
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ from __future__ import annotations
 import logging
 import math
 import os
+import re
 import time
 from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping
@@ -200,12 +204,25 @@ class TrainingLoop:
                 bar.update()
                 if step % self.skip_step == 0 or step == steps:
                     self._validate_and_save(validate, history)
+        except tf.errors.UnavailableError as error:  # only collectives of a multi-worker cluster raise it
+            raise self._cluster_error(error) from None
         finally:
             bar.close()
             if self._writers is not None:
                 self.train_writer.flush()
             self.release()
         return history
+
+    def _cluster_error(self, error: tf.errors.UnavailableError) -> TrainingError:
+        """What a worker prints when another worker of the cluster is gone: TensorFlow's message
+        spans many lines; the task it names (gRPC's `remote target /job:worker/replica:0/task:N`)
+        is what the user needs, with the checkpoint the restarted cluster takes."""
+        task = re.search(r"remote target /job:(\w+)/replica:\d+/task:(\d+)", str(error))
+        who = f"{task[1]} {task[2]}" if task else "a worker of the cluster"
+        latest = self.latest()
+        resume = f"the chief's last checkpoint {latest}" if latest else "the start (no checkpoint yet)"
+        return TrainingError(f"{self.title} after step {int(self.step)}: {who} stopped or cannot be reached; "
+                             f"start every worker again with the same command: they resume from {resume}")
 
     def release(self) -> None:
         """Free the checkpoint folder for another run (`run` does it when it returns); a folder
