@@ -117,8 +117,8 @@ class DeepSUMConfig:
                                          "gradients are summed over passes (same update, less memory); 0: the "
                                          "whole batch at once; auto: 1 on CPUs, the whole batch on GPUs")
     frame_by_frame: bool | str = other(AUTO, "inference: run the network one frame at a time (less peak memory, "
-                                             "the same outputs); auto: on CPUs with AVX-512, where it is also as "
-                                             "fast, not on AVX2 CPUs or GPUs")
+                                             "the same outputs); auto: on CPUs with AVX-512, where it costs "
+                                             "little time, not on AVX2 CPUs or GPUs")
     self_ensemble: bool = other(False, "inference: super-resolve each scene under the 8 flips and rotations by 90 "
                                        "degrees and average the 8 outputs (8x the time); false: the authors' inference")
     recompute: bool = other(False, "gradient checkpointing in training: recompute each layer's intermediates "

@@ -52,9 +52,9 @@ def resolve_frame_by_frame(setting: bool | str) -> bool:
     """`config.frame_by_frame` as a decision: true and false as they are; "auto": frame by frame
     on CPUs with AVX-512, whole scenes elsewhere.
 
-    Frame by frame always needs less memory (0.25 of the naive pass's peak, against 0.41). Its
-    speed depends on the CPU: on an Intel Xeon with AVX-512 and AMX a 1x9x384x384 scene ran in
-    0.7-0.8x the whole-scene pass's time, on an AMD EPYC with AVX2 in 1.48x (oneDNN's AVX2
+    Frame by frame always needs less memory (0.23-0.25 of the naive pass's peak for a 1x9x384x384
+    scene, against 0.41-0.43). Its cost in time depends on the CPU: 1.05-1.15x the whole-scene
+    pass on an Intel Xeon with AVX-512 and AMX, 1.48x on an AMD EPYC with AVX2 (oneDNN's AVX2
     convolution of one large image is slower than of nine; `bench/forward.py`). GPUs, not
     measured, keep the whole-scene pass.
     """
