@@ -14,7 +14,7 @@ package has no import cycle and no import inside a function:
 | 1 | `reports` | the text-table formatter and `plot_history` |
 | 2 | `synthetic` | a realistic synthetic PROBA-V data set (`synth`) |
 | 2 | `dataset` | dataset creation on disk: `store` (layout, readers), `scenes`, `creation` (`prepare`), `views` |
-| 2 | `model` | the network: `layers`, `networks` (SISRNet, RegNet, FusionNet), `deepsum` (registration, fill, DeepSUM) |
+| 2 | `model` | the network: `kernel_gradients` (oneDNN or XLA, chosen by measurement), `layers`, `networks` (SISRNet, RegNet, FusionNet), `deepsum` (registration, fill, DeepSUM) |
 | 3 | `checkpoints` | the one checkpoint format (TF2) and the read-only importer of the authors' TF1 checkpoints (`convert-tf1`) |
 | 3 | `weights` | download and verification of the authors' published checkpoints (`fetch-weights`) |
 | 4 | `training` | `loop` (the one training loop), `data`, `evaluation`, `optimization`, `deepsum` (`train`), `pretraining_data`, `pretraining` (`pretrain-*`) |

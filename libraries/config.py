@@ -29,7 +29,7 @@ ConfigT = TypeVar("ConfigT")
 SUB_NETWORKS = ("sisrnet", "regnet", "fusionnet")
 # Keras mixed-precision policy names: variables, optimiser state, loss and metrics stay float32
 PRECISIONS = ("float32", "mixed_bfloat16", "mixed_float16")
-AUTO = "auto"  # a speed choice made for the machine at hand (`libraries.model.speed`)
+AUTO = "auto"  # a speed choice made for the machine at hand (micro_batch, frame_by_frame, xla_kernel_gradients)
 
 
 class ConfigError(domain.DeepSUMError):

@@ -90,18 +90,21 @@ def make_plan(out_dir: str | Path = DEMO_OUT, data_dir: str | Path | None = None
             changes.update(patch_size_HR=(patch_size, patch_size), patch_size_LR=(patch_size // 3, patch_size // 3))
         if n_features is not None:
             changes["n_features"] = n_features
-        deepsum[band] = config_module.with_precision(cfg.replace(**changes), precision)
+        if precision is not None:
+            changes["precision"] = precision
+        deepsum[band] = cfg.replace(**changes)
     nir = deepsum["NIR"]
     pretrain_changes: dict[str, Any] = dict(dataset_path=dataset_dir, spectral_band="NIR")
     if n_features is not None:
         pretrain_changes["n_features"] = n_features
+    if precision is not None:
+        pretrain_changes["precision"] = precision
     sisrnet = config_module.load_config(folder / f"SISRNet_pretrain_config{suffix}.json", SISRNetPretrainConfig)
     regnet = config_module.load_config(folder / f"RegNet_pretrain_config{suffix}.json", RegNetPretrainConfig)
     # Pretraining writes where DeepSUM's configs look for it, whatever the pretraining configs say.
     sisrnet = sisrnet.replace(checkpoint_dir=nir.SISRNet_pretrain_dir, **pretrain_changes)
     regnet = regnet.replace(checkpoint_dir=nir.RegNet_pretrain_dir, SISRNet_pretrain_dir=nir.SISRNet_pretrain_dir,
                             **pretrain_changes)
-    sisrnet, regnet = (config_module.with_precision(c, precision) for c in (sisrnet, regnet))
     if pretrain_steps is not None:
         sisrnet = sisrnet.replace(steps=pretrain_steps, skip_step=pretrain_steps)
         regnet = regnet.replace(steps=pretrain_steps, skip_step=pretrain_steps)

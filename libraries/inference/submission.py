@@ -239,6 +239,12 @@ def paths_per_band(values: list[str], bands: Iterable[str], option: str) -> dict
     return paths
 
 
+def _config_of_arguments(path: str | Path, args: argparse.Namespace) -> config_module.DeepSUMConfig:
+    """The config file at `path` with `--precision` and `--self-ensemble` applied (where given)."""
+    config = config_module.with_precision(config_module.load_config(path), args.precision)
+    return config if args.self_ensemble is None else config.replace(self_ensemble=args.self_ensemble)
+
+
 def _superresolve(args: argparse.Namespace) -> None:
     if args.frames is not None:
         _superresolve_frames(args)
@@ -254,9 +260,7 @@ def _superresolve(args: argparse.Namespace) -> None:
     checkpoint_paths = paths_per_band(args.checkpoint, bands, "--checkpoint")
     images = {}
     for band in bands:  # the authors trained one model per band (RED fine-tuned from NIR)
-        config = config_module.with_precision(config_module.load_config(config_paths[band]), args.precision)
-        if args.self_ensemble is not None:
-            config = config.replace(self_ensemble=args.self_ensemble)
+        config = _config_of_arguments(config_paths[band], args)
         n_slide = config.n_slide if args.n_slide is None else args.n_slide
         superresolver = Superresolver(load_model(config, checkpoint_paths[band]), config)
         data = Path(args.data) if args.data is not None else config.base_dir
@@ -286,9 +290,7 @@ def _superresolve_frames(args: argparse.Namespace) -> None:
     stack = frame_stack.read_frame_stack(args.frames, args.masks)
     if Path(args.out).resolve() in {(stack.folder / name).resolve() for name in stack.frame_names}:
         raise domain.DeepSUMError(f"--out {args.out}: is one of the frames; write the image elsewhere")
-    config = config_module.with_precision(config_module.load_config(config_path), args.precision)
-    if args.self_ensemble is not None:
-        config = config.replace(self_ensemble=args.self_ensemble)
+    config = _config_of_arguments(config_path, args)
     n_slide = config.n_slide if args.n_slide is None else args.n_slide
     prepared = frame_stack.prepare_stack(stack, config)
     image = frame_stack.superresolve_frames(load_model(config, checkpoint), config, prepared, n_slide,

@@ -1,4 +1,5 @@
-"""The DeepSUM network: `layers` (building blocks) -> `networks` (SISRNet, RegNet, FusionNet)
+"""The DeepSUM network: `kernel_gradients` (the convolutions' kernel gradients by oneDNN or XLA,
+whichever is faster here) -> `layers` (building blocks) -> `networks` (SISRNet, RegNet, FusionNet)
 -> `deepsum` (registration, fill and the whole network). The names below are the package's
 public interface (`from libraries import model; model.DeepSUM(config)`)."""
 

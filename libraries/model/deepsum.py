@@ -10,9 +10,8 @@ import numpy as np
 import tensorflow as tf
 
 from libraries import domain
-from libraries import config as config_module
 from libraries.config import DeepSUMConfig, default_config
-from libraries.model.layers import Conv, Network, frame_list, cast_like, one_after_another
+from libraries.model.layers import Conv, Network, cast_like, compute_dtype, frame_list, one_after_another
 from libraries.model.networks import FusionNet, RegNet, SISRNet
 
 
@@ -125,7 +124,7 @@ class DeepSUM(Network):
         super().__init__(name="DeepSUM")
         self.config = default_config() if config is None else config
         c = self.config
-        self.compute_dtype = tf.as_dtype(config_module.compute_dtype_name(c.precision))
+        self.compute_dtype = compute_dtype(c.precision)
         self.sisrnet = SISRNet(c.n_features, c.channels, c.seed)
         self.regnet = RegNet(c.n_features, c.filter_size, c.seed)
         self.fusionnet = FusionNet(c.n_features, c.seed)

@@ -23,6 +23,8 @@ import time
 import numpy as np
 import tensorflow as tf
 
+from libraries import config as config_module
+
 LOG = logging.getLogger(__name__)
 # A SISRNet layer of a small training batch: large enough that the timing is the convolution's
 # (about 2.7 GFLOP), small enough that the measurement costs about a second.
@@ -46,7 +48,7 @@ def onednn_kernel_gradient(padded: tf.Tensor, out_grad: tf.Tensor, kernel: tf.Te
 
 def resolve(setting: bool | str) -> bool:
     """`config.xla_kernel_gradients` as a decision: true and false as they are, "auto" measured."""
-    return xla_is_faster() if setting == "auto" else bool(setting)
+    return xla_is_faster() if setting == config_module.AUTO else bool(setting)
 
 
 @functools.cache

@@ -14,6 +14,7 @@ import zlib
 
 import tensorflow as tf
 
+from libraries import config as config_module
 from libraries.model import kernel_gradients
 
 LEAKY_SLOPE = 0.2  # tf.nn.leaky_relu's default, as in the original
@@ -176,6 +177,11 @@ class Network(tf.Module):
 
 def leaky_relu(values: tf.Tensor) -> tf.Tensor:
     return tf.nn.leaky_relu(values, alpha=LEAKY_SLOPE)
+
+
+def compute_dtype(precision: str) -> tf.DType:
+    """The dtype the networks compute in under `config.precision` (float32, bfloat16 or float16)."""
+    return tf.as_dtype(config_module.compute_dtype_name(precision))
 
 
 def cast_like(value: tf.Tensor, like: tf.Tensor) -> tf.Tensor:

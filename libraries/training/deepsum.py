@@ -112,8 +112,7 @@ class Trainer:
         worker = None if self.is_chief else self.strategy.cluster_resolver.task_id
         self.loop = TrainingLoop(config.checkpoint_dir, {"model": self.model, "optimizer": self.optimizer},
                                  config.skip_step, title=f"train {config.spectral_band}", optional=loss_scale_state,
-                                 best_key="score",
-                                 best_mode="min", config=config, worker=worker, progress=progress)
+                                 best_key="score", best_mode="min", config=config, worker=worker, progress=progress)
         self.step, self.best_score = self.loop.step, self.loop.best
         self.pretrained: dict[str, list[str]] = {}
         self.resumed_from = self.loop.restore()

@@ -66,8 +66,8 @@ class TrainingLoop:
     """
 
     def __init__(self, folder: str | Path, objects: Mapping[str, Any], skip_step: int, title: str = "train",
-                 optional: Mapping[str, Any] | None = None, best_key: str | None = None, best_mode: str = "min", config: Any = None,
-                 worker: int | None = None, progress: bool = True):
+                 optional: Mapping[str, Any] | None = None, best_key: str | None = None, best_mode: str = "min",
+                 config: Any = None, worker: int | None = None, progress: bool = True):
         if best_mode not in ("min", "max"):
             raise ValueError(f"best_mode: expected 'min' or 'max', got {best_mode!r}")
         self.folder = Path(folder)

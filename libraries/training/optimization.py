@@ -21,6 +21,8 @@ from typing import Any, Callable, Iterator, Sequence
 import keras
 import tensorflow as tf
 
+from libraries import config as config_module
+
 LossFunction = Callable[..., tf.Tensor]
 ADAM_BETAS = (0.9, 0.999)
 ADAM_EPSILON = 1e-8  # TF1 AdamOptimizer's default (the authors'); Keras' is 1e-7
@@ -66,11 +68,11 @@ def with_loss_scaling(optimizer: keras.optimizers.Optimizer, precision: str,
     name in every precision, so checkpoints are interchangeable between precisions.
     `variables` builds the optimiser's state (call it inside the strategy's scope).
     """
-    optimizer.build(list(variables))
     if precision != "mixed_float16":
+        optimizer.build(list(variables))
         return optimizer, {}
     scaled = keras.optimizers.LossScaleOptimizer(optimizer)
-    scaled.build(list(variables))
+    scaled.build(list(variables))  # builds the inner optimizer too
     return scaled, {"loss_scale": tf.train.Checkpoint(scale=scaled.dynamic_scale, good_steps=scaled.step_counter)}
 
 
@@ -95,7 +97,7 @@ def resolve_micro_batch(setting: int | str) -> int:
     pass (AMD EPYC AVX2: 0.99x; Intel Xeon AMX: 0.98x in float32, 1.06x in mixed_bfloat16) at
     0.19 of the naive step's peak memory (`bench/train_step.py`); the whole batch on GPUs, whose
     kernels need large batches to fill the device (not measured here)."""
-    if setting != "auto":
+    if setting != config_module.AUTO:
         return int(setting)
     return 0 if tf.config.list_logical_devices("GPU") else 1
 

@@ -39,7 +39,7 @@ from libraries import checkpoints, domain, metrics
 from libraries import config as config_module
 from libraries.config import RegNetPretrainConfig, SISRNetPretrainConfig
 from libraries.model import Conv, RegNet, SISRNet
-from libraries.model.layers import cast_like
+from libraries.model.layers import cast_like, compute_dtype
 from libraries.training import optimization
 from libraries.training import pretraining_data as pdata
 from libraries.training.loop import TrainingLoop
@@ -56,7 +56,7 @@ class SingleFrameSR(tf.Module):
 
     def __init__(self, n_features: int, residual_scale: float, seed: int, precision: str = "float32"):
         super().__init__(name="SingleFrameSR")
-        self.compute_dtype = tf.as_dtype(config_module.compute_dtype_name(precision))
+        self.compute_dtype = compute_dtype(precision)
         self.sisrnet = SISRNet(n_features, channels=1, seed=seed)
         self.head = Conv(SISRNET_HEAD, [1, 1, 1, n_features, 1], seed)
         self.residual_scale = float(residual_scale)
@@ -105,8 +105,7 @@ def pretrain_sisrnet(config: SISRNetPretrainConfig, steps: int | None = None,
     applier, loss_scale_state = optimization.with_loss_scaling(optimizer, config.precision, trainable)
     loop = TrainingLoop(config.checkpoint_dir, {"model": network.sisrnet, "head": network.head, "optimizer": optimizer},
                         config.skip_step, title="SISRNet pretraining", optional=loss_scale_state,
-                        best_key="heldout_loss", best_mode="min",
-                        config=config, progress=progress)
+                        best_key="heldout_loss", best_mode="min", config=config, progress=progress)
     _initialise(loop, config, network.sisrnet, {"head": network.head})
 
     def losses(x, y, mask):  # [b, 1, p, p, 1] each
@@ -222,16 +221,16 @@ def pretrain_regnet(config: RegNetPretrainConfig, steps: int | None = None,
     trainable = list(regnet.tf1_variables().values())
     optimizer = optimization.adam(config.lr)
     applier, loss_scale_state = optimization.with_loss_scaling(optimizer, config.precision, trainable)
-    compute_dtype = tf.as_dtype(config_module.compute_dtype_name(config.precision))
+    features_dtype = compute_dtype(config.precision)
     loop = TrainingLoop(config.checkpoint_dir, {"model": regnet, "optimizer": optimizer}, config.skip_step,
-                        title="RegNet pretraining", optional=loss_scale_state, best_key="heldout_accuracy", best_mode="max", config=config,
-                        progress=progress)
+                        title="RegNet pretraining", optional=loss_scale_state, best_key="heldout_accuracy",
+                        best_mode="max", config=config, progress=progress)
     _initialise(loop, config, regnet)
     step_counter = loop.step
 
     @tf.function(reduce_retracing=True)
     def train_step(x):  # x: [b, p, p, 1]
-        features = sisrnet(tf.cast(x[:, None], compute_dtype))[:, 0]  # [b, p, p, F], frozen: outside the tape
+        features = sisrnet(tf.cast(x[:, None], features_dtype))[:, 0]  # [b, p, p, F], frozen: outside the tape
         seed = tf.stack([tf.constant(config.seed, tf.int64), tf.convert_to_tensor(step_counter, tf.int64)])
         shifts = pdata.random_shifts(config.batch_size, frames_per_stack - 1, config.max_shift, seed)
         labels = domain.tap_index(shifts, config.filter_size)  # [b, T-1]
