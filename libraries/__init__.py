@@ -10,8 +10,8 @@ package has no import cycle and no import inside a function:
 | 0 | `fileio` | atomic writes of files, folders, JSON and arrays |
 | 1 | `probav` | PROBA-V scene folders, PNG readers and writers, norm.csv |
 | 1 | `preprocessing` | array operations of dataset creation (upsampling, registration, best-9, patches) |
-| 1 | `metrics` | cL2 loss, cPSNR and the Kelvins score (TensorFlow and NumPy) |
-| 1 | `reports` | the text-table formatter and `plot_history` |
+| 1 | `metrics` | cL2 loss, cPSNR and the Kelvins score (TensorFlow and NumPy), its per-pixel error map |
+| 1 | `reports` | the text-table formatter, `plot_history` and `plot_validation_scene` |
 | 2 | `synthetic` | a realistic synthetic PROBA-V data set (`synth`) |
 | 2 | `dataset` | dataset creation on disk: `store` (layout, readers), `scenes`, `creation` (`prepare`), `views` |
 | 2 | `model` | the network: `kernel_gradients` (oneDNN or XLA, chosen by measurement), `layers`, `networks` (SISRNet, RegNet, FusionNet), `deepsum` (registration, fill, DeepSUM) |

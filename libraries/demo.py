@@ -9,7 +9,8 @@ PROBA-V set (generated when absent):
 4. train       DeepSUM on NIR, then RED fine-tuned from NIR, as the authors did
 5. validate    sliding-window evaluation against the bicubic baseline (`libraries.inference`)
 6. submit      the test split super-resolved into a Kelvins zip, validated
-7. report      figures and a final table: validation cPSNR and score of bicubic and DeepSUM
+7. report      figures (per band: training curves, sliding window, one validation scene with its
+               error maps) and a final table: validation cPSNR and score of bicubic and DeepSUM
 
 With `--data DIR` (a real PROBA-V folder) the same steps run with the paper's configs
 (`config_files/DeepSUM_config_{NIR,RED}.json` and the two pretraining configs); pretraining is
@@ -22,14 +23,17 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import os
+import textwrap
 import time
 from pathlib import Path
 from typing import Any
 
 import matplotlib.pyplot as plt
 import numpy as np
+import tensorflow as tf
 
-from libraries import checkpoints, dataset, domain, fileio, inference, probav, reports, synthetic
+from libraries import checkpoints, dataset, domain, fileio, inference, metrics, probav, reports, synthetic
 from libraries import config as config_module
 from libraries.config import REPOSITORY_ROOT, RegNetPretrainConfig, SISRNetPretrainConfig
 from libraries.training import deepsum as deepsum_training
@@ -119,7 +123,7 @@ def make_plan(out_dir: str | Path = DEMO_OUT, data_dir: str | Path | None = None
 # --------------------------------------------------------------------------- the steps
 
 
-def make_data(plan: DemoPlan, n_scenes: int = 10, n_test_scenes: int = 4, lr_size: int = 128,
+def make_data(plan: DemoPlan, n_scenes: int = 14, n_test_scenes: int = 4, lr_size: int = 128,
               progress: bool = True) -> str:
     """Write the synthetic PROBA-V set unless it (or a real folder) is already there."""
     if not plan.synthetic or (plan.data_dir / "norm.csv").is_file():
@@ -158,7 +162,8 @@ def pretrain(plan: DemoPlan, progress: bool = True) -> dict[str, float]:
 
 
 def train(plan: DemoPlan, progress: bool = True) -> dict[str, Any]:
-    """Train NIR from the pretrained SISRNet and RegNet, then RED fine-tuned from NIR."""
+    """Train NIR from the pretrained SISRNet and RegNet, then RED fine-tuned from NIR.
+    Returns {band: {"history": `logged_history`, "steps", "seconds" of each step trained now}}."""
     results = {}
     for band in BANDS:
         cfg = plan.deepsum[band]
@@ -166,9 +171,31 @@ def train(plan: DemoPlan, progress: bool = True) -> dict[str, Any]:
         if band == "RED" and not checkpoints.has_checkpoint(cfg.checkpoint_dir):
             init_from = plan.deepsum["NIR"].checkpoint_dir  # the authors fine-tuned RED from NIR
         trainer = deepsum_training.Trainer(cfg, init_from=init_from, progress=progress)
-        history = trainer.train(cfg.max_steps)
-        results[band] = {"history": history, "steps": int(trainer.step)}
+        seconds = trainer.train(cfg.max_steps)["seconds"]
+        # the logs hold every step of the folder, also those of an earlier, interrupted run
+        results[band] = {"history": logged_history(cfg.checkpoint_dir), "steps": int(trainer.step), "seconds": seconds}
     return results
+
+
+def logged_history(folder: str | Path) -> dict[str, Any]:
+    """The history of a training folder read back from its TensorBoard logs, shaped as
+    `TrainingLoop.run` returns it ({"step", "loss", ..., "validation": [{"step", ...}]}) but over
+    every run of the folder; a step logged twice (redone after a resume) keeps its last value."""
+    logged: dict[str, dict[int, dict[str, float]]] = {}
+    for part in ("train", "validation"):
+        paths = sorted((Path(folder) / "logs" / part).glob("events.out.tfevents.*"))
+        events = [tf.compat.v1.Event.FromString(record.numpy()) for path in paths
+                  for record in tf.data.TFRecordDataset(str(path))]
+        logged[part] = {}
+        for event in sorted(events, key=lambda event: event.wall_time):  # stable: file order within a run
+            for value in event.summary.value:
+                if value.metadata.plugin_data.plugin_name == "scalars":
+                    logged[part].setdefault(int(event.step), {})[value.tag] = float(tf.make_ndarray(value.tensor))
+    steps = sorted(logged["train"])
+    keys = set.intersection(*(set(values) for values in logged["train"].values())) if steps else set()
+    history: dict[str, Any] = {"step": steps, **{key: [logged["train"][step][key] for step in steps] for key in sorted(keys)}}
+    history["validation"] = [{"step": step, **logged["validation"][step]} for step in sorted(logged["validation"])]
+    return history
 
 
 def best_checkpoint(cfg: config_module.DeepSUMConfig) -> Path:
@@ -177,16 +204,44 @@ def best_checkpoint(cfg: config_module.DeepSUMConfig) -> Path:
     return best if checkpoints.has_checkpoint(best) else Path(cfg.checkpoint_dir)
 
 
-def validate(plan: DemoPlan, n_slides: tuple[int, ...] = (0, 1, 2), progress: bool = True) -> list[dict[str, Any]]:
-    """Sliding-window evaluation of each band's best model on its validation scenes."""
-    rows = []
+def validate(plan: DemoPlan, n_slides: tuple[int, ...] = (0, 1, 2),
+             progress: bool = True) -> tuple[list[dict[str, Any]], dict[str, dict[str, Any]]]:
+    """Sliding-window evaluation of each band's best model on its validation scenes: (rows of
+    `inference.evaluate_sliding_window` with their band, {band: `example_scene`})."""
+    rows, examples = [], {}
     for band in BANDS:
         cfg = plan.deepsum[band]
         superresolver = inference.Superresolver(inference.load_model(cfg, best_checkpoint(cfg)), cfg)
         scenes = dataset.load_scenes(plan.dataset_dir, band, "validation")
         for row in inference.evaluate_sliding_window(superresolver, scenes, n_slides, progress=progress):
             rows.append({"band": band, **row})
-    return rows
+        examples[band] = example_scene(plan, band, superresolver, scenes)
+    return rows, examples
+
+
+def example_scene(plan: DemoPlan, band: str, superresolver: inference.Superresolver,
+                  scenes: dict[str, np.ndarray]) -> dict[str, Any]:
+    """The validation scene whose network input has the most cloudy pixels (so the figure shows
+    how DeepSUM fills them), super-resolved with its best 9 frames (n_slide 0): the arguments
+    of `reports.plot_validation_scene` plus `name`, `cpsnr` and `bicubic_cpsnr` (dB).
+    """
+    cfg = plan.deepsum[band]
+    candidates = list(inference.iterate_scenes(scenes))
+    filled = []
+    for scene in candidates:
+        clear = inference.window_inputs(scene, cfg, 0)[1][0, ..., 0] > 0  # [1, T, H, W, 1] -> [T, H, W]
+        # fill_masked replaces a cloudy pixel only where another frame is clear there
+        filled.append(np.where(clear.any(axis=0), np.count_nonzero(~clear, axis=0), 0))  # [H, W]
+    index = int(np.argmax([count.sum() for count in filled]))
+    scene = candidates[index]
+    sr, bicubic = superresolver.scene(scene, 0), inference.bicubic_baseline(scene)
+    hr, hr_clear = np.asarray(scene["hr"]), np.asarray(scene["hr_clear"])
+    reference = inference.select_clear_frames(inference.sort_frames_by_clearance(scene), cfg.T_in)["frame_names"][0]
+    lr_scene = probav.read_scene(plan.data_dir / "train" / band / scene["name"], band=band, split="train")
+    return {"name": scene["name"], "lr": lr_scene.lr[lr_scene.frame_names.index(str(reference))], "bicubic": bicubic,
+            "sr": sr, "hr": hr, "bicubic_error": metrics.kelvins_error_map(bicubic, hr, hr_clear),
+            "sr_error": metrics.kelvins_error_map(sr, hr, hr_clear), "filled": filled[index],
+            "cpsnr": metrics.kelvins_cpsnr(sr, hr, hr_clear), "bicubic_cpsnr": metrics.kelvins_cpsnr(bicubic, hr, hr_clear)}
 
 
 def submit(plan: DemoPlan, n_slide: int = 0, progress: bool = True) -> tuple[Path, dict[str, np.ndarray]]:
@@ -201,32 +256,64 @@ def submit(plan: DemoPlan, n_slide: int = 0, progress: bool = True) -> tuple[Pat
     return zip_path, images
 
 
-def save_figures(plan: DemoPlan, rows: list[dict[str, Any]], trained: dict[str, Any],
-                 images: dict[str, np.ndarray]) -> list[Path]:
-    """Training curves, the sliding-window plot and LR / bicubic / SR of one test scene, as PNG."""
+SEAM_NOTE = ("A seam at a cloud edge in the DeepSUM image comes from the fill of cloudy pixels: before the fusion "
+             "each frame's cloudy pixels take the value of the first frame clear there (fill_masked, the authors' "
+             "design), so where frames differ in brightness or registration the edge of the fill shows.")
+
+
+def save_figures(plan: DemoPlan, rows: list[dict[str, Any]], trained: dict[str, Any], images: dict[str, np.ndarray],
+                 examples: dict[str, dict[str, Any]]) -> list[Path]:
+    """Training curves, the sliding-window plots, one validation scene per band with its error
+    maps, and LR / bicubic / SR of one test scene, as PNG."""
     folder = plan.out_dir / "figures"
     folder.mkdir(parents=True, exist_ok=True)
-    written = []
-    figure, axes = plt.subplots(1, len(trained), figsize=(6 * len(trained), 4))
-    for axis, (band, result) in zip(np.atleast_1d(axes), trained.items()):
-        if result["history"]["step"]:
-            reports.plot_history(result["history"], ax=axis, log=True)
-        axis.set_title(f"DeepSUM training, {band}")
-    written.append(_save(figure, folder / "training.png"))
+    written = [_save(training_figure(trained), folder / "training.png")]
     for band in BANDS:
         band_rows = [row for row in rows if row["band"] == band]
         figure = inference.plot_sliding_window(band_rows)
         figure.suptitle(f"validation, {band}")
         written.append(_save(figure, folder / f"sliding_window_{band}.png"))
+    for band, example in examples.items():  # at dpi 120 a 384-pixel image is shown at about its size
+        written.append(_save(validation_figure(band, example), folder / f"validation_{band}.png", dpi=120))
     name = sorted(images)[0]
-    written.append(_save(inference.plot_scene(plan.data_dir, "test", name, images[name]), folder / f"test_{name}.png"))
+    figure = inference.plot_scene(plan.data_dir, "test", name, images[name])
+    figure.text(0.5, 0.0, textwrap.fill(SEAM_NOTE, 150), ha="center", va="top", fontsize=10)
+    written.append(_save(figure, folder / f"test_{name}.png"))
     plt.close("all")
     return written
 
 
-def _save(figure, path: Path) -> Path:
+def training_figure(trained: dict[str, Any]):
+    """Per band (one row each): the batch loss and its moving average, and beside it the
+    validation loss on its own axis (whole scenes, so on another scale than the patches)."""
+    figure, axes = plt.subplots(len(trained), 2, figsize=(12, 3.4 * len(trained)), squeeze=False)
+    for (loss_axis, validation_axis), (band, result) in zip(axes, trained.items()):
+        history = result["history"]
+        # windows of a fifth of the run: the batch loss of a few patches varies tenfold with their contrast
+        reports.plot_history(history, ax=loss_axis, validation_ax=validation_axis,
+                             smooth=max(5, len(history["step"]) // 5), zoom=True)
+        loss_axis.set_title(f"{band}: training loss (cL2) of each batch of patches")
+        validation_axis.set_title(f"{band}: validation loss (cL2) on whole scenes")
+        validation_axis.set_xlim(loss_axis.get_xlim())  # the same steps under each other
+    figure.tight_layout()
+    return figure
+
+
+def validation_figure(band: str, example: dict[str, Any]):
+    """`reports.plot_validation_scene` of an `example_scene`, with its cPSNRs and, when pixels
+    were filled, where the seams at cloud edges come from."""
+    note = (f"Best 9 frames (n_slide 0): DeepSUM {example['cpsnr']:.2f} dB cPSNR, bicubic "
+            f"{example['bicubic_cpsnr']:.2f} dB. Error maps at the best of the 49 offsets of the score, "
+            "brightness bias removed.")
+    cloudy = bool(example["filled"].any())
+    title = f"{band} validation scene {example['name']}" + (" (the cloudiest)" if cloudy else " (no cloud in its 9 frames)")
+    return reports.plot_validation_scene(*(example[key] for key in ("lr", "bicubic", "sr", "hr", "bicubic_error",
+                                         "sr_error", "filled")), title, note + (" " + SEAM_NOTE if cloudy else ""))
+
+
+def _save(figure, path: Path, dpi: int = 90) -> Path:
     with fileio.atomic_path(path, suffix=".png") as temporary:
-        figure.savefig(temporary, dpi=90, bbox_inches="tight")
+        figure.savefig(temporary, dpi=dpi, bbox_inches="tight")
     return path
 
 
@@ -246,20 +333,26 @@ def final_table(rows: list[dict[str, Any]]) -> tuple[str, dict[str, bool]]:
     return table, verdict
 
 
-def run_pipeline(plan: DemoPlan, n_scenes: int = 10, n_test_scenes: int = 4, lr_size: int = 128,
+def cpu_seconds() -> float:
+    """CPU time of this process and of its finished child processes (`prepare`'s workers), in s:
+    on a machine shared with other work, a measure of the demo's own cost beside its wall time."""
+    return float(sum(os.times()[:4]))
+
+
+def run_pipeline(plan: DemoPlan, n_scenes: int = 14, n_test_scenes: int = 4, lr_size: int = 128,
              n_slides: tuple[int, ...] = (0, 1, 2), progress: bool = True) -> dict[str, Any]:
     """Run every step, printing what each did and its wall time; return the results."""
     timings: dict[str, float] = {}
-    started = time.perf_counter()
+    started, started_cpu = time.perf_counter(), cpu_seconds()
 
     def step(name: str, function, *args, **kwargs):
         print(f"\n== {name} ==", flush=True)
-        begin = time.perf_counter()
+        begin, begin_cpu = time.perf_counter(), cpu_seconds()
         result = function(*args, **kwargs)
         timings[name] = time.perf_counter() - begin
         if isinstance(result, str):
             print(result)
-        print(f"   ({timings[name]:.0f} s)", flush=True)
+        print(f"   ({timings[name]:.0f} s, CPU {cpu_seconds() - begin_cpu:.0f} s)", flush=True)
         return result
 
     step("data", make_data, plan, n_scenes, n_test_scenes, lr_size, progress)
@@ -268,10 +361,14 @@ def run_pipeline(plan: DemoPlan, n_scenes: int = 10, n_test_scenes: int = 4, lr_
     for key, value in pretrained.items():
         print(f"   {key}: {value:.4f}")
     trained = step("train", train, plan, progress)
-    rows = step("validate", validate, plan, n_slides, progress)
+    for band, result in trained.items():
+        losses = " ".join(f"{entry['step']}:{entry['loss']:.3f}" for entry in result["history"]["validation"])
+        pace = f", median {np.median(result['seconds']):.2f} s a step" if result["seconds"] else ""
+        print(f"   {band}: {result['steps']} steps{pace}; validation loss at step:value {losses}")
+    rows, examples = step("validate", validate, plan, n_slides, progress)
     zip_path, images = step("submit", submit, plan, max(n_slides), progress)
     print(f"   {zip_path}: {len(images)} test scenes, validated")
-    figures = step("figures", save_figures, plan, rows, trained, images)
+    figures = step("figures", save_figures, plan, rows, trained, images, examples)
     table, verdict = final_table(rows)
     total = time.perf_counter() - started
     print(f"\n== validation: DeepSUM against the bicubic baseline (score: lower is better) ==\n{table}")
@@ -279,7 +376,8 @@ def run_pipeline(plan: DemoPlan, n_scenes: int = 10, n_test_scenes: int = 4, lr_
         word = "beat" if better else "did NOT beat"
         print(f"DeepSUM {word} the bicubic baseline on {band} validation "
               f"({'synthetic demo data, short CPU training' if plan.synthetic else str(plan.data_dir)}).")
-    print(f"submission: {zip_path}\nfigures: {', '.join(str(path) for path in figures)}\nwall time: {total:.0f} s")
+    print(f"submission: {zip_path}\nfigures: {', '.join(str(path) for path in figures)}\n"
+          f"wall time: {total:.0f} s (CPU {cpu_seconds() - started_cpu:.0f} s)")
     return {"rows": rows, "verdict": verdict, "submission": zip_path, "figures": figures, "timings": timings,
             "pretrained": pretrained, "seconds": total}
 
@@ -291,7 +389,7 @@ def add_demo_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", type=Path, default=DEMO_OUT, help="output folder (default outputs/demo)")
     parser.add_argument("--data", type=Path, help="a real PROBA-V folder: run with the paper's configs instead")
     parser.add_argument("--seed", type=int, default=0, help="seed of the synthetic set and the split")
-    parser.add_argument("--scenes", type=int, default=10, help="synthetic train scenes per band")
+    parser.add_argument("--scenes", type=int, default=14, help="synthetic train scenes per band")
     parser.add_argument("--test-scenes", type=int, default=4, help="synthetic test scenes per band")
     parser.add_argument("--lr-size", type=int, default=128, help="synthetic LR frame size (HR is 3x)")
     parser.add_argument("--steps", type=int, help="DeepSUM training steps for NIR (RED gets half)")

@@ -11,7 +11,8 @@ squared error over them. Offset k = (2*border+1)*i + j, as in the authors' code.
 - `cpsnr`: per image the best cPSNR over the offsets, in dB, on the 16-bit DN scale (the
   authors' `PSNR`: outputs de-normalised with `v * sigma_rescaled + mu`, peak 65535).
 - `normalized_score`: baseline cPSNR / cPSNR (lower is better, 1.0 = the organisers' baseline).
-- `kelvins_cpsnr`, `kelvins_score`: the official rule for one 384x384 image, in NumPy float64.
+- `kelvins_cpsnr`, `kelvins_score`: the official rule for one 384x384 image, in NumPy float64;
+  `kelvins_error_map`: its per-pixel error at the best offset (figures).
 
 An offset whose crop holds no clear pixel is invalid and ignored. An image without any valid
 offset has no defined loss or cPSNR: that is an error (`MetricError` when run eagerly, a
@@ -206,13 +207,12 @@ def _as_dn(values: np.ndarray, name: str) -> np.ndarray:
     return values
 
 
-def kelvins_cpsnr(sr: np.ndarray, hr: np.ndarray, sm: np.ndarray) -> float:
-    """cPSNR (dB) of one super-resolved image by the official Kelvins rule.
+def _kelvins_search(sr: np.ndarray, hr: np.ndarray, sm: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray,
+                                                                           np.ndarray]:
+    """The official shift search of `kelvins_cpsnr`, written once for it and `kelvins_error_map`.
 
-    sr, hr: `[H, W]` (384x384 for PROBA-V) on the 16-bit DN scale, any integer or float dtype;
-    sm: `[H, W]` clear mask of hr (nonzero/true = clear). SR is cropped by 3 pixels on each
-    side; for each of the 49 offsets the same-size crop of hr and sm is compared with the
-    brightness bias removed; the result is the best of the 49 (max cPSNR).
+    Returns (residual `[n, n, h, w]`: hr crop - sr crop - bias, 0 at cloudy pixels; clear crops
+    `[n, n, h, w]` float64; mse `[n, n]`; count `[n, n]` clear pixels), n = 2 * 3 + 1 offsets.
     """
     sr, hr = _as_dn(sr, "sr"), _as_dn(hr, "hr")
     clear = _as_2d(sm, "sm") != 0
@@ -236,9 +236,29 @@ def kelvins_cpsnr(sr: np.ndarray, hr: np.ndarray, sm: np.ndarray) -> float:
     residual -= bias[:, :, None, None]
     residual *= clear_crops
     mse = np.einsum("ijhw,ijhw->ij", residual, residual) / safe_count  # [n,n]
-    mse = mse[count > 0]
-    best = mse.min()
+    return residual, clear_crops, mse, count
+
+
+def kelvins_cpsnr(sr: np.ndarray, hr: np.ndarray, sm: np.ndarray) -> float:
+    """cPSNR (dB) of one super-resolved image by the official Kelvins rule.
+
+    sr, hr: `[H, W]` (384x384 for PROBA-V) on the 16-bit DN scale, any integer or float dtype;
+    sm: `[H, W]` clear mask of hr (nonzero/true = clear). SR is cropped by 3 pixels on each
+    side; for each of the 49 offsets the same-size crop of hr and sm is compared with the
+    brightness bias removed; the result is the best of the 49 (max cPSNR).
+    """
+    _, _, mse, count = _kelvins_search(sr, hr, sm)
+    best = mse[count > 0].min()
     return float("inf") if best == 0 else float(10.0 * np.log10(PEAK**2 / best))
+
+
+def kelvins_error_map(sr: np.ndarray, hr: np.ndarray, sm: np.ndarray) -> np.ndarray:
+    """|HR - SR| per pixel as `kelvins_cpsnr` sees it: at its best offset, the brightness bias
+    removed, NaN where HR is cloudy. sr, hr, sm as `kelvins_cpsnr`; returns float64
+    `[H - 6, W - 6]` (SR cropped by 3 pixels on each side), in DN."""
+    residual, clear_crops, mse, count = _kelvins_search(sr, hr, sm)
+    i, j = np.unravel_index(np.argmin(np.where(count > 0, mse, np.inf)), mse.shape)
+    return np.where(clear_crops[i, j] > 0, np.abs(residual[i, j]), np.nan)
 
 
 def kelvins_score(sr: np.ndarray, hr: np.ndarray, sm: np.ndarray, baseline: float) -> float:

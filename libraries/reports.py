@@ -2,11 +2,13 @@
 
 `format_table` serves every table the commands and notebooks print (dataset counts, array
 shapes, the sliding-window evaluation, the demo's summary). `plot_history` draws the history
-that the training loop (`libraries.training.loop`) returns for DeepSUM and both pretrainings.
+that the training loop (`libraries.training.loop`) returns for DeepSUM and both pretrainings;
+`plot_validation_scene` one scene with its error maps (the demo).
 """
 
 from __future__ import annotations
 
+import textwrap
 from typing import Any, Mapping, Sequence
 
 import numpy as np
@@ -56,33 +58,83 @@ def moving_average(values: Sequence[float], window: int) -> np.ndarray:
 
 def plot_history(history: Mapping[str, Any], keys: Sequence[str] = ("loss",),
                  validation_keys: Sequence[str] = ("loss",), title: str = "", ax=None, log: bool = False,
-                 smooth: int = 0):
+                 smooth: int = 0, validation_ax=None, zoom: bool = False):
     """Training curves of a loop history: `keys` per step, `validation_keys` per validation.
 
     history: {"step": [...], key: [...], "validation": [{"step": s, key: value, ...}, ...]}.
     smooth: also draw the moving average of each per-step curve over this many steps (the raw
-    batch values faded behind it). Returns the matplotlib Axes (a new figure when `ax` is None).
+    batch values faded behind it). zoom: fit the y axis to the smoothed curves (the spread of
+    the raw batch values would hide their trend), the raw values as dots. validation_ax: draw the validation curves on
+    this Axes instead (their own scale). Returns the matplotlib Axes of the per-step curves (a
+    new figure when `ax` is None).
     """
     import matplotlib.pyplot as plt  # the figure backend is chosen by the caller's environment
 
     if ax is None:
         _, ax = plt.subplots(figsize=(7, 3.5))
+    smoothed = []
     for key in keys:
         if history.get(key):
-            line, = ax.plot(history["step"], history[key], lw=1, alpha=0.35 if smooth else 1.0,
-                            label=f"{key} (batch)" if smooth else key)
+            # zoomed, the raw values are dots: those off the axis vanish instead of crossing it
+            line, = ax.plot(history["step"], history[key], "." if zoom else "-", lw=1, ms=3,
+                            alpha=0.35 if smooth else 1.0, label=f"{key} (batch)" if smooth else key)
             if smooth:
-                ax.plot(history["step"], moving_average(history[key], smooth), lw=2, color=line.get_color(),
+                smoothed.append(moving_average(history[key], smooth))
+                ax.plot(history["step"], smoothed[-1], lw=2, color=line.get_color(),
                         label=f"{key} (mean of {smooth} steps)")
+    if zoom and smoothed:
+        low, high = min(curve.min() for curve in smoothed), max(curve.max() for curve in smoothed)
+        margin = 0.15 * (high - low) or 0.05 * abs(high) or 1.0
+        ax.set_ylim(low - margin, high + margin)
     validation = history.get("validation", [])
+    target = ax if validation_ax is None else validation_ax
     for key in validation_keys:
         points = [(entry["step"], entry[key]) for entry in validation if key in entry]
         if points:
-            ax.plot(*zip(*points), "o-", label=f"validation {key}")
-    ax.set_xlabel("step")
-    if log:
-        ax.set_yscale("log")
+            target.plot(*zip(*points), "o-", color="C1" if target is not ax else None, label=f"validation {key}")
+    for axis in {id(ax): ax, id(target): target}.values():
+        axis.set_xlabel("step")
+        if log:
+            axis.set_yscale("log")
+        axis.grid(alpha=0.3)
+        if axis.get_lines():
+            axis.legend()
     ax.set_title(title)
-    ax.grid(alpha=0.3)
-    ax.legend()
     return ax
+
+
+def plot_validation_scene(lr: np.ndarray, bicubic: np.ndarray, sr: np.ndarray, hr: np.ndarray,
+                          bicubic_error: np.ndarray, sr_error: np.ndarray, filled: np.ndarray, title: str,
+                          note: str = ""):
+    """One validation scene, for a reader: what the network saw, made and should have made.
+
+    Top row on one grey scale (2nd-98th percentile of HR): the clearest LR frame `[h, w]`, the
+    bicubic baseline, the SR image and HR, `[H, W]`. Bottom row: |bicubic - HR| and |SR - HR|
+    `[H', W']` on one colour scale (NaN, e.g. cloudy HR, shown grey), and `filled` `[H, W]`: in
+    how many of the network's frames a pixel is cloudy, i.e. filled from another frame. `note`
+    is printed in the last panel. Returns the figure (7 image panels, a text panel, 2 colour bars).
+    """
+    import matplotlib.pyplot as plt  # the figure backend is chosen by the caller's environment
+
+    figure, axes = plt.subplots(2, 4, figsize=(16, 8.4), layout="constrained")
+    low, high = np.nanpercentile(hr, [2, 98])
+    for axis, image, label in zip(axes[0], (lr, bicubic, sr, hr), ("clearest LR frame", "bicubic baseline",
+                                                                     "DeepSUM", "HR (target)")):
+        axis.imshow(image, cmap="gray", vmin=low, vmax=high, interpolation="nearest")
+        axis.set_title(f"{label} {image.shape[0]}x{image.shape[1]}")
+    errors = plt.get_cmap("magma").with_extremes(bad="0.6")
+    top = max(float(np.nanpercentile(bicubic_error, 99)), 1.0)
+    for axis, image, label in zip(axes[1, :2], (bicubic_error, sr_error), ("|bicubic - HR|", "|DeepSUM - HR|")):
+        shown = axis.imshow(image, cmap=errors, vmin=0, vmax=top, interpolation="nearest")
+        axis.set_title(f"{label}\nmean {np.nanmean(image):.0f} DN, grey: cloudy in HR")
+    figure.colorbar(shown, ax=list(axes[1, :2]), shrink=0.8, label="DN (one scale for both)")
+    most = max(int(filled.max()), 1)
+    counts = axes[1, 2].imshow(filled, cmap=plt.get_cmap("viridis", most + 1), vmin=-0.5, vmax=most + 0.5,
+                               interpolation="nearest")
+    axes[1, 2].set_title("frames cloudy at each pixel\n(filled from another frame)")
+    figure.colorbar(counts, ax=axes[1, 2], shrink=0.8, ticks=range(most + 1), label="frames")
+    axes[1, 3].text(0.0, 1.0, textwrap.fill(note, 42), va="top", fontsize=11, transform=axes[1, 3].transAxes)
+    for axis in axes.ravel():
+        axis.set_axis_off()
+    figure.suptitle(title, fontsize=14)
+    return figure

@@ -3,14 +3,22 @@
 import argparse
 import zipfile
 
-from libraries import __main__ as cli, domain
+import matplotlib
+import numpy as np
+import tensorflow as tf
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+from libraries import __main__ as cli, dataset, domain, inference
 from libraries import demo
+from libraries.model.deepsum import fill_masked
 
 
 def test_demo_runs_end_to_end_and_reruns_from_its_outputs(tmp_path, capsys):
+    matplotlib.use("Agg")
     arguments = ["demo", "--out", str(tmp_path / "demo"), "--scenes", "6", "--test-scenes", "2", "--lr-size", "48",
                  "--steps", "6", "--pretrain-steps", "6", "--patch-size", "48", "--features", "8", "--n-slide", "1",
                  "--no-progress"]
+    plan = demo.make_plan(tmp_path / "demo", steps=6, pretrain_steps=6, patch_size=48, n_features=8)
     assert cli.main(arguments) == 0
     printed = capsys.readouterr().out
     assert "validation: DeepSUM against the bicubic baseline" in printed
@@ -28,16 +36,71 @@ def test_demo_runs_end_to_end_and_reruns_from_its_outputs(tmp_path, capsys):
     submission = tmp_path / "demo" / "submission.zip"
     with zipfile.ZipFile(submission) as archive:
         assert len(archive.namelist()) == 4  # 2 test scenes per band
-    for name in ("training.png", "sliding_window_NIR.png", "sliding_window_RED.png"):
+    for name in ("training.png", "sliding_window_NIR.png", "sliding_window_RED.png", "validation_NIR.png",
+                 "validation_RED.png"):
         assert (tmp_path / "demo" / "figures" / name).stat().st_size > 1000
+    summary = [line for line in printed.splitlines() if "validation loss at step:value" in line]
+    trained = {}
+    for band, line in zip(domain.BANDS, summary):
+        # the curves come from the TensorBoard logs: read here by TensorBoard's own reader
+        history = trained.setdefault(band, {"history": demo.logged_history(plan.deepsum[band].checkpoint_dir)})["history"]
+        logs = {}
+        for part in ("train", "validation"):
+            accumulator = EventAccumulator(str(plan.deepsum[band].checkpoint_dir / "logs" / part), size_guidance={"tensors": 0})
+            logs[part] = {event.step: float(tf.make_ndarray(event.tensor_proto))
+                          for event in accumulator.Reload().Tensors("loss")}
+        steps = 6 if band == "NIR" else 3
+        assert history["step"] == list(range(1, steps + 1)) == sorted(logs["train"])
+        np.testing.assert_allclose(history["loss"], [logs["train"][step] for step in history["step"]], rtol=1e-6)
+        assert [entry["step"] for entry in history["validation"]] == list(logs["validation"])
+        np.testing.assert_allclose([entry["loss"] for entry in history["validation"]], list(logs["validation"].values()),
+                                   rtol=1e-6)
+        assert line.strip().startswith(f"{band}: {steps} steps")
+        assert line.endswith(" ".join(f"{step}:{value:.3f}" for step, value in logs["validation"].items()))
+    figure = demo.training_figure(trained)
+    assert [axis.get_title() for axis in figure.axes] == [
+        "NIR: training loss (cL2) of each batch of patches", "NIR: validation loss (cL2) on whole scenes",
+        "RED: training loss (cL2) of each batch of patches", "RED: validation loss (cL2) on whole scenes"]
+    np.testing.assert_allclose(figure.axes[1].get_lines()[0].get_xydata(),
+                               [[entry["step"], entry["loss"]] for entry in trained["NIR"]["history"]["validation"]])
     # RED was fine-tuned from NIR and both bands' checkpoints exist
     for band in domain.BANDS:
         assert (tmp_path / "demo" / "checkpoints" / f"DeepSUM_{band}" / "checkpoint").is_file()
 
-    # A second run finds every output complete and does no work again.
+    check_example_scene(plan)
+
+    # A second run finds every output complete and does no work again, and draws the same curves.
     assert cli.main(arguments) == 0
     again = capsys.readouterr().out
     assert "using " in again and "wrote " not in again
+    assert [line.split("; ")[1] for line in again.splitlines() if "validation loss at step:value" in line] == [
+        line.split("; ")[1] for line in summary]
+
+
+def check_example_scene(plan):
+    """The validation figure shows the scene with the most pixels that fill_masked replaces, and
+    counts them with fill_masked's own rule; its panels and caption."""
+    cfg = plan.deepsum["NIR"]
+    superresolver = inference.Superresolver(inference.load_model(cfg, demo.best_checkpoint(cfg)), cfg)
+    scenes = dataset.load_scenes(plan.dataset_dir, "NIR", "validation")
+    example = demo.example_scene(plan, "NIR", superresolver, scenes)
+    replaced = {}
+    for scene in inference.iterate_scenes(scenes):
+        masks = inference.window_inputs(scene, cfg, 0)[1]  # [1, T, H, W, 1]
+        frame_index = np.broadcast_to(np.arange(cfg.T_in, dtype=np.float32)[None, :, None, None, None], masks.shape)
+        filled = fill_masked(tf.constant(frame_index), tf.constant(masks > 0)).numpy()
+        replaced[scene["name"]] = np.count_nonzero(filled != frame_index, axis=1)[0, ..., 0]  # [H, W]
+    assert example["name"] == max(replaced, key=lambda name: replaced[name].sum())
+    np.testing.assert_array_equal(example["filled"], replaced[example["name"]])
+    figure = demo.validation_figure("NIR", example)
+    titles = [axis.get_title().split("\n")[0] for axis in figure.axes]
+    assert titles == ["clearest LR frame 48x48", "bicubic baseline 144x144", "DeepSUM 144x144", "HR (target) 144x144",
+                      "|bicubic - HR|", "|DeepSUM - HR|", "frames cloudy at each pixel", "", "", ""]
+    note = figure.axes[7].texts[0].get_text().replace("\n", " ")
+    assert note.startswith(f"Best 9 frames (n_slide 0): DeepSUM {example['cpsnr']:.2f} dB cPSNR")
+    assert note.endswith(demo.SEAM_NOTE) == bool(example["filled"].any())
+    cloudy = "(the cloudiest)" if example["filled"].any() else "(no cloud in its 9 frames)"
+    assert figure.get_suptitle() == f"NIR validation scene {example['name']} {cloudy}"
 
 
 def test_final_table_says_whether_deepsum_beat_bicubic():

@@ -209,3 +209,24 @@ def test_metrics_run_in_tf_function_with_dynamic_batch_and_size(reference_case):
     assert evaluate.experimental_get_tracing_count() == 1
     rank_4 = [value[:, 0] for value in (y, logits, mask)]  # [b,1,H,W,1] -> [b,H,W,1]
     assert float(metrics.cl2_loss(*rank_4)) == pytest.approx(float(reference_case["loss"]), rel=TOLERANCE)
+
+
+def test_kelvins_error_map_is_the_residual_at_the_best_offset_without_bias():
+    rng = np.random.default_rng(11)
+    hr = rng.uniform(3000, 15000, (30, 30))
+    # sr[r, c] = hr[r + 1, c - 2] - 55 (the rows/columns that wrap stay outside the crops used),
+    # wrong by 300 DN at one pixel: at offset (3 + 1, 3 - 2) only that pixel differs
+    sr = np.roll(hr, (-1, 2), axis=(0, 1)) - 55.0
+    sr[10, 12] += 300.0
+    clear = np.ones((30, 30), bool)
+    clear[20:23, 5:9] = False  # cloudy in HR
+    error = metrics.kelvins_error_map(sr, hr, clear)
+    assert error.shape == (24, 24)
+    # by hand: the bias over the 24*24 - 12 clear pixels of the crop absorbs -300 / count of the bad pixel
+    count = 24 * 24 - 12
+    expected = np.full((24, 24), 300.0 / count)
+    expected[10 - 3, 12 - 3] = 300.0 - 300.0 / count
+    expected[20 - 4:23 - 4, 5 - 1:9 - 1] = np.nan  # HR rows 20..22 and columns 5..8 at offset (4, 1)
+    np.testing.assert_allclose(error, expected, rtol=1e-9, atol=1e-9)
+    # the same search as the score: its mean square is the MSE of kelvins_cpsnr
+    assert 10 * np.log10(65535.0 ** 2 / np.nanmean(error ** 2)) == pytest.approx(metrics.kelvins_cpsnr(sr, hr, clear))
