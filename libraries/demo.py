@@ -31,13 +31,12 @@ from typing import Any
 
 import matplotlib.pyplot as plt
 import numpy as np
-import tensorflow as tf
 
 from libraries import checkpoints, dataset, domain, fileio, inference, metrics, probav, reports, synthetic
 from libraries import config as config_module
 from libraries.config import REPOSITORY_ROOT, RegNetPretrainConfig, SISRNetPretrainConfig
 from libraries.training import deepsum as deepsum_training
-from libraries.training import pretraining
+from libraries.training import loop, pretraining
 
 BANDS = domain.BANDS
 DEMO_OUT = REPOSITORY_ROOT / "outputs" / "demo"
@@ -173,29 +172,8 @@ def train(plan: DemoPlan, progress: bool = True) -> dict[str, Any]:
         trainer = deepsum_training.Trainer(cfg, init_from=init_from, progress=progress)
         seconds = trainer.train(cfg.max_steps)["seconds"]
         # the logs hold every step of the folder, also those of an earlier, interrupted run
-        results[band] = {"history": logged_history(cfg.checkpoint_dir), "steps": int(trainer.step), "seconds": seconds}
+        results[band] = {"history": loop.logged_history(cfg.checkpoint_dir), "steps": int(trainer.step), "seconds": seconds}
     return results
-
-
-def logged_history(folder: str | Path) -> dict[str, Any]:
-    """The history of a training folder read back from its TensorBoard logs, shaped as
-    `TrainingLoop.run` returns it ({"step", "loss", ..., "validation": [{"step", ...}]}) but over
-    every run of the folder; a step logged twice (redone after a resume) keeps its last value."""
-    logged: dict[str, dict[int, dict[str, float]]] = {}
-    for part in ("train", "validation"):
-        paths = sorted((Path(folder) / "logs" / part).glob("events.out.tfevents.*"))
-        events = [tf.compat.v1.Event.FromString(record.numpy()) for path in paths
-                  for record in tf.data.TFRecordDataset(str(path))]
-        logged[part] = {}
-        for event in sorted(events, key=lambda event: event.wall_time):  # stable: file order within a run
-            for value in event.summary.value:
-                if value.metadata.plugin_data.plugin_name == "scalars":
-                    logged[part].setdefault(int(event.step), {})[value.tag] = float(tf.make_ndarray(value.tensor))
-    steps = sorted(logged["train"])
-    keys = set.intersection(*(set(values) for values in logged["train"].values())) if steps else set()
-    history: dict[str, Any] = {"step": steps, **{key: [logged["train"][step][key] for step in steps] for key in sorted(keys)}}
-    history["validation"] = [{"step": step, **logged["validation"][step]} for step in sorted(logged["validation"])]
-    return history
 
 
 def best_checkpoint(cfg: config_module.DeepSUMConfig) -> Path:

@@ -11,6 +11,7 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 from libraries import __main__ as cli, dataset, domain, inference
 from libraries import demo
 from libraries.model.deepsum import fill_masked
+from libraries.training import loop
 
 
 def test_demo_runs_end_to_end_and_reruns_from_its_outputs(tmp_path, capsys):
@@ -43,7 +44,7 @@ def test_demo_runs_end_to_end_and_reruns_from_its_outputs(tmp_path, capsys):
     trained = {}
     for band, line in zip(domain.BANDS, summary):
         # the curves come from the TensorBoard logs: read here by TensorBoard's own reader
-        history = trained.setdefault(band, {"history": demo.logged_history(plan.deepsum[band].checkpoint_dir)})["history"]
+        history = trained.setdefault(band, {"history": loop.logged_history(plan.deepsum[band].checkpoint_dir)})["history"]
         logs = {}
         for part in ("train", "validation"):
             accumulator = EventAccumulator(str(plan.deepsum[band].checkpoint_dir / "logs" / part), size_guidance={"tensors": 0})

@@ -165,3 +165,32 @@ def test_a_damaged_newest_checkpoint_is_skipped_with_a_warning_and_kept(tmp_path
     with pytest.raises(training.TrainingError, match=rf"{folder}: no checkpoint reads back intact "
                                                      rf"\(ckpt-6, ckpt-3 damaged\)"):
         training.Trainer(config, progress=False)
+
+
+def test_logged_history_reads_every_run_of_a_folder_and_a_redone_step_keeps_its_last_value(tmp_path):
+    def run(offset: float, last_batch: int) -> dict:
+        loop = training.TrainingLoop(tmp_path / "run", {"weight": tf.Variable(1.0)}, skip_step=2, progress=False)
+        loop.restore()
+        history = {}
+        # the batch of step s is s; after the last batch the data end, as a killed run's would
+        batches = lambda start: (tf.constant(float(step)) for step in range(start + 1, last_batch + 1))
+
+        def validate(step: int) -> dict:
+            values = {"loss": 10.0 * step + offset}
+            loop.log_validation(step, values)  # a validation writes its own summaries
+            return values
+
+        try:
+            history = loop.run(lambda batch: {"loss": batch + offset, "scale": 2 * batch}, batches, 6, validate)
+        except StopIteration:
+            pass
+        return history
+
+    assert run(0.0, 5) == {}  # validated and checkpointed at steps 2 and 4; step 5 logged, then stopped
+    second = run(0.5, 6)  # resumes from ckpt-4, so step 5 is logged a second time, with other values
+    assert second["step"] == [5, 6]
+    logged = training.loop.logged_history(tmp_path / "run")
+    assert logged["step"] == [1, 2, 3, 4, 5, 6]
+    assert logged["loss"] == [1.0, 2.0, 3.0, 4.0, 5.5, 6.5]
+    assert logged["scale"] == [2.0, 4.0, 6.0, 8.0, 10.0, 12.0]
+    assert [(entry["step"], entry["loss"]) for entry in logged["validation"]] == [(2, 20.0), (4, 40.0), (6, 60.5)]

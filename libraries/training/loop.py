@@ -249,3 +249,27 @@ class TrainingLoop:
         self.save()
         if improved:
             self.best_manager.save(checkpoint_number=step)
+
+
+def logged_history(folder: str | Path) -> dict[str, Any]:
+    """The history of a training folder read back from its `tf.summary` logs, shaped as
+    `TrainingLoop.run` returns it ({"step", "loss", ..., "validation": [{"step", ...}]}) but over
+    every run of the folder (a resumed or rerun training draws the whole of it); a step logged
+    twice (redone after a resume) keeps its last value."""
+    logged: dict[str, dict[int, dict[str, float]]] = {}
+    for part in ("train", "validation"):
+        paths = sorted((Path(folder) / "logs" / part).glob("events.out.tfevents.*"))
+        events = [tf.compat.v1.Event.FromString(record.numpy()) for path in paths
+                  for record in tf.data.TFRecordDataset(str(path))]
+        logged[part] = {}
+        for event in sorted(events, key=lambda event: event.wall_time):  # stable: file order within a run
+            for value in event.summary.value:
+                if value.metadata.plugin_data.plugin_name == "scalars":
+                    scalar = float(tf.make_ndarray(value.tensor))
+                    logged[part].setdefault(int(event.step), {})[value.tag] = scalar
+    train = logged["train"]
+    steps = sorted(train)
+    keys = set.intersection(*(set(values) for values in train.values())) if steps else set()
+    history: dict[str, Any] = {"step": steps, **{key: [train[step][key] for step in steps] for key in sorted(keys)}}
+    history["validation"] = [{"step": step, **logged["validation"][step]} for step in sorted(logged["validation"])]
+    return history
