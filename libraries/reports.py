@@ -127,12 +127,13 @@ def plot_validation_scene(lr: np.ndarray, bicubic: np.ndarray, sr: np.ndarray, h
     for axis, image, label in zip(axes[1, :2], (bicubic_error, sr_error), ("|bicubic - HR|", "|DeepSUM - HR|")):
         shown = axis.imshow(image, cmap=errors, vmin=0, vmax=top, interpolation="nearest")
         axis.set_title(f"{label}\nmean {np.nanmean(image):.0f} DN, grey: cloudy in HR")
-    figure.colorbar(shown, ax=list(axes[1, :2]), shrink=0.8, label="DN (one scale for both)")
+    # colour bars below their panels: beside them they would widen a column in both rows
+    figure.colorbar(shown, ax=list(axes[1, :2]), location="bottom", shrink=0.6, label="DN (one scale for both)")
     most = max(int(filled.max()), 1)
     counts = axes[1, 2].imshow(filled, cmap=plt.get_cmap("viridis", most + 1), vmin=-0.5, vmax=most + 0.5,
                                interpolation="nearest")
     axes[1, 2].set_title("frames cloudy at each pixel\n(filled from another frame)")
-    figure.colorbar(counts, ax=axes[1, 2], shrink=0.8, ticks=range(most + 1), label="frames")
+    figure.colorbar(counts, ax=axes[1, 2], location="bottom", shrink=0.8, ticks=range(most + 1), label="frames")
     axes[1, 3].text(0.0, 1.0, textwrap.fill(note, 42), va="top", fontsize=11, transform=axes[1, 3].transAxes)
     for axis in axes.ravel():
         axis.set_axis_off()
