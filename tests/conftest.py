@@ -14,6 +14,11 @@ import numpy as np
 import pytest
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+# Parallel runs (pytest-xdist, one worker per core): each worker's TensorFlow, and the processes
+# its tests start, get their share of the cores instead of a thread pool as large as the machine
+_WORKERS = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+if _WORKERS > 1:
+    os.environ.setdefault("TF_NUM_INTRAOP_THREADS", str(max(1, len(os.sched_getaffinity(0)) // _WORKERS)))
 
 REPOSITORY_ROOT = Path(__file__).resolve().parent.parent
 
@@ -53,3 +58,17 @@ def reference_case(reference_dir: Path) -> dict[str, np.ndarray]:
 def shared_data_dir() -> Path:
     """`shared/data`: real PROBA-V LR frames of 8 scenes and the organisers' norm.csv."""
     return _folder_from_env("DEEPSUM_SHARED_DATA", "the real PROBA-V sample")
+
+
+# The longest files (they train or start processes) first: distributed file by file, a long file
+# started last would leave the other workers idle while it ends.
+LONGEST_FIRST = ("test_training.py", "test_loop.py", "test_bench.py", "test_demo.py", "test_pretraining.py",
+                 "test_inference.py")
+
+
+def pytest_collection_modifyitems(items: list) -> None:
+    def rank(item) -> int:
+        name = item.path.name
+        return LONGEST_FIRST.index(name) if name in LONGEST_FIRST else len(LONGEST_FIRST)
+
+    items.sort(key=rank)  # stable: the files' own order within each rank

@@ -15,7 +15,8 @@ def _run(ci: bool) -> subprocess.CompletedProcess:
     env = {key: value for key, value in os.environ.items() if key not in ("CI", "DEEPSUM_SHARED_DATA")}
     if ci:
         env["CI"] = "true"
-    return subprocess.run([sys.executable, "-m", "pytest", SHARED_DATA_TEST, "-q", "-rs", "-p", "no:cacheprovider"],
+    return subprocess.run([sys.executable, "-m", "pytest", SHARED_DATA_TEST, "-q", "-rs", "-p", "no:cacheprovider",
+                           "-n", "0"],
                           cwd=REPOSITORY_ROOT, env=env, capture_output=True, text=True, timeout=300)
 
 

@@ -93,18 +93,18 @@ class Superresolver:
         features = tf.TensorSpec([None, None, None, None], getattr(model, "compute_dtype", tf.float32))
         index = tf.TensorSpec([None, config.T_in], tf.int32)
 
-        @tf.function(input_signature=[window, window], jit_compile=jit)
+        @tf.function(input_signature=[window, window], jit_compile=jit, autograph=False)
         def network_call(x: tf.Tensor, masks: tf.Tensor) -> tf.Tensor:
             return model(x, masks, training=False)["sr"]  # [b, 1, H, W, 1]
 
         self.network_call = network_call
         self.reuses_features = hasattr(model, "sisrnet_features") and hasattr(model, "forward_from_features")
         if self.reuses_features:
-            @tf.function(input_signature=[frames], jit_compile=jit)
+            @tf.function(input_signature=[frames], jit_compile=jit, autograph=False)
             def scene_features(x: tf.Tensor) -> tf.Tensor:
                 return model.sisrnet_features(x[None])[0]  # [1, K, H, W, F] -> [K, H, W, F]
 
-            @tf.function(input_signature=[features, frames, frames, index], jit_compile=jit)
+            @tf.function(input_signature=[features, frames, frames, index], jit_compile=jit, autograph=False)
             def windows(features: tf.Tensor, x: tf.Tensor, masks: tf.Tensor, index: tf.Tensor) -> tf.Tensor:
                 # gather the windows' frames: [K, ...] -> [w, T_in, ...]
                 picked = [tf.gather(values, index) for values in (features, x, masks)]

@@ -33,7 +33,7 @@ PROBE_REPEATS = 5
 MARGIN = 1.1  # XLA is chosen only when clearly faster (its calls also hold their own buffers)
 
 
-@tf.function(jit_compile=True)
+@tf.function(jit_compile=True, autograph=False)
 def xla_kernel_gradient(padded: tf.Tensor, out_grad: tf.Tensor, kernel: tf.Tensor) -> tf.Tensor:
     """d loss / d kernel of a VALID `conv2d(padded, kernel)` given d loss / d output `out_grad`,
     compiled by XLA (`kernel` gives the shape: XLA needs it at compile time, and it is known)."""
@@ -74,7 +74,7 @@ def measure(shape: tuple[int, int, int, int] = PROBE_SHAPE, repeats: int = PROBE
         padded = tf.random.stateless_normal(shape, seed=[1, 2])
         kernel = tf.random.stateless_normal([3, 3, features, features], seed=[3, 4])
         out_grad = tf.random.stateless_normal([n, height - 2, width - 2, features], seed=[5, 6])
-        onednn = tf.function(onednn_kernel_gradient)
+        onednn = tf.function(onednn_kernel_gradient, autograph=False)
         candidates = {"onednn_s": onednn, "xla_s": xla_kernel_gradient}
         seconds: dict[str, list[float]] = {name: [] for name in candidates}
         for repeat in range(repeats + 1):

@@ -139,7 +139,7 @@ class Trainer:
         start = [int(self.step) if self.resumed_from else -1] + [int(name in self.pretrained) for name, _ in PRETRAINED]
         strategy = self.strategy
 
-        @tf.function  # the strategy's collectives run eagerly only with a warning
+        @tf.function(autograph=False)  # the strategy's collectives run eagerly only with a warning
         def gathered(start):  # [3] -> [replicas, 3], the replicas of worker 0 first, then worker 1's...
             return strategy.gather(strategy.run(lambda: start[None]), axis=0)
 
@@ -184,7 +184,7 @@ class Trainer:
             applier.apply_gradients(zip(gradients, variables))
             return loss
 
-        @tf.function
+        @tf.function(autograph=False)  # no Python control flow on tensors: see docs/design.md
         def train_step(batch):
             per_replica = strategy.run(replica_step, args=batch)
             return {"loss": strategy.reduce(tf.distribute.ReduceOp.SUM, per_replica, axis=None)}

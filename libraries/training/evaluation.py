@@ -39,7 +39,7 @@ class Evaluator:
     def __init__(self, model: tf.Module, config: config_module.DeepSUMConfig):
         self.model = model
         self.config = config
-        self._step = tf.function(self._scene, reduce_retracing=True)
+        self._step = tf.function(self._scene, reduce_retracing=True, autograph=False)
 
     def _scene(self, x, masks, y, y_mask, baseline, shifts):
         config = self.config

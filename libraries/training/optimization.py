@@ -128,7 +128,7 @@ def batch_gradients(loss_of: LossFunction, variables: Sequence[tf.Variable], bat
         return loss, tape.gradient(scaled, variables, unconnected_gradients=tf.UnconnectedGradients.ZERO)
 
     if jit_compile:  # only then a function of its own: Grappler optimises an inlined pass better
-        weighted_pass = tf.function(weighted_pass, jit_compile=True)
+        weighted_pass = tf.function(weighted_pass, jit_compile=True, autograph=False)
 
     scenes = batch[0].shape[0]
     if not micro_batch or (scenes is not None and micro_batch >= scenes):

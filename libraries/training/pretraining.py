@@ -113,14 +113,14 @@ def pretrain_sisrnet(config: SISRNetPretrainConfig, steps: int | None = None,
         return {"loss": metrics.cl2_loss(y, network(x), mask, config.border),
                 "bicubic_loss": metrics.cl2_loss(y, x * network.residual_scale, mask, config.border)}
 
-    @tf.function(reduce_retracing=True)
+    @tf.function(reduce_retracing=True, autograph=False)
     def train_step(batch):
         with tf.GradientTape() as tape:
             values = losses(*batch)
         optimization.minimise(applier, tape, values["loss"], trainable)
         return values
 
-    heldout_losses = tf.function(losses, reduce_retracing=True)
+    heldout_losses = tf.function(losses, reduce_retracing=True, autograph=False)
     rows = np.arange(min(len(heldout_samples.index), config.eval_frames))
 
     def validate(step: int) -> dict[str, float]:
@@ -146,7 +146,7 @@ def planted_shift_logits(regnet: RegNet, features: tf.Tensor, shifts: tf.Tensor,
     return regnet(pdata.planted_shift_stack(features, shifts, max_shift))[1]
 
 
-@tf.function(reduce_retracing=True)
+@tf.function(reduce_retracing=True, autograph=False)
 def _predicted_taps(sisrnet: SISRNet, regnet: RegNet, x: tf.Tensor, shifts: tf.Tensor, max_shift: int) -> tf.Tensor:
     """Arg-max tap `[b, T-1]` of RegNet for frames x `[b, H, W, 1]` and planted `shifts`."""
     features = sisrnet(x[:, None])[:, 0]  # [b, H, W, F]
@@ -228,7 +228,7 @@ def pretrain_regnet(config: RegNetPretrainConfig, steps: int | None = None,
     _initialise(loop, config, regnet)
     step_counter = loop.step
 
-    @tf.function(reduce_retracing=True)
+    @tf.function(reduce_retracing=True, autograph=False)
     def train_step(x):  # x: [b, p, p, 1]
         features = sisrnet(tf.cast(x[:, None], features_dtype))[:, 0]  # [b, p, p, F], frozen: outside the tape
         seed = tf.stack([tf.constant(config.seed, tf.int64), tf.convert_to_tensor(step_counter, tf.int64)])
