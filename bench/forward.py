@@ -32,9 +32,9 @@ def test_set_throughput(model, size: int, repeats: int, naive_forward_s: float) 
     rest once per window; the naive graph runs whole forward passes per window."""
     T = model.config.T_in
     data = runners.inputs(1, size)
-    features_fn = tf.function(model.sisrnet_features)
+    features_fn = tf.function(model.sisrnet_features, autograph=False)
     features = features_fn(data["x"])
-    rest_fn = tf.function(lambda f, x, m: model.forward_from_features(f, x, m)["sr"])
+    rest_fn = tf.function(lambda f, x, m: model.forward_from_features(f, x, m)["sr"], autograph=False)
     timing = harness.interleaved_medians({"sisrnet": lambda: features_fn(data["x"]).numpy(),
                                           "rest": lambda: rest_fn(features, data["x"], data["masks"]).numpy()},
                                          repeats, progress=False)

@@ -55,7 +55,7 @@ def _signature(data: dict[str, tf.Tensor]) -> list[dict[str, tf.TensorSpec]]:
 
 def make_forward(impl: str, model: model_lib.DeepSUM, data: dict[str, tf.Tensor]) -> Callable[[], np.ndarray]:
     """A zero-argument function running one forward pass on `data` and returning sr as NumPy."""
-    network = tf.function(_network(impl, model), input_signature=_signature(data))
+    network = tf.function(_network(impl, model), input_signature=_signature(data), autograph=False)
     return lambda: network(data).numpy()
 
 
@@ -77,7 +77,7 @@ def make_train_step(impl: str, model: model_lib.DeepSUM, data: dict[str, tf.Tens
         batch = dict(zip(keys, tensors))
         return metrics.cl2_loss(batch["y"], network(batch), batch["y_mask"], border=3)
 
-    @tf.function(input_signature=_signature(data))
+    @tf.function(input_signature=_signature(data), autograph=False)
     def step(batch):
         global_batch = data[keys[0]].shape[0]
         loss, gradients = optimization.batch_gradients(loss_of, variables, [batch[k] for k in keys], global_batch,
