@@ -36,6 +36,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
 }
 
 
+# TensorFlow's C++ INFO and WARNING lines (XLA service start, tf.data defaults, CPU features)
+# tell a user nothing to act on; errors still print. As in run.sh; an explicit setting wins.
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
 # Lines TensorFlow's C++ code prints while it is imported, before its logging is set up, so that
 # TF_CPP_MIN_LOG_LEVEL cannot hide them: abseil's notice that logging is not initialised, and
 # the note that oneDNN is on (the project turns it on deliberately, see `libraries/__init__`).

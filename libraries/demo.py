@@ -182,14 +182,20 @@ def best_checkpoint(cfg: config_module.DeepSUMConfig) -> Path:
     return best if checkpoints.has_checkpoint(best) else Path(cfg.checkpoint_dir)
 
 
-def validate(plan: DemoPlan, n_slides: tuple[int, ...] = (0, 1, 2),
+def superresolvers(plan: DemoPlan) -> dict[str, inference.Superresolver]:
+    """{band: the `Superresolver` of the band's best checkpoint}: one per band, so validation
+    and submission share its compiled functions."""
+    return {band: inference.Superresolver(inference.load_model(plan.deepsum[band], best_checkpoint(plan.deepsum[band])),
+                                          plan.deepsum[band]) for band in BANDS}
+
+
+def validate(plan: DemoPlan, superresolver_of: dict[str, inference.Superresolver], n_slides: tuple[int, ...] = (0, 1, 2),
              progress: bool = True) -> tuple[list[dict[str, Any]], dict[str, dict[str, Any]]]:
-    """Sliding-window evaluation of each band's best model on its validation scenes: (rows of
-    `inference.evaluate_sliding_window` with their band, {band: `example_scene`})."""
+    """Sliding-window evaluation of each band's best model (`superresolvers`) on its validation
+    scenes: (rows of `inference.evaluate_sliding_window` with their band, {band: `example_scene`})."""
     rows, examples = [], {}
     for band in BANDS:
-        cfg = plan.deepsum[band]
-        superresolver = inference.Superresolver(inference.load_model(cfg, best_checkpoint(cfg)), cfg)
+        superresolver = superresolver_of[band]
         scenes = dataset.load_scenes(plan.dataset_dir, band, "validation")
         for row in inference.evaluate_sliding_window(superresolver, scenes, n_slides, progress=progress):
             rows.append({"band": band, **row})
@@ -222,13 +228,12 @@ def example_scene(plan: DemoPlan, band: str, superresolver: inference.Superresol
             "cpsnr": metrics.kelvins_cpsnr(sr, hr, hr_clear), "bicubic_cpsnr": metrics.kelvins_cpsnr(bicubic, hr, hr_clear)}
 
 
-def submit(plan: DemoPlan, n_slide: int = 0, progress: bool = True) -> tuple[Path, dict[str, np.ndarray]]:
-    """Super-resolve the test split of both bands into a validated Kelvins zip."""
+def submit(plan: DemoPlan, superresolver_of: dict[str, inference.Superresolver], n_slide: int = 0,
+           progress: bool = True) -> tuple[Path, dict[str, np.ndarray]]:
+    """Super-resolve the test split of both bands (`superresolvers`) into a validated Kelvins zip."""
     images: dict[str, np.ndarray] = {}
     for band in BANDS:
-        cfg = plan.deepsum[band]
-        superresolver = inference.Superresolver(inference.load_model(cfg, best_checkpoint(cfg)), cfg)
-        images.update(superresolver.folder(plan.data_dir, "test", [band], n_slide, progress=progress))
+        images.update(superresolver_of[band].folder(plan.data_dir, "test", [band], n_slide, progress=progress))
     zip_path = inference.write_submission(images, plan.out_dir / "submission.zip")
     inference.validate_submission(zip_path, plan.data_dir / "test", bands=BANDS)
     return zip_path, images
@@ -343,8 +348,9 @@ def run_pipeline(plan: DemoPlan, n_scenes: int = 14, n_test_scenes: int = 4, lr_
         losses = " ".join(f"{entry['step']}:{entry['loss']:.3f}" for entry in result["history"]["validation"])
         pace = f", median {np.median(result['seconds']):.2f} s a step" if result["seconds"] else ""
         print(f"   {band}: {result['steps']} steps{pace}; validation loss at step:value {losses}")
-    rows, examples = step("validate", validate, plan, n_slides, progress)
-    zip_path, images = step("submit", submit, plan, max(n_slides), progress)
+    superresolver_of = superresolvers(plan)
+    rows, examples = step("validate", validate, plan, superresolver_of, n_slides, progress)
+    zip_path, images = step("submit", submit, plan, superresolver_of, max(n_slides), progress)
     print(f"   {zip_path}: {len(images)} test scenes, validated")
     figures = step("figures", save_figures, plan, rows, trained, images, examples)
     table, verdict = final_table(rows)

@@ -6,6 +6,7 @@ patched to refuse pickles for the whole run; the tests read what it wrote.
 
 from __future__ import annotations
 
+import concurrent.futures
 import json
 import shutil
 from pathlib import Path
@@ -236,10 +237,19 @@ def test_load_scenes_contract(prepared):
         dataset.load_scenes(prepared, "RED", "train")
 
 
-def test_parallel_processes_give_the_same_dataset(prepared, synthetic_set, tmp_path, no_pickle):
+def test_parallel_processes_give_the_same_dataset(prepared, synthetic_set, tmp_path, no_pickle, monkeypatch):
     out = tmp_path / "parallel"
+    pools = []
+
+    class CountedPool(concurrent.futures.ProcessPoolExecutor):
+        def __init__(self, *args, **kwargs):
+            pools.append(self)
+            super().__init__(*args, **kwargs)
+
+    monkeypatch.setattr(concurrent.futures, "ProcessPoolExecutor", CountedPool)
     dataset.prepare(synthetic_set, out, bands=(BAND,), seed=5, n_chunks=CHUNKS, patches_per_scene=PATCHES,
                     patch_size=PATCH, processes=2, progress=False)
+    assert len(pools) == 1  # one pool of workers for every step and split, not one per step
     for path in sorted((prepared / BAND).rglob("*.npy")):
         other = out / BAND / path.relative_to(prepared / BAND)
         np.testing.assert_array_equal(np.load(path, allow_pickle=False), np.load(other, allow_pickle=False), err_msg=str(path))

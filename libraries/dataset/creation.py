@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import concurrent.futures
+import contextlib
 import json
 import multiprocessing
 import os
@@ -41,28 +42,44 @@ from libraries.dataset.scenes import PreparedScene, preprocess_scene
 from libraries.dataset.views import counts_table
 from libraries.dataset.store import DEFAULT_SEED, DEFAULT_SHARE, DatasetError
 
-def _parallel_map(function: Callable, items: Sequence, processes: int | None, description: str,
+Workers = int | None | concurrent.futures.Executor  # a number of processes, or a `worker_pool`
+
+
+@contextlib.contextmanager
+def worker_pool(processes: int | None) -> Iterator[int | concurrent.futures.Executor]:
+    """One pool of worker processes for several steps: yields it, or 1 (this process) when
+    `processes` (None: all cores) is 1. Spawning costs each worker an interpreter start and
+    its imports, which a pool per step (five per band) paid again and again."""
+    processes = processes or os.cpu_count() or 1
+    if processes == 1:
+        yield 1
+        return
+    pool = concurrent.futures.ProcessPoolExecutor(processes, mp_context=multiprocessing.get_context("spawn"))
+    try:
+        yield pool
+    finally:  # after an error, do not wait for the scenes still queued
+        pool.shutdown(wait=True, cancel_futures=True)
+
+
+def _parallel_map(function: Callable, items: Sequence, processes: Workers, description: str,
                   progress: bool) -> Iterator:
     """`function` over `items` in worker processes (results in order), with a tqdm bar.
 
-    processes=1 runs in this process. Workers are spawned (not forked), so a parent that has
-    imported TensorFlow or other threaded libraries is safe.
+    processes: a `worker_pool` (kept open), a number of processes for a pool of this call
+    only (None: all cores), or 1: this process. Workers are spawned (not forked), so a parent
+    that has imported TensorFlow or other threaded libraries is safe.
     """
-    processes = min(processes or os.cpu_count() or 1, max(len(items), 1))
     bar = tqdm(total=len(items), desc=description, unit="scene", disable=not progress)
-    with bar:
+    with bar, contextlib.ExitStack() as stack:
+        if not isinstance(processes, concurrent.futures.Executor):
+            processes = stack.enter_context(worker_pool(min(processes or os.cpu_count() or 1, max(len(items), 1))))
         if processes == 1:
-            for item in items:
-                yield function(item)
-                bar.update()
-            return
-        pool = concurrent.futures.ProcessPoolExecutor(processes, mp_context=multiprocessing.get_context("spawn"))
-        try:
-            for result in pool.map(function, items):
-                yield result
-                bar.update()
-        finally:  # after an error, do not wait for the scenes still queued
-            pool.shutdown(wait=True, cancel_futures=True)
+            results = map(function, items)
+        else:
+            results = processes.map(function, items)
+        for result in results:
+            yield result
+            bar.update()
 
 
 def _read_scene_worker(item: tuple[str, str, str]) -> tuple[probav.Scene, float]:
@@ -73,7 +90,7 @@ def _read_scene_worker(item: tuple[str, str, str]) -> tuple[probav.Scene, float]
 
 
 def save_scene_arrays(data_dir: str | os.PathLike, band_dir: str | os.PathLike, band: str,
-                      processes: int | None = None, progress: bool = True) -> dict[str, Any]:
+                      processes: Workers = None, progress: bool = True) -> dict[str, Any]:
     """Read the train and test scenes of `band` and norm.csv into `band_dir/raw/{train,test}`.
 
     Every train scene needs its baseline in norm.csv. Any bad input raises its
@@ -153,7 +170,7 @@ def _preprocess_worker(item: tuple[str, int, bool]) -> PreparedScene:
     return prepared
 
 
-def create_scene_store(band_dir: str | os.PathLike, split: str, processes: int | None = None,
+def create_scene_store(band_dir: str | os.PathLike, split: str, processes: Workers = None,
                        progress: bool = True) -> dict[str, Any]:
     """Preprocess every scene of `split` ("train", "validation" from `split.json`, or "test")
     in parallel and write the kept frames to `band_dir/<split>/`. Returns the manifest section
@@ -333,14 +350,16 @@ def prepare(data_dir: str | os.PathLike, out_dir: str | os.PathLike, bands: Sequ
     fileio.remove_stale_partials(out_dir, ".prepare-*.partial")  # of runs killed before their cleanup
     partial = Path(tempfile.mkdtemp(prefix=".prepare-", suffix=".partial", dir=out_dir))
     try:
-        for band in bands:  # read everything first: a bad input stops before any processing
-            store.update_manifest(partial / band, "parameters", parameters)
-            save_scene_arrays(data_dir, partial / band, band, processes, progress)
+        with worker_pool(processes) as workers:
+            for band in bands:  # read everything first: a bad input stops before any processing
+                store.update_manifest(partial / band, "parameters", parameters)
+                save_scene_arrays(data_dir, partial / band, band, workers, progress)
+            for band in bands:
+                split_train_validation(partial / band, seed, share)
+                for split in domain.PREPARED_SPLITS:
+                    create_scene_store(partial / band, split, workers, progress)
         for band in bands:
             band_dir = partial / band
-            split_train_validation(band_dir, seed, share)
-            for split in domain.PREPARED_SPLITS:
-                create_scene_store(band_dir, split, processes, progress)
             create_patch_chunks(band_dir, n_chunks, patches_per_scene, patch_size, seed, max_tries, progress)
             save_best9(band_dir, progress)
             store.update_manifest(band_dir, "seconds", time.perf_counter() - start)
