@@ -17,7 +17,7 @@ from libraries.training import loop
 def test_demo_runs_end_to_end_and_reruns_from_its_outputs(tmp_path, capsys):
     matplotlib.use("Agg")
     arguments = ["demo", "--out", str(tmp_path / "demo"), "--scenes", "6", "--test-scenes", "2", "--lr-size", "48",
-                 "--steps", "6", "--pretrain-steps", "6", "--patch-size", "48", "--features", "8", "--n-slide", "1",
+                 "--steps", "6", "--pretrain-steps", "6", "--patch-size", "48", "--features", "8", "--n-slide", "0",
                  "--no-progress"]
     plan = demo.make_plan(tmp_path / "demo", steps=6, pretrain_steps=6, patch_size=48, n_features=8)
     assert cli.main(arguments) == 0
