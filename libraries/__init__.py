@@ -1,22 +1,22 @@
 """DeepSUM in TensorFlow 2: multi-image super-resolution of PROBA-V scenes.
 
-One module per concept. Each may import only the modules of the layers above it, so the
-package has no import cycle and no import inside a function:
+One module per concept. Each may import only modules of a lower layer (rows above its own), so the
+package has no import cycle and no import inside a function (`tests/test_package.py` checks both):
 
 | layer | module | holds |
 |---|---|---|
 | 0 | `domain` | constants of PROBA-V and DeepSUM, `normalise`/`denormalise`, `tap_index`, `scene_slice` |
-| 0 | `config` | JSON configs (the original layout) -> frozen dataclasses, for DeepSUM and both pretrainings |
-| 0 | `fileio` | atomic writes of files, folders, JSON and arrays |
-| 1 | `probav` | PROBA-V scene folders, PNG readers and writers, norm.csv |
-| 1 | `preprocessing` | array operations of dataset creation (upsampling, registration, best-9, patches) |
+| 0 | `reports` | the text-table formatter, `plot_history` and `plot_validation_scene` |
+| 1 | `config` | JSON configs (the original layout) -> frozen dataclasses, for DeepSUM and both pretrainings |
+| 1 | `fileio` | atomic writes of files, folders, JSON and arrays |
 | 1 | `metrics` | cL2 loss, cPSNR and the Kelvins score (TensorFlow and NumPy), its per-pixel error map |
-| 1 | `reports` | the text-table formatter, `plot_history` and `plot_validation_scene` |
-| 2 | `synthetic` | a realistic synthetic PROBA-V data set (`synth`) |
-| 2 | `dataset` | dataset creation on disk: `store` (layout, readers), `scenes`, `creation` (`prepare`), `views` |
+| 1 | `preprocessing` | array operations of dataset creation (upsampling, registration, best-9, patches) |
+| 2 | `probav` | PROBA-V scene folders, PNG readers and writers, norm.csv |
 | 2 | `model` | the network: `kernel_gradients` (oneDNN or XLA, chosen by measurement), `layers`, `networks` (SISRNet, RegNet, FusionNet), `deepsum` (registration, fill, DeepSUM) |
 | 3 | `checkpoints` | the one checkpoint format (TF2) and the read-only importer of the authors' TF1 checkpoints (`convert-tf1`) |
-| 3 | `weights` | download and verification of the authors' published checkpoints (`fetch-weights`) |
+| 3 | `dataset` | dataset creation on disk: `store` (layout, readers), `scenes`, `creation` (`prepare`), `views` |
+| 3 | `synthetic` | a realistic synthetic PROBA-V data set (`synth`) |
+| 4 | `weights` | download and verification of the authors' published checkpoints (`fetch-weights`) |
 | 4 | `training` | `loop` (the one training loop), `data`, `evaluation`, `optimization`, `deepsum` (`train`), `pretraining_data`, `pretraining` (`pretrain-*`) |
 | 4 | `inference` | `frames`, `ensemble` (flips and rotations of the self-ensemble), `superresolve` (the sliding window, `Superresolver`), `frame_stack` (any stack of PNG/TIFF frames, `superresolve --frames`), `submission` (`superresolve`, `score`) |
 | 5 | `demo` | the whole pipeline on the synthetic set (`demo`) |
