@@ -289,13 +289,14 @@ tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfigur
 from libraries import config as config_module, training
 config = config_module.load_config(sys.argv[1])
 runs = {}
-for name, strategy, changes in (("one", tf.distribute.OneDeviceStrategy("/cpu:0"), {}),
-                                ("two", tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"]), {}),
+# "one": the whole batch in one pass (micro_batch "auto" would be one scene per pass on a CPU)
+for name, strategy, changes in (("one", tf.distribute.OneDeviceStrategy("/cpu:0"), {"micro_batch": 0}),
+                                ("two", tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"]), {"micro_batch": 0}),
                                 ("micro", tf.distribute.OneDeviceStrategy("/cpu:0"),
                                  {"micro_batch": 1, "recompute": True})):
     trainer = training.Trainer(config.replace(checkpoint_dir=config.checkpoint_dir / name, **changes), strategy,
                                progress=False)
-    assert trainer.model.recompute == bool(changes)
+    assert trainer.model.recompute == (name == "micro")
     loss = trainer.train(1)["loss"][0]
     names = {id(variable): key for key, variable in trainer.model.tf1_variables().items()}
     # After one Adam step the first moment is (1 - beta_1) * gradient.
