@@ -23,7 +23,7 @@ import tensorflow as tf
 
 TEST_SCENES = 290  # PROBA-V test set: 146 NIR + 144 RED scenes
 FULL = {"features": 64, "configs": {"scene": (1, 384), "training batch": (8, 96)}, "ceiling_size": 192}
-QUICK = {"features": 8, "configs": {"scene": (1, 32)}, "ceiling_size": 32, "frame_by_frame": False}  # few processes  # one config: few processes
+QUICK = {"features": 8, "configs": {"scene": (1, 32)}, "ceiling_size": 32, "frame_by_frame": False}  # one config: few processes
 
 
 def test_set_throughput(model, size: int, repeats: int, naive_forward_s: float) -> dict:
