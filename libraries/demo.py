@@ -16,13 +16,15 @@ With `--data DIR` (a real PROBA-V folder) the same steps run with the paper's co
 (`config_files/DeepSUM_config_{NIR,RED}.json` and the two pretraining configs); pretraining is
 skipped where the configured pretraining folder already holds a checkpoint (e.g. the
 authors', see `python -m libraries fetch-weights`). Every step that finds its output already
-complete skips or resumes, so the command can be rerun after an interruption.
+complete skips or resumes, so the command can be rerun after an interruption; validation,
+submission and figures are made once for each pair of checkpoints (`results.json`).
 """
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
+import json
 import os
 import textwrap
 import time
@@ -250,7 +252,8 @@ def save_figures(plan: DemoPlan, rows: list[dict[str, Any]], trained: dict[str, 
     maps, and LR / bicubic / SR of one test scene, as PNG."""
     folder = plan.out_dir / "figures"
     folder.mkdir(parents=True, exist_ok=True)
-    written = [_save(training_figure(trained), folder / "training.png")]
+    written = [_save(reports.plot_training_runs({band: result["history"] for band, result in trained.items()}),
+                     folder / "training.png")]
     for band in BANDS:
         band_rows = [row for row in rows if row["band"] == band]
         figure = inference.plot_sliding_window(band_rows)
@@ -264,22 +267,6 @@ def save_figures(plan: DemoPlan, rows: list[dict[str, Any]], trained: dict[str, 
     written.append(_save(figure, folder / f"test_{name}.png"))
     plt.close("all")
     return written
-
-
-def training_figure(trained: dict[str, Any]):
-    """Per band (one row each): the batch loss and its moving average, and beside it the
-    validation loss on its own axis (whole scenes, so on another scale than the patches)."""
-    figure, axes = plt.subplots(len(trained), 2, figsize=(12, 3.4 * len(trained)), squeeze=False)
-    for (loss_axis, validation_axis), (band, result) in zip(axes, trained.items()):
-        history = result["history"]
-        # windows of a fifth of the run: the batch loss of a few patches varies tenfold with their contrast
-        reports.plot_history(history, ax=loss_axis, validation_ax=validation_axis,
-                             smooth=max(5, len(history["step"]) // 5), zoom=True)
-        loss_axis.set_title(f"{band}: training loss (cL2) of each batch of patches")
-        validation_axis.set_title(f"{band}: validation loss (cL2) on whole scenes")
-        validation_axis.set_xlim(loss_axis.get_xlim())  # the same steps under each other
-    figure.tight_layout()
-    return figure
 
 
 def validation_figure(band: str, example: dict[str, Any]):
@@ -316,6 +303,27 @@ def final_table(rows: list[dict[str, Any]]) -> tuple[str, dict[str, bool]]:
     return table, verdict
 
 
+RESULTS = "results.json"  # the validation rows, submission and figures of the checkpoints it names
+
+
+def results_key(plan: DemoPlan, n_slides: tuple[int, ...]) -> dict[str, Any]:
+    """What the validation, submission and figures follow from: each band's checkpoint and n_slide."""
+    return {"checkpoints": {band: checkpoints.resolve_prefix(best_checkpoint(plan.deepsum[band])) for band in BANDS},
+            "n_slides": list(n_slides)}
+
+
+def previous_results(plan: DemoPlan, n_slides: tuple[int, ...]) -> dict[str, Any] | None:
+    """`results.json` of an earlier run when it follows from the same checkpoints and n_slide and
+    its submission and figures are still there, else None (they are made again)."""
+    path = plan.out_dir / RESULTS
+    if not path.is_file():
+        return None
+    results = json.loads(path.read_text())
+    if any(results.get(key) != value for key, value in results_key(plan, n_slides).items()):
+        return None
+    return results if all(Path(name).is_file() for name in [results["submission"], *results["figures"]]) else None
+
+
 def cpu_seconds() -> float:
     """CPU time of this process and of its finished child processes (`prepare`'s workers), in s:
     on a machine shared with other work, a measure of the demo's own cost beside its wall time."""
@@ -348,11 +356,20 @@ def run_pipeline(plan: DemoPlan, n_scenes: int = 14, n_test_scenes: int = 4, lr_
         losses = " ".join(f"{entry['step']}:{entry['loss']:.3f}" for entry in result["history"]["validation"])
         pace = f", median {np.median(result['seconds']):.2f} s a step" if result["seconds"] else ""
         print(f"   {band}: {result['steps']} steps{pace}; validation loss at step:value {losses}")
-    superresolver_of = superresolvers(plan)
-    rows, examples = step("validate", validate, plan, superresolver_of, n_slides, progress)
-    zip_path, images = step("submit", submit, plan, superresolver_of, max(n_slides), progress)
-    print(f"   {zip_path}: {len(images)} test scenes, validated")
-    figures = step("figures", save_figures, plan, rows, trained, images, examples)
+    results = previous_results(plan, n_slides)
+    if results is None:  # validate, submit and draw for these checkpoints, once
+        superresolver_of = superresolvers(plan)
+        rows, examples = step("validate", validate, plan, superresolver_of, n_slides, progress)
+        zip_path, images = step("submit", submit, plan, superresolver_of, max(n_slides), progress)
+        print(f"   {zip_path}: {len(images)} test scenes, validated")
+        figures = step("figures", save_figures, plan, rows, trained, images, examples)
+        results = {**results_key(plan, n_slides), "submission": str(zip_path), "figures": [str(f) for f in figures],
+                   "rows": [{key: value.item() if isinstance(value, np.generic) else value for key, value in row.items()}
+                            for row in rows]}
+        fileio.save_json(plan.out_dir / RESULTS, results)  # last: its presence means all of the above is complete
+    else:
+        print(f"\n== validate, submit, figures ==\nusing {plan.out_dir / RESULTS} (the same checkpoints and n_slide)")
+    rows, zip_path, figures = results["rows"], Path(results["submission"]), [Path(f) for f in results["figures"]]
     table, verdict = final_table(rows)
     total = time.perf_counter() - started
     print(f"\n== validation: DeepSUM against the bicubic baseline (score: lower is better) ==\n{table}")

@@ -2,8 +2,9 @@
 
 `format_table` serves every table the commands and notebooks print (dataset counts, array
 shapes, the sliding-window evaluation, the demo's summary). `plot_history` draws the history
-that the training loop (`libraries.training.loop`) returns for DeepSUM and both pretrainings;
-`plot_validation_scene` one scene with its error maps (the demo).
+that the training loop (`libraries.training.loop`) returns for DeepSUM and both pretrainings,
+`plot_training_runs` several of them beside their validation curves, `plot_validation_scene`
+one scene with its error maps (the demo).
 """
 
 from __future__ import annotations
@@ -101,6 +102,24 @@ def plot_history(history: Mapping[str, Any], keys: Sequence[str] = ("loss",),
             axis.legend()
     ax.set_title(title)
     return ax
+
+
+def plot_training_runs(histories: Mapping[str, Mapping[str, Any]]):
+    """One row per run ({name: `plot_history` history}, e.g. per band): the batch loss and its
+    moving average, and beside it the validation loss on its own axis (whole scenes, so on
+    another scale than the patches). Returns the figure."""
+    import matplotlib.pyplot as plt  # the figure backend is chosen by the caller's environment
+
+    figure, axes = plt.subplots(len(histories), 2, figsize=(12, 3.4 * len(histories)), squeeze=False)
+    for (loss_axis, validation_axis), (name, history) in zip(axes, histories.items()):
+        # windows of a fifth of the run: the batch loss of a few patches varies tenfold with their contrast
+        plot_history(history, ax=loss_axis, validation_ax=validation_axis, smooth=max(5, len(history["step"]) // 5),
+                     zoom=True)
+        loss_axis.set_title(f"{name}: training loss (cL2) of each batch of patches")
+        validation_axis.set_title(f"{name}: validation loss (cL2) on whole scenes")
+        validation_axis.set_xlim(loss_axis.get_xlim())  # the same steps under each other
+    figure.tight_layout()
+    return figure
 
 
 def plot_validation_scene(lr: np.ndarray, bicubic: np.ndarray, sr: np.ndarray, hr: np.ndarray,

@@ -8,7 +8,7 @@ import numpy as np
 import tensorflow as tf
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from libraries import __main__ as cli, dataset, domain, inference
+from libraries import __main__ as cli, dataset, domain, fileio, inference, reports
 from libraries import demo
 from libraries.model.deepsum import fill_masked
 from libraries.training import loop
@@ -58,7 +58,7 @@ def test_demo_runs_end_to_end_and_reruns_from_its_outputs(tmp_path, capsys):
                                    rtol=1e-6)
         assert line.strip().startswith(f"{band}: {steps} steps")
         assert line.endswith(" ".join(f"{step}:{value:.3f}" for step, value in logs["validation"].items()))
-    figure = demo.training_figure(trained)
+    figure = reports.plot_training_runs({band: result["history"] for band, result in trained.items()})
     assert [axis.get_title() for axis in figure.axes] == [
         "NIR: training loss (cL2) of each batch of patches", "NIR: validation loss (cL2) on whole scenes",
         "RED: training loss (cL2) of each batch of patches", "RED: validation loss (cL2) on whole scenes"]
@@ -76,6 +76,21 @@ def test_demo_runs_end_to_end_and_reruns_from_its_outputs(tmp_path, capsys):
     assert "using " in again and "wrote " not in again
     assert [line.split("; ")[1] for line in again.splitlines() if "validation loss at step:value" in line] == [
         line.split("; ")[1] for line in summary]
+    assert f"using {tmp_path / 'demo' / demo.RESULTS} (the same checkpoints and n_slide)" in again
+    assert again.split("(score: lower is better) ==\n")[1].split("\nsubmission")[0] == (
+        printed.split("(score: lower is better) ==\n")[1].split("\nsubmission")[0])  # the same table and verdicts
+    # the stored results hold only for the checkpoints and n_slide they came from, with their files
+    stored = demo.previous_results(plan, (0,))
+    assert {(row["band"], row["method"]): round(row["score"], 4) for row in stored["rows"]} == {
+        key: value[0] for key, value in scores.items()}  # the rows the first run printed
+    assert demo.previous_results(plan, (0, 1)) is None
+    results_file = tmp_path / "demo" / demo.RESULTS
+    fileio.save_json(results_file, {**stored, "checkpoints": {**stored["checkpoints"], "NIR": "another/ckpt-1"}})
+    assert demo.previous_results(plan, (0,)) is None  # NIR trained further: validate again
+    fileio.save_json(results_file, stored)
+    assert demo.previous_results(plan, (0,)) == stored
+    (tmp_path / "demo" / "figures" / "training.png").unlink()
+    assert demo.previous_results(plan, (0,)) is None
 
 
 def check_example_scene(plan):
