@@ -11,7 +11,7 @@ in `mixed_bfloat16`.
     .venv/bin/python bench/train_step.py [--repeats 3] [--quick]
 
 Prints a table and writes `bench/results/train_step.json` (`train_step_quick.json` with
---quick: batch 2, 24x24, 8 features, ours only). FLOPs are 3x the forward pass's (backward = 2x
+--quick: batch 2, 24x24, 8 features, ours only, no peaks). FLOPs are 3x the forward pass's (backward = 2x
 forward). Compare timings only within one run: the machine is shared.
 """
 
@@ -27,9 +27,9 @@ import runners
 from libraries.model import kernel_gradients
 
 FULL = {"features": 64, "batch": 8, "size": 96, "ceiling_size": 192}
-# ours only: one fresh process in tests (the naive network's forward is run by forward.py --quick,
-# and its training step is this script's own, with another network)
-QUICK = {"features": 8, "batch": 2, "size": 24, "ceiling_size": 32, "variants": ["ours"]}
+# ours only and no fresh-process peaks, for the test suite: the naive network and the memory
+# children are run by forward.py --quick (the naive step is this script's own, with that network)
+QUICK = {"features": 8, "batch": 2, "size": 24, "ceiling_size": 32, "variants": ["ours"], "memory": False}
 # name -> (implementation, model options, training-step options); the first two are compared
 VARIANTS = {
     "ours": ("ours", {}, {}),
@@ -54,7 +54,7 @@ def measure(setup: dict, repeats: int) -> dict:
                                                  **{k: v for k, v in model_options.items() if k in MODEL_OPTIONS},
                                                  "config": {k: v for k, v in model_options.items()
                                                             if k not in MODEL_OPTIONS}})
-              for name, (impl, model_options, step_options) in variants.items()}
+              for name, (impl, model_options, step_options) in variants.items() if setup.get("memory", True)}
     data = runners.inputs(batch, size)
     steps = {}
     for name, (impl, model_options, step_options) in variants.items():
@@ -65,11 +65,11 @@ def measure(setup: dict, repeats: int) -> dict:
     kernel_choice = {**probe, "xla": probe["xla_s"] * kernel_gradients.MARGIN < probe["onednn_s"]}
     flops = harness.train_step_flops(batch, size, size, setup["features"])
     ceiling = conv_ceiling.measure_ceiling(size=setup["ceiling_size"])
-    naive = "naive" in variants
+    naive, naive_memory = "naive" in variants, "naive" in memory
     return {**setup, "flops": flops, "timing": timing, "memory": memory, "ceiling": ceiling,
             "speedup": {name: timing["naive"]["median_s"] / timing[name]["median_s"] for name in variants if naive},
             "memory_ratio": {name: memory[name]["peak_rss_bytes"] / memory["naive"]["peak_rss_bytes"]
-                             for name in variants if naive},
+                             for name in memory if naive_memory},
             "kernel_gradients": kernel_choice, "machine": harness.machine()}
 
 
@@ -77,12 +77,12 @@ def report(results: dict) -> None:
     ceiling = results["ceiling"]["gflops"]
     rows = []
     for name in results["timing"]:
-        seconds, memory = results["timing"][name]["median_s"], results["memory"][name]
+        seconds, memory = results["timing"][name]["median_s"], results["memory"].get(name)
         gflops = results["flops"] / seconds / 1e9
         speedup, memory_ratio = results["speedup"].get(name), results["memory_ratio"].get(name)
         rows.append([name, seconds, gflops, f"{gflops / ceiling:.0%}", "-" if speedup is None else f"{speedup:.2f}x",
-                     f"{memory['peak_rss_bytes'] / harness.GIB:.2f}",
-                     f"{(memory['peak_rss_bytes'] - memory['base_rss_bytes']) / harness.GIB:.2f}",
+                     "-" if memory is None else f"{memory['peak_rss_bytes'] / harness.GIB:.2f}",
+                     "-" if memory is None else f"{(memory['peak_rss_bytes'] - memory['base_rss_bytes']) / harness.GIB:.2f}",
                      "-" if memory_ratio is None else f"{memory_ratio:.2f}"])
     harness.print_table(f"training step, batch {results['batch']}, 9x{results['size']}x{results['size']}, "
                         f"{results['features']} features (conv ceiling {ceiling:.1f} GFLOP/s)",
@@ -95,7 +95,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--quick", action="store_true", help="batch 2, 24x24, 8 features, ours only, 2 repeats (for tests)")
+    parser.add_argument("--quick", action="store_true", help="batch 2, 24x24, 8 features, ours only, no memory children, 2 repeats (for tests)")
     args = parser.parse_args(argv)
     results = measure(QUICK if args.quick else FULL, 2 if args.quick else args.repeats)
     report(results)
