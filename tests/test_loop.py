@@ -106,10 +106,11 @@ def test_a_run_killed_by_sigkill_resumes_from_its_last_checkpoint(kind, tmp_path
             np.testing.assert_array_equal(variable.numpy(),
                                           saved.get_tensor(f"optimizer/_variables/{index}/.ATTRIBUTES/VARIABLE_VALUE"))
         resumed.loop.release()  # a Trainer holds its folder until it runs; the restarted command below takes it
-    # The killed run had the uninterrupted run's state at its checkpoint...
+    # The killed run had the uninterrupted run's state at its checkpoint (two processes: measured
+    # up to 2.5e-6 apart in an Adam moment after 3 steps, the round-off named in the docstring)...
     expected = checkpoint_tensors(str(uninterrupted / f"ckpt-{step}"))
     for key, value in checkpoint_tensors(killed_at).items():
-        np.testing.assert_allclose(value, expected[key], rtol=1e-6, atol=1e-9, err_msg=key)
+        np.testing.assert_allclose(value, expected[key], rtol=1e-5, atol=1e-8, err_msg=key)
     # ...and the restarted command computes the uninterrupted run's next losses and weights.
     run = subprocess.run(command(FINAL, killed), cwd=tmp_path, env=subprocess_env(), capture_output=True, text=True,
                          timeout=300)
@@ -117,7 +118,7 @@ def test_a_run_killed_by_sigkill_resumes_from_its_last_checkpoint(kind, tmp_path
     resumed_losses, uninterrupted_losses = logged_losses(killed), logged_losses(uninterrupted)
     assert set(range(step + 1, FINAL + 1)) <= set(resumed_losses)
     for later in range(step + 1, FINAL + 1):
-        assert resumed_losses[later] == pytest.approx(uninterrupted_losses[later], rel=1e-6), later
+        assert resumed_losses[later] == pytest.approx(uninterrupted_losses[later], rel=1e-5), later
     expected = checkpoint_tensors(str(uninterrupted / f"ckpt-{FINAL}"))
     for key, value in checkpoint_tensors(str(killed / f"ckpt-{FINAL}")).items():
         np.testing.assert_allclose(value, expected[key], rtol=1e-5, atol=1e-8, err_msg=key)
