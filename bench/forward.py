@@ -23,7 +23,9 @@ import tensorflow as tf
 
 TEST_SCENES = 290  # PROBA-V test set: 146 NIR + 144 RED scenes
 FULL = {"features": 64, "configs": {"scene": (1, 384), "training batch": (8, 96)}, "ceiling_size": 192}
-QUICK = {"features": 8, "configs": {"scene": (1, 32)}, "ceiling_size": 32, "frame_by_frame": False}  # one config: few processes
+# one config, and fresh-process peaks of ours and naive only: few processes in the test suite
+QUICK = {"features": 8, "configs": {"scene": (1, 32)}, "ceiling_size": 32, "frame_by_frame": False,
+         "bfloat16_memory": False}
 
 
 def test_set_throughput(model, size: int, repeats: int, naive_forward_s: float) -> dict:
@@ -72,7 +74,9 @@ def measure(setup: dict, repeats: int) -> dict:
         memory = {impl: harness.run_child(__file__, {**child, "impl": impl}) for impl in runners.IMPLEMENTATIONS}
         if setup.get("frame_by_frame", True):
             memory[FRAME_BY_FRAME] = harness.run_child(__file__, {**child, "impl": "ours", "frame_by_frame": True})
-        memory[BFLOAT16] = harness.run_child(__file__, {**child, "impl": "ours", "config": {"precision": "mixed_bfloat16"}})
+        if setup.get("bfloat16_memory", True):
+            memory[BFLOAT16] = harness.run_child(__file__, {**child, "impl": "ours",
+                                                            "config": {"precision": "mixed_bfloat16"}})
         results["configs"][name] = {"batch": batch, "size": size, "flops": flops, "timing": timing, "memory": memory}
     results["ceiling"] = conv_ceiling.measure_ceiling(size=setup["ceiling_size"])
     scene_batch, scene_size = setup["configs"]["scene"]
@@ -89,17 +93,19 @@ def report(results: dict) -> None:
     for name, config in results["configs"].items():
         for impl in config["timing"]:
             seconds = config["timing"][impl]["median_s"]
-            memory = config["memory"][impl]
+            memory = config["memory"].get(impl)  # None: not measured (--quick)
             gflops = config["flops"] / seconds / 1e9
             rows.append([name, impl, seconds, gflops, f"{gflops / ceiling:.0%}",
-                         f"{memory['peak_rss_bytes'] / harness.GIB:.2f}",
+                         "-" if memory is None else f"{memory['peak_rss_bytes'] / harness.GIB:.2f}",
+                         "-" if memory is None else
                          f"{(memory['peak_rss_bytes'] - memory['base_rss_bytes']) / harness.GIB:.2f}"])
         timing, memory = config["timing"], config["memory"]
         config["speedup"] = timing["naive"]["median_s"] / timing["ours"]["median_s"]
         config["memory_ratio"] = memory["ours"]["peak_rss_bytes"] / memory["naive"]["peak_rss_bytes"]
         config["ceiling_fraction"] = config["flops"] / timing["ours"]["median_s"] / 1e9 / ceiling
         config["bfloat16_speedup"] = timing["ours"]["median_s"] / timing[BFLOAT16]["median_s"]
-        config["bfloat16_memory_ratio"] = memory[BFLOAT16]["peak_rss_bytes"] / memory["naive"]["peak_rss_bytes"]
+        if BFLOAT16 in memory:
+            config["bfloat16_memory_ratio"] = memory[BFLOAT16]["peak_rss_bytes"] / memory["naive"]["peak_rss_bytes"]
         if FRAME_BY_FRAME in timing:
             config["frame_by_frame_speedup"] = timing["naive"]["median_s"] / timing[FRAME_BY_FRAME]["median_s"]
             config["frame_by_frame_memory_ratio"] = (memory[FRAME_BY_FRAME]["peak_rss_bytes"]
@@ -114,7 +120,8 @@ def report(results: dict) -> None:
                           f"{c['frame_by_frame_memory_ratio']:.2f}" if "frame_by_frame_memory_ratio" in c else "-"]
                          for n, c in results["configs"].items()])
     harness.print_table("mixed_bfloat16 against float32 (ours)", ["config", "speed-up", "peak memory / naive's"],
-                        [[n, f"{c['bfloat16_speedup']:.2f}x", f"{c['bfloat16_memory_ratio']:.2f}"]
+                        [[n, f"{c['bfloat16_speedup']:.2f}x",
+                          f"{c['bfloat16_memory_ratio']:.2f}" if "bfloat16_memory_ratio" in c else "-"]
                          for n, c in results["configs"].items()])
     for key, title in (("test_set", "float32"), ("test_set_bfloat16", "mixed_bfloat16")):
         test_set = results[key]
