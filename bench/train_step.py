@@ -11,8 +11,8 @@ in `mixed_bfloat16`.
     .venv/bin/python bench/train_step.py [--repeats 3] [--quick]
 
 Prints a table and writes `bench/results/train_step.json` (`train_step_quick.json` with
---quick: batch 2, 24x24, 8 features, ours only, no peaks). FLOPs are 3x the forward pass's (backward = 2x
-forward). Compare timings only within one run: the machine is shared.
+--quick: batch 2, 24x24, 8 features, ours only, no peaks). FLOPs are 3x the forward pass's
+(backward = 2x forward). Compare timings only within one run: the machine is shared.
 """
 
 from __future__ import annotations

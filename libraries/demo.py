@@ -304,6 +304,7 @@ def final_table(rows: list[dict[str, Any]]) -> tuple[str, dict[str, bool]]:
 
 
 RESULTS = "results.json"  # the validation rows, submission and figures of the checkpoints it names
+RESULT_KEYS = {"checkpoints", "n_slides", "rows", "submission", "figures"}
 
 
 def results_key(plan: DemoPlan, n_slides: tuple[int, ...]) -> dict[str, Any]:
@@ -318,8 +319,15 @@ def previous_results(plan: DemoPlan, n_slides: tuple[int, ...]) -> dict[str, Any
     path = plan.out_dir / RESULTS
     if not path.is_file():
         return None
-    results = json.loads(path.read_text())
-    if any(results.get(key) != value for key, value in results_key(plan, n_slides).items()):
+    try:
+        results = json.loads(path.read_text())
+        problem = None if isinstance(results, dict) and RESULT_KEYS <= set(results) else f"expected {sorted(RESULT_KEYS)}"
+    except ValueError as error:
+        problem = f"{type(error).__name__}: {error}"
+    if problem:  # edited or damaged by hand: made again
+        print(f"{path}: not a results file of this demo ({problem}); validating again")
+        return None
+    if any(results[key] != value for key, value in results_key(plan, n_slides).items()):
         return None
     return results if all(Path(name).is_file() for name in [results["submission"], *results["figures"]]) else None
 

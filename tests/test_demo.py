@@ -89,6 +89,11 @@ def test_demo_runs_end_to_end_and_reruns_from_its_outputs(tmp_path, capsys):
     assert demo.previous_results(plan, (0,)) is None  # NIR trained further: validate again
     fileio.save_json(results_file, stored)
     assert demo.previous_results(plan, (0,)) == stored
+    results_file.write_text('{"checkpoints": ')  # cut off: read as absent, with a note naming it
+    capsys.readouterr()
+    assert demo.previous_results(plan, (0,)) is None
+    assert capsys.readouterr().out.startswith(f"{results_file}: not a results file of this demo (JSONDecodeError")
+    fileio.save_json(results_file, stored)
     (tmp_path / "demo" / "figures" / "training.png").unlink()
     assert demo.previous_results(plan, (0,)) is None
 
