@@ -60,10 +60,12 @@ def shared_data_dir() -> Path:
     return _folder_from_env("DEEPSUM_SHARED_DATA", "the real PROBA-V sample")
 
 
-# The longest files (they train or start processes) first: distributed file by file, a long file
-# started last would leave the other workers idle while it ends.
-LONGEST_FIRST = ("test_training.py", "test_loop.py", "test_bench.py", "test_demo.py", "test_pretraining.py",
-                 "test_inference.py")
+# The longest files (they train or start processes) first, then the others in file order: files go
+# to the workers in this order (pyproject.toml turns off xdist's own reordering by test count), so
+# no long file starts last and keeps one worker busy while the other waits.
+LONGEST_FIRST = ("test_training.py", "test_loop.py", "test_pretraining.py", "test_inference.py", "test_bench.py",
+                 "test_demo.py", "test_inference_notebooks.py", "test_model.py", "test_optimization.py",
+                 "test_training_notebook.py", "test_pretraining_notebook.py", "test_ensemble.py")
 
 
 def pytest_collection_modifyitems(items: list) -> None:
