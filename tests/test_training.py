@@ -299,9 +299,11 @@ for name, strategy, changes in (("one", tf.distribute.OneDeviceStrategy("/cpu:0"
     assert trainer.model.recompute == (name == "micro")
     loss = trainer.train(1)["loss"][0]
     names = {id(variable): key for key, variable in trainer.model.tf1_variables().items()}
-    # After one Adam step the first moment is (1 - beta_1) * gradient.
-    gradients = {names[id(v)]: m.numpy() / (1 - trainer.optimizer.beta_1)
-                 for v, m in zip(trainer.variables, trainer.optimizer._momentums)}
+    # After one Adam step the first moment is (1 - beta_1) * gradient; Keras names the moments
+    # "<variable>_momentum", in the order of the variables it was built with
+    momentums = [m for m in trainer.optimizer.variables if m.name.endswith("_momentum")]
+    assert len(momentums) == len(trainer.variables)
+    gradients = {names[id(v)]: m.numpy() / (1 - trainer.optimizer.beta_1) for v, m in zip(trainer.variables, momentums)}
     weights = {key: v.numpy() for key, v in trainer.model.tf1_variables().items()}
     runs[name] = {"loss": loss, "gradients": gradients, "weights": weights, "replicas": strategy.num_replicas_in_sync}
     if name == "two":
