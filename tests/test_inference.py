@@ -179,6 +179,13 @@ def tiny_model(tiny_config):
     return inference.load_model(tiny_config)
 
 
+@pytest.fixture(scope="module")
+def one_by_one(tiny_config, tiny_model):
+    """A Superresolver of the tiny model with its own compiled functions: the expected images of
+    the tests whose commands and functions build their own."""
+    return inference.Superresolver(tiny_model, tiny_config)
+
+
 def test_load_model_runs_frame_by_frame_when_the_config_says_so(tiny_config, monkeypatch):
     whole = inference.load_model(tiny_config.replace(frame_by_frame=False))
     assert whole.frame_by_frame is False
@@ -339,7 +346,7 @@ def test_score_refuses_a_zip_without_train_scenes(tmp_path, synthetic_dir, capsy
     assert "missing.zip: not a readable zip file" in capsys.readouterr().err
 
 
-def test_superresolve_command_writes_a_valid_submission(tmp_path, synthetic_dir, tiny_files, tiny_config, tiny_model):
+def test_superresolve_command_writes_a_valid_submission(tmp_path, synthetic_dir, tiny_files, one_by_one):
     config_path, checkpoint = tiny_files
     zip_path = tmp_path / "submission.zip"
     assert main(["superresolve", "--config", str(config_path), "--checkpoint", str(checkpoint),
@@ -349,8 +356,7 @@ def test_superresolve_command_writes_a_valid_submission(tmp_path, synthetic_dir,
     assert len(names) == 4  # both bands, including the scenes with fewer than 9 usable frames
     images = inference.read_submission(zip_path)
     folder = synthetic_dir / "test" / "NIR" / names[-1]
-    expected = inference.Superresolver(tiny_model, tiny_config).scene(
-        dataset.prepare_test_scene(probav.read_scene(folder)), n_slide=1)
+    expected = one_by_one.scene(dataset.prepare_test_scene(probav.read_scene(folder)), n_slide=1)
     np.testing.assert_array_equal(images[names[-1]], np.clip(np.rint(expected), 0, 65535).astype(np.uint16))
 
 
@@ -375,8 +381,8 @@ def test_superresolve_command_precision_runs_the_network_in_mixed_bfloat16(tmp_p
     assert 0 < np.abs(bfloat16 - float32).max() and np.abs(bfloat16 - float32).mean() < 0.01 * float32.mean()
 
 
-def test_superresolve_train_split_with_per_band_paths_then_score_all(tmp_path, synthetic_dir, tiny_files, tiny_config,
-                                                                     tiny_model, capsys):
+def test_superresolve_train_split_with_per_band_paths_then_score_all(tmp_path, synthetic_dir, tiny_files, one_by_one,
+                                                                     capsys):
     config_path, checkpoint = tiny_files
     zip_path = tmp_path / "train.zip"
     assert main(["superresolve", "--data", str(synthetic_dir), "--split", "train", "--band", "all",
@@ -387,8 +393,7 @@ def test_superresolve_train_split_with_per_band_paths_then_score_all(tmp_path, s
     folders = probav.list_scenes(synthetic_dir, "train", "NIR") + probav.list_scenes(synthetic_dir, "train", "RED")
     assert sorted(images) == sorted(folder.name for folder in folders)  # 3 scenes per band
     red = folders[-1]
-    expected = inference.Superresolver(tiny_model, tiny_config).scene(
-        dataset.prepare_test_scene(probav.read_scene(red)), n_slide=0)
+    expected = one_by_one.scene(dataset.prepare_test_scene(probav.read_scene(red)), n_slide=0)
     np.testing.assert_array_equal(images[red.name], np.clip(np.rint(expected), 0, 65535).astype(np.uint16))
     capsys.readouterr()
     assert main(["score", "--data", str(synthetic_dir), "--band", "all", "--submission", str(zip_path)]) == 0
@@ -409,7 +414,7 @@ def test_checkpoints_and_configs_per_band():
         inference.paths_per_band(["NIR=n", "other"], ["NIR"], "--checkpoint")
 
 
-def test_evaluate_sliding_window_matches_superresolve_per_n_slide(tiny_config, tiny_model):
+def test_evaluate_sliding_window_matches_superresolve_per_n_slide(tiny_config, tiny_model, one_by_one):
     scenes = [textured_scene(11, seed=4), textured_scene(9, seed=5)]
     ragged = {key: np.concatenate([scene[key] for scene in scenes]) for key in ("frames", "masks", "shifts")}
     ragged.update(offsets=np.array([0, 11, 20]), names=np.array(["imgset0004", "imgset0005"]),
@@ -417,7 +422,6 @@ def test_evaluate_sliding_window_matches_superresolve_per_n_slide(tiny_config, t
                   baseline=np.array([40.0, 42.0], np.float32))
     rows = inference.evaluate_sliding_window(inference.Superresolver(tiny_model, tiny_config), ragged, n_slides=(0, 2), progress=False)
     assert [(row["method"], row["n_slide"]) for row in rows] == [("bicubic", None), ("DeepSUM", 0), ("DeepSUM", 2)]
-    one_by_one = inference.Superresolver(tiny_model, tiny_config)  # its own compiled functions
     for row in rows:
         images = [inference.bicubic_baseline(domain.scene_slice(ragged, index)) if row["n_slide"] is None else
                   one_by_one.scene(domain.scene_slice(ragged, index), row["n_slide"]) for index in range(2)]
