@@ -180,7 +180,7 @@ def tiny_model(tiny_config):
 
 
 @pytest.fixture(scope="module")
-def one_by_one(tiny_config, tiny_model):
+def separate_superresolver(tiny_config, tiny_model):
     """A Superresolver of the tiny model with its own compiled functions: the expected images of
     the tests whose commands and functions build their own."""
     return inference.Superresolver(tiny_model, tiny_config)
@@ -346,7 +346,7 @@ def test_score_refuses_a_zip_without_train_scenes(tmp_path, synthetic_dir, capsy
     assert "missing.zip: not a readable zip file" in capsys.readouterr().err
 
 
-def test_superresolve_command_writes_a_valid_submission(tmp_path, synthetic_dir, tiny_files, one_by_one):
+def test_superresolve_command_writes_a_valid_submission(tmp_path, synthetic_dir, tiny_files, separate_superresolver):
     config_path, checkpoint = tiny_files
     zip_path = tmp_path / "submission.zip"
     assert main(["superresolve", "--config", str(config_path), "--checkpoint", str(checkpoint),
@@ -356,7 +356,7 @@ def test_superresolve_command_writes_a_valid_submission(tmp_path, synthetic_dir,
     assert len(names) == 4  # both bands, including the scenes with fewer than 9 usable frames
     images = inference.read_submission(zip_path)
     folder = synthetic_dir / "test" / "NIR" / names[-1]
-    expected = one_by_one.scene(dataset.prepare_test_scene(probav.read_scene(folder)), n_slide=1)
+    expected = separate_superresolver.scene(dataset.prepare_test_scene(probav.read_scene(folder)), n_slide=1)
     np.testing.assert_array_equal(images[names[-1]], np.clip(np.rint(expected), 0, 65535).astype(np.uint16))
 
 
@@ -381,8 +381,8 @@ def test_superresolve_command_precision_runs_the_network_in_mixed_bfloat16(tmp_p
     assert 0 < np.abs(bfloat16 - float32).max() and np.abs(bfloat16 - float32).mean() < 0.01 * float32.mean()
 
 
-def test_superresolve_train_split_with_per_band_paths_then_score_all(tmp_path, synthetic_dir, tiny_files, one_by_one,
-                                                                     capsys):
+def test_superresolve_train_split_with_per_band_paths_then_score_all(tmp_path, synthetic_dir, tiny_files,
+                                                                     separate_superresolver, capsys):
     config_path, checkpoint = tiny_files
     zip_path = tmp_path / "train.zip"
     assert main(["superresolve", "--data", str(synthetic_dir), "--split", "train", "--band", "all",
@@ -393,7 +393,7 @@ def test_superresolve_train_split_with_per_band_paths_then_score_all(tmp_path, s
     folders = probav.list_scenes(synthetic_dir, "train", "NIR") + probav.list_scenes(synthetic_dir, "train", "RED")
     assert sorted(images) == sorted(folder.name for folder in folders)  # 3 scenes per band
     red = folders[-1]
-    expected = one_by_one.scene(dataset.prepare_test_scene(probav.read_scene(red)), n_slide=0)
+    expected = separate_superresolver.scene(dataset.prepare_test_scene(probav.read_scene(red)), n_slide=0)
     np.testing.assert_array_equal(images[red.name], np.clip(np.rint(expected), 0, 65535).astype(np.uint16))
     capsys.readouterr()
     assert main(["score", "--data", str(synthetic_dir), "--band", "all", "--submission", str(zip_path)]) == 0
@@ -414,7 +414,7 @@ def test_checkpoints_and_configs_per_band():
         inference.paths_per_band(["NIR=n", "other"], ["NIR"], "--checkpoint")
 
 
-def test_evaluate_sliding_window_matches_superresolve_per_n_slide(tiny_config, tiny_model, one_by_one):
+def test_evaluate_sliding_window_matches_superresolve_per_n_slide(tiny_config, tiny_model, separate_superresolver):
     scenes = [textured_scene(11, seed=4), textured_scene(9, seed=5)]
     ragged = {key: np.concatenate([scene[key] for scene in scenes]) for key in ("frames", "masks", "shifts")}
     ragged.update(offsets=np.array([0, 11, 20]), names=np.array(["imgset0004", "imgset0005"]),
@@ -424,7 +424,7 @@ def test_evaluate_sliding_window_matches_superresolve_per_n_slide(tiny_config, t
     assert [(row["method"], row["n_slide"]) for row in rows] == [("bicubic", None), ("DeepSUM", 0), ("DeepSUM", 2)]
     for row in rows:
         images = [inference.bicubic_baseline(domain.scene_slice(ragged, index)) if row["n_slide"] is None else
-                  one_by_one.scene(domain.scene_slice(ragged, index), row["n_slide"]) for index in range(2)]
+                  separate_superresolver.scene(domain.scene_slice(ragged, index), row["n_slide"]) for index in range(2)]
         scores = [metrics.kelvins_score(image, ragged["hr"][index], ragged["hr_clear"][index], ragged["baseline"][index])
                   for index, image in enumerate(images)]
         assert row["score"] == pytest.approx(np.mean(scores), rel=1e-6) and row["scenes"] == 2

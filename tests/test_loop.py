@@ -9,6 +9,7 @@ TensorFlow start-ups a test. oneDNN's float32 round-off depends on a process's m
 (~1e-7), which Adam and cL2's min over shifts amplify over steps: the comparisons allow a
 relative 1e-5 (measured up to 2.5e-6).
 """
+
 from __future__ import annotations
 
 import os
@@ -50,29 +51,29 @@ def frozen_sisrnet(tmp_path_factory, data_path) -> Path:
 
 
 def command_for(kind: str, tmp_path: Path, data_path: Path, sisrnet: Path | None):
-    """(command(steps, folder) -> argv, config) of a tiny run of `kind`."""
+    """(arguments(steps, folder) -> `python -m libraries` arguments, config) of a tiny run of `kind`."""
     if kind == "train":
         config = tiny_config(tmp_path, data_path)
         config_file = write_config(config, tmp_path / "config.json")
-        return (lambda steps, folder: [sys.executable, "-m", "libraries", "train", "--config", str(config_file),
-                                       "--steps", str(steps), "--checkpoint-dir", str(folder), "--no-progress"]), config
+        return (lambda steps, folder: ["train", "--config", str(config_file), "--steps", str(steps),
+                                       "--checkpoint-dir", str(folder), "--no-progress"]), config
     kind_config = SISRNetPretrainConfig if kind == "pretrain-sisrnet" else RegNetPretrainConfig
     extra = {} if kind == "pretrain-sisrnet" else {"SISRNet_pretrain_dir": sisrnet}
     config = kind_config(**PRETRAIN, dataset_path=data_path, checkpoint_dir=tmp_path / "unused", **extra)
 
-    def command(steps: int, folder: Path) -> list[str]:  # pretraining takes its folder from the config
+    def arguments(steps: int, folder: Path) -> list[str]:  # pretraining takes its folder from the config
         path = fileio.save_json(tmp_path / f"{folder.name}.json", config_module.to_json(config.replace(checkpoint_dir=folder)))
-        return [sys.executable, "-m", "libraries", kind, "--config", str(path), "--steps", str(steps)]
+        return [kind, "--config", str(path), "--steps", str(steps)]
 
-    return command, config
+    return arguments, config
 
 
 @pytest.mark.parametrize("kind", ["train", "pretrain-sisrnet", "pretrain-regnet"])
 def test_a_run_killed_by_sigkill_resumes_from_its_last_checkpoint(kind, tmp_path, data_path, frozen_sisrnet):
-    command, config = command_for(kind, tmp_path, data_path, frozen_sisrnet)
+    arguments, config = command_for(kind, tmp_path, data_path, frozen_sisrnet)
     killed, uninterrupted = tmp_path / "killed", tmp_path / "uninterrupted"
 
-    process = subprocess.Popen(command(1000, killed), cwd=tmp_path, env=subprocess_env(), stdout=subprocess.PIPE,
+    process = subprocess.Popen([sys.executable, "-m", "libraries", *arguments(1000, killed)], cwd=tmp_path, env=subprocess_env(), stdout=subprocess.PIPE,
                                stderr=subprocess.STDOUT)
     try:
         deadline = time.monotonic() + 240
@@ -84,7 +85,7 @@ def test_a_run_killed_by_sigkill_resumes_from_its_last_checkpoint(kind, tmp_path
     finally:
         process.kill()
         process.wait()
-    assert cli.main(command(FINAL, uninterrupted)[3:]) == 0  # `python -m libraries ...` without the interpreter
+    assert cli.main(arguments(FINAL, uninterrupted)) == 0
     assert process.returncode == -signal.SIGKILL
     killed_at = tf.train.latest_checkpoint(str(killed))
     step = int(killed_at.rsplit("-", 1)[1])
@@ -108,7 +109,7 @@ def test_a_run_killed_by_sigkill_resumes_from_its_last_checkpoint(kind, tmp_path
     for key, value in checkpoint_tensors(killed_at).items():
         np.testing.assert_allclose(value, expected[key], rtol=1e-5, atol=1e-8, err_msg=key)
     # ...and the restarted command computes the uninterrupted run's next losses and weights.
-    assert cli.main(command(FINAL, killed)[3:]) == 0
+    assert cli.main(arguments(FINAL, killed)) == 0
     resumed_losses, uninterrupted_losses = logged_losses(killed), logged_losses(uninterrupted)
     assert set(range(step + 1, FINAL + 1)) <= set(resumed_losses)
     for later in range(step + 1, FINAL + 1):
