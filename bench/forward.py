@@ -1,8 +1,11 @@
 """Forward-pass benchmark: ours (`libraries.model`) against the naive baseline (the authors'
 formulation, `naive_deepsum.py`) on a whole scene (batch 1, 9x384x384) and on a training
 batch (8x9x96x96), ours also frame by frame (`DeepSUM(frame_by_frame=True)`, config
-`frame_by_frame` in inference: less memory) and in `mixed_bfloat16`, with the machine's 3x3-convolution ceiling measured in the same process,
-peak memory of a fresh process per configuration, and whole-test-set throughput.
+`frame_by_frame` in inference: less memory) and in `mixed_bfloat16`, with the machine's
+3x3-convolution ceiling measured in the same process, peak memory of a fresh process per
+configuration, and whole-test-set throughput. Ours runs as inference does: each layer's
+element-wise work fused by XLA where `xla_elementwise: auto` measures it faster (printed with
+its measurement; the rows "separate ops" show the other choice).
 
     .venv/bin/python bench/forward.py [--repeats 3] [--quick]
 
@@ -21,11 +24,14 @@ import harness
 import runners
 import tensorflow as tf
 
+from libraries.config import compute_dtype_name
+from libraries.model import fusion
+
 TEST_SCENES = 290  # PROBA-V test set: 146 NIR + 144 RED scenes
 FULL = {"features": 64, "configs": {"scene": (1, 384), "training batch": (8, 96)}, "ceiling_size": 192}
 # one config, and fresh-process peaks of ours and naive only: few processes in the test suite
 QUICK = {"features": 8, "configs": {"scene": (1, 32)}, "ceiling_size": 32, "frame_by_frame": False,
-         "bfloat16_memory": False}
+         "bfloat16_memory": False, "separate_ops": False, "probe_shape": (1, 34, 34, 8)}
 
 
 def test_set_throughput(model, size: int, repeats: int, naive_forward_s: float) -> dict:
@@ -54,28 +60,48 @@ def test_set_throughput(model, size: int, repeats: int, naive_forward_s: float) 
 
 FRAME_BY_FRAME = "ours, frame by frame"  # DeepSUM(frame_by_frame=True): config frame_by_frame in inference
 BFLOAT16 = "ours, mixed_bfloat16"  # config precision: mixed_bfloat16 (oneDNN's AMX kernels where the CPU has them)
+SEPARATE = ", separate ops"  # the same row with the element-wise work as TensorFlow's separate ops
+
+
+def elementwise_choice(shape: tuple[int, int, int, int] = fusion.PROBE_SHAPE) -> dict:
+    """What `xla_elementwise: auto` chooses here per precision, with the measurement behind it."""
+    choice = {}
+    for precision in ("float32", "mixed_bfloat16"):
+        timings = fusion.measure(shape, tf.as_dtype(compute_dtype_name(precision)))
+        choice[precision] = {**timings, "xla": timings["xla_s"] * fusion.MARGIN < timings["separate_s"]}
+    return choice
 
 
 def measure(setup: dict, repeats: int) -> dict:
-    model = runners.make_model(setup["features"])
-    frame_model = runners.make_model(setup["features"], frame_by_frame=True)  # same seed: same weights
-    bfloat16_model = runners.make_model(setup["features"], precision="mixed_bfloat16")
-    results = {"n_features": setup["features"], "configs": {}}
+    choice = elementwise_choice(setup.get("probe_shape", fusion.PROBE_SHAPE))
+    fused = {precision: value["xla"] for precision, value in choice.items()}
+    model = runners.make_model(setup["features"], fused=fused["float32"])
+    frame_model = runners.make_model(setup["features"], frame_by_frame=True, fused=fused["float32"])  # same weights
+    bfloat16_model = runners.make_model(setup["features"], precision="mixed_bfloat16", fused=fused["mixed_bfloat16"])
+    separate = {}  # the other choice, for the same-run ratio of fusing
+    if setup.get("separate_ops", True):
+        separate = {"ours" + SEPARATE: runners.make_model(setup["features"], fused=not fused["float32"]),
+                    BFLOAT16 + SEPARATE: runners.make_model(setup["features"], precision="mixed_bfloat16",
+                                                            fused=not fused["mixed_bfloat16"])}
+    results = {"n_features": setup["features"], "configs": {}, "elementwise": choice}
     for name, (batch, size) in setup["configs"].items():
         data = runners.inputs(batch, size)
         runs = {impl: runners.make_forward(impl, model, data) for impl in runners.IMPLEMENTATIONS}
         if setup.get("frame_by_frame", True):
             runs[FRAME_BY_FRAME] = runners.make_forward("ours", frame_model, data)
         runs[BFLOAT16] = runners.make_forward("ours", bfloat16_model, data)
+        runs.update({row: runners.make_forward("ours", other, data) for row, other in separate.items()})
         print(f"{name}: batch {batch}, 9x{size}x{size}", file=sys.stderr, flush=True)
         timing = harness.interleaved_medians(runs, repeats)
         flops = harness.deepsum_flops(batch, size, size, setup["features"])["total"]
         child = {"mode": "forward", "batch": batch, "size": size, "n_features": setup["features"]}
-        memory = {impl: harness.run_child(__file__, {**child, "impl": impl}) for impl in runners.IMPLEMENTATIONS}
+        memory = {impl: harness.run_child(__file__, {**child, "impl": impl, "fused": fused["float32"] and impl == "ours"})
+                  for impl in runners.IMPLEMENTATIONS}
         if setup.get("frame_by_frame", True):
-            memory[FRAME_BY_FRAME] = harness.run_child(__file__, {**child, "impl": "ours", "frame_by_frame": True})
+            memory[FRAME_BY_FRAME] = harness.run_child(__file__, {**child, "impl": "ours", "frame_by_frame": True,
+                                                                  "fused": fused["float32"]})
         if setup.get("bfloat16_memory", True):
-            memory[BFLOAT16] = harness.run_child(__file__, {**child, "impl": "ours",
+            memory[BFLOAT16] = harness.run_child(__file__, {**child, "impl": "ours", "fused": fused["mixed_bfloat16"],
                                                             "config": {"precision": "mixed_bfloat16"}})
         results["configs"][name] = {"batch": batch, "size": size, "flops": flops, "timing": timing, "memory": memory}
     results["ceiling"] = conv_ceiling.measure_ceiling(size=setup["ceiling_size"])
@@ -87,7 +113,15 @@ def measure(setup: dict, repeats: int) -> dict:
     return results
 
 
+def _precision(row: str) -> str:
+    return "mixed_bfloat16" if row.startswith(BFLOAT16) else "float32"
+
+
 def report(results: dict) -> None:
+    harness.print_table("xla_elementwise auto: one SISRNet layer, element-wise work as separate ops or fused by XLA",
+                        ["precision", "separate ops s", "XLA s", "chosen"],
+                        [[precision, c["separate_s"], c["xla_s"], "XLA" if c["xla"] else "separate ops"]
+                         for precision, c in results["elementwise"].items()])
     ceiling = results["ceiling"]["gflops"]
     rows = []
     for name, config in results["configs"].items():
@@ -104,6 +138,10 @@ def report(results: dict) -> None:
         config["memory_ratio"] = memory["ours"]["peak_rss_bytes"] / memory["naive"]["peak_rss_bytes"]
         config["ceiling_fraction"] = config["flops"] / timing["ours"]["median_s"] / 1e9 / ceiling
         config["bfloat16_speedup"] = timing["ours"]["median_s"] / timing[BFLOAT16]["median_s"]
+        for row in (r for r in ("ours", BFLOAT16) if r + SEPARATE in timing):
+            config[f"{row} fused / separate speed-up"] = (timing[row + SEPARATE]["median_s"] / timing[row]["median_s"]
+                                                          if results["elementwise"][_precision(row)]["xla"] else
+                                                          timing[row]["median_s"] / timing[row + SEPARATE]["median_s"])
         if BFLOAT16 in memory:
             config["bfloat16_memory_ratio"] = memory[BFLOAT16]["peak_rss_bytes"] / memory["naive"]["peak_rss_bytes"]
         if FRAME_BY_FRAME in timing:
@@ -123,6 +161,10 @@ def report(results: dict) -> None:
                         [[n, f"{c['bfloat16_speedup']:.2f}x",
                           f"{c['bfloat16_memory_ratio']:.2f}" if "bfloat16_memory_ratio" in c else "-"]
                          for n, c in results["configs"].items()])
+    fusing = [[n, row, f"{c[f'{row} fused / separate speed-up']:.2f}x"] for n, c in results["configs"].items()
+              for row in ("ours", BFLOAT16) if f"{row} fused / separate speed-up" in c]
+    if fusing:
+        harness.print_table("element-wise work fused by XLA against separate ops", ["config", "row", "speed-up"], fusing)
     for key, title in (("test_set", "float32"), ("test_set_bfloat16", "mixed_bfloat16")):
         test_set = results[key]
         harness.print_table(f"whole test set (290 scenes), sliding windows, ours in {title}",

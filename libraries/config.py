@@ -29,7 +29,7 @@ ConfigT = TypeVar("ConfigT")
 SUB_NETWORKS = ("sisrnet", "regnet", "fusionnet")
 # Keras mixed-precision policy names: variables, optimiser state, loss and metrics stay float32
 PRECISIONS = ("float32", "mixed_bfloat16", "mixed_float16")
-AUTO = "auto"  # a speed choice made for the machine at hand (micro_batch, frame_by_frame, xla_kernel_gradients)
+AUTO = "auto"  # a speed choice made for the machine at hand (micro_batch, frame_by_frame, xla_*)
 
 
 class ConfigError(domain.DeepSUMError):
@@ -126,6 +126,9 @@ class DeepSUMConfig:
     xla_kernel_gradients: bool | str = other(AUTO, "training: the float32 convolution kernels' gradients computed "
                                                    "by XLA (true) or oneDNN (false); auto: whichever a short "
                                                    "measurement finds faster on this machine (same values)")
+    xla_elementwise: bool | str = other(AUTO, "inference: each layer's bias, InstanceNorm, leaky ReLU and the next "
+                                              "layer's padding as one XLA computation between the convolutions; "
+                                              "auto: if a short measurement finds it faster on this machine")
 
     def __post_init__(self) -> None:
         # Value checks that the type system cannot express; the loader names the file.
@@ -135,10 +138,10 @@ class DeepSUMConfig:
         if unknown:
             raise ConfigError(f"freeze: unknown sub-network(s) {sorted(unknown)}; expected any of {SUB_NETWORKS}")
         check_precision(self.precision)
-        if isinstance(self.frame_by_frame, str) and self.frame_by_frame != AUTO:
-            raise ConfigError(f"frame_by_frame: expected true, false or {AUTO!r}, got {self.frame_by_frame!r}")
-        if isinstance(self.xla_kernel_gradients, str) and self.xla_kernel_gradients != AUTO:
-            raise ConfigError(f"xla_kernel_gradients: expected true, false or {AUTO!r}, got {self.xla_kernel_gradients!r}")
+        for name in ("frame_by_frame", "xla_kernel_gradients", "xla_elementwise"):
+            value = getattr(self, name)
+            if isinstance(value, str) and value != AUTO:
+                raise ConfigError(f"{name}: expected true, false or {AUTO!r}, got {value!r}")
         for name in ("lr", "sigma", "sigma_rescaled"):
             if not getattr(self, name) > 0:
                 raise ConfigError(f"{name}: expected a positive number, got {getattr(self, name)!r}")

@@ -171,7 +171,8 @@ def test_validate_submission_of_one_band(tmp_path, split_dir):
 
 @pytest.fixture(scope="module")
 def tiny_config():
-    return default_config(n_features=8)
+    # the separate ops, as in the helpers' tiny_config: the command tests' subprocesses give the same values
+    return default_config(n_features=8, xla_elementwise=False)
 
 
 @pytest.fixture(scope="module")

@@ -31,7 +31,7 @@ from libraries import config as config_module
 from libraries.dataset.scenes import prepare_test_scene
 from libraries.inference import ensemble
 from libraries.inference.frames import bicubic_baseline, iterate_scenes, scene_count, scene_frames
-from libraries.model import DeepSUM
+from libraries.model import DeepSUM, fusion
 
 MAX_SR_SHIFT = 4  # window outputs shifted further than this from the first are dropped
 
@@ -66,8 +66,10 @@ def resolve_frame_by_frame(setting: bool | str) -> bool:
 def load_model(config: config_module.DeepSUMConfig, checkpoint: str | Path | None = None) -> Any:
     """A DeepSUM model with its variables created; weights from `checkpoint` (ours or the authors'
     TF1) when given, freshly initialised (seeded by `config.seed`) otherwise. It runs one frame at
-    a time as `config.frame_by_frame` says (`resolve_frame_by_frame`; same outputs)."""
-    model = DeepSUM(config, frame_by_frame=resolve_frame_by_frame(config.frame_by_frame))  # variables created here
+    a time as `config.frame_by_frame` says (`resolve_frame_by_frame`; same outputs), its layers'
+    element-wise work fused by XLA as `config.xla_elementwise` says (`fusion.resolve`)."""
+    model = DeepSUM(config, frame_by_frame=resolve_frame_by_frame(config.frame_by_frame),
+                    fused=fusion.resolve(config.xla_elementwise, config.precision))  # variables created here
     if checkpoint is not None:
         checkpoints.restore_weights(model, checkpoint)
     return model

@@ -1,6 +1,7 @@
 """The DeepSUM network: `kernel_gradients` (the convolutions' kernel gradients by oneDNN or XLA,
-whichever is faster here) -> `layers` (building blocks) -> `networks` (SISRNet, RegNet, FusionNet)
--> `deepsum` (registration, fill and the whole network). The names below are the package's
+whichever is faster here) -> `layers` (building blocks) -> `fusion` (whether a layer's element-wise
+work runs as one XLA computation, measured) and `networks` (SISRNet, RegNet, FusionNet) -> `deepsum`
+(registration, fill and the whole network). The names below are the package's
 public interface (`from libraries import model; model.DeepSUM(config)`)."""
 
 from libraries.model.deepsum import (DeepSUM, InputError, fill_masked, fill_masked_frame_by_frame, register_frame_by_frame,

@@ -118,9 +118,14 @@ class DeepSUM(Network):
     RegNet and the registration frame by frame, FusionNet output frame by output frame. Same
     values; the peak memory of about two sets of frames instead of several (inference of whole
     scenes); False: every frame in one pass (faster on small images, and training).
+    fused: each layer's element-wise work (bias, InstanceNorm, leaky ReLU, the next layer's
+    padding) as one XLA computation (attribute of the same name; `layers.finish`), for
+    inference where `libraries.model.fusion` measures it faster. Same values up to the
+    rounding of the compute precision (float32: about 1e-6 relative).
     """
 
-    def __init__(self, config: DeepSUMConfig | None = None, recompute: bool = False, frame_by_frame: bool = False):
+    def __init__(self, config: DeepSUMConfig | None = None, recompute: bool = False, frame_by_frame: bool = False,
+                 fused: bool = False):
         super().__init__(name="DeepSUM")
         self.config = default_config() if config is None else config
         c = self.config
@@ -133,6 +138,7 @@ class DeepSUM(Network):
             conv.xla_kernel_gradient = c.xla_kernel_gradients
         self.recompute = recompute
         self.frame_by_frame = frame_by_frame
+        self.fused = fused
 
     def _convs(self) -> list[Conv]:
         return [m for m in self.submodules if isinstance(m, Conv)]
@@ -146,6 +152,16 @@ class DeepSUM(Network):
     def recompute(self, value: bool) -> None:
         for network in (self.sisrnet, self.regnet, self.fusionnet):
             network.recompute = bool(value)
+
+    @property
+    def fused(self) -> bool:
+        """Whether each layer's element-wise work is one XLA computation (`layers.finish`); settable."""
+        return self.sisrnet.fused
+
+    @fused.setter
+    def fused(self, value: bool) -> None:
+        for network in (self.sisrnet, self.regnet, self.fusionnet):
+            network.fused = bool(value)
 
     def __call__(self, x, masks, training: bool = False) -> dict[str, tf.Tensor]:
         """Super-resolve a batch of scenes.

@@ -6,6 +6,9 @@ checkpoint is a name-by-name copy (`libraries.checkpoints`).
 
 In training, the convolutions' kernel gradients are computed by oneDNN or by XLA, whichever
 is faster on the machine at hand (`conv2d`, `conv3d`, `libraries.model.kernel_gradients`).
+Between two convolutions a layer's element-wise work (bias, InstanceNorm, leaky ReLU and the
+next layer's reflect padding, `finish`) runs as TensorFlow's separate ops or, in inference, as
+one XLA computation (`libraries.model.fusion` measures which is faster).
 """
 
 from __future__ import annotations
@@ -125,21 +128,22 @@ class Conv(tf.Module):
         kernel = self.W[tap] if kernel is None else kernel
         return conv2d(padded, cast_like(kernel, padded), self.xla_kernel_gradient)
 
-    def volume(self, values: tf.Tensor) -> tf.Tensor:
-        """The whole kernel as a 3-D convolution, REFLECT "same" in space and VALID in time.
-
-        values: `[b, T, H, W, in]` -> `[b, T-kt+1, H, W, out]` (bias NOT added)."""
-        padded = tf.pad(values, [[0, 0], [0, 0], [1, 1], [1, 1], [0, 0]], mode="REFLECT")
-        return conv3d(padded, cast_like(self.W, values), self.xla_kernel_gradient)
+    def volume(self, padded: tf.Tensor) -> tf.Tensor:
+        """The whole kernel as a 3-D convolution, VALID in time, on values already padded by
+        `reflect_pad` in space (REFLECT "same"): `[b, T, H+2, W+2, in]` -> `[b, T-kt+1, H, W, out]`
+        (bias NOT added)."""
+        return conv3d(padded, cast_like(self.W, padded), self.xla_kernel_gradient)
 
     def bias(self, like: tf.Tensor) -> tf.Tensor:
         """The bias `[out]` in the dtype of `like` (the compute precision)."""
         return cast_like(self.b, like)
 
 
-def reflect_pad(images: tf.Tensor) -> tf.Tensor:
-    """`[n, H, W, C]` -> `[n, H+2, W+2, C]`, one pixel of REFLECT padding on each side."""
-    return tf.pad(images, [[0, 0], [1, 1], [1, 1], [0, 0]], mode="REFLECT")
+def reflect_pad(values: tf.Tensor) -> tf.Tensor:
+    """`[..., H, W, C]` -> `[..., H+2, W+2, C]` (images or frames), one pixel of REFLECT padding
+    on each side."""
+    leading = [[0, 0]] * (values.shape.rank - 3)
+    return tf.pad(values, leading + [[1, 1], [1, 1], [0, 0]], mode="REFLECT")
 
 
 class InstanceNorm(tf.Module):
@@ -155,15 +159,48 @@ class InstanceNorm(tf.Module):
         return {f"{self.tf1_name}/gamma": self.gamma, f"{self.tf1_name}/beta": self.beta}
 
     def __call__(self, values: tf.Tensor, axes: list[int]) -> tf.Tensor:
-        # The original's exact formula: biased moments, then tf.nn.batch_normalization. In a
-        # reduced precision the moments and the normalisation run in float32 and only the result
-        # is rounded: a bfloat16 sum over H*W pixels would lose most of its bits, and subtracting
-        # a bfloat16-rounded mean from values far from zero cancels what is left (measured on
-        # the authors' reference case). In float32 every cast is the identity.
-        exact = tf.cast(values, tf.float32)
-        mean, variance = tf.nn.moments(exact, axes, keepdims=True)
-        normalised = tf.nn.batch_normalization(exact, mean, variance, self.beta, self.gamma, NORM_EPSILON)
-        return cast_like(normalised, values)
+        return instance_norm(values, self.gamma, self.beta, axes)
+
+
+def instance_norm(values: tf.Tensor, gamma: tf.Tensor, beta: tf.Tensor, axes: list[int]) -> tf.Tensor:
+    """`values` normalised over `axes` per (image, channel), scaled by gamma `[C]`, shifted by beta `[C]`."""
+    # The original's exact formula: biased moments, then tf.nn.batch_normalization. In a
+    # reduced precision the moments and the normalisation run in float32 and only the result
+    # is rounded: a bfloat16 sum over H*W pixels would lose most of its bits, and subtracting
+    # a bfloat16-rounded mean from values far from zero cancels what is left (measured on
+    # the authors' reference case). In float32 every cast is the identity.
+    exact = tf.cast(values, tf.float32)
+    mean, variance = tf.nn.moments(exact, axes, keepdims=True)
+    normalised = tf.nn.batch_normalization(exact, mean, variance, beta, gamma, NORM_EPSILON)
+    return cast_like(normalised, values)
+
+
+def finish(convolved: tf.Tensor, bias: tf.Tensor, norm: InstanceNorm | None = None, pad: bool = True,
+           fused: bool = False) -> tf.Tensor:
+    """The rest of a layer after its convolution, and the padding of the next one's input:
+    `convolved` `[..., H, W, C]` (images or frames, without bias) plus `bias` `[C]` (float32,
+    used in the dtype of `convolved`), InstanceNorm over H and W with `norm`'s weights (when
+    given), leaky ReLU, and `reflect_pad` when `pad` -> `[..., H(+2), W(+2), C]`.
+
+    fused: as one XLA computation (one pass over the values instead of one per op; the
+    convolutions stay TensorFlow's, oneDNN on CPU), for inference; `libraries.model.fusion`
+    measures whether it is faster on this machine. Unfused, the ops are the original's.
+    """
+    weights = (None, None) if norm is None else (norm.gamma, norm.beta)
+    return (_finish_xla if fused else _finish)(convolved, bias, *weights, pad)
+
+
+def _finish(convolved: tf.Tensor, bias: tf.Tensor, gamma: tf.Tensor | None, beta: tf.Tensor | None,
+            pad: bool) -> tf.Tensor:
+    values = convolved + cast_like(bias, convolved)
+    if gamma is not None:
+        rank = values.shape.rank
+        values = instance_norm(values, gamma, beta, [rank - 3, rank - 2])
+    values = leaky_relu(values)
+    return reflect_pad(values) if pad else values
+
+
+_finish_xla = tf.function(_finish, jit_compile=True, autograph=False)
 
 
 class Network(tf.Module):

@@ -5,16 +5,16 @@ speed, the 1x3x3 convolutions of SISRNet and RegNet run as 2-D convolutions over
 `batch * frames` images, RegNet's first (2x3x3, temporal stride 2) layer convolves the
 reference frame once and broadcasts it, and FusionNet uses 3-D convolutions. For memory, each
 sub-network can also run frame by frame (its `frame_by_frame` method takes and gives lists of
-frames).
+frames). Each layer ends with `finish` (bias, InstanceNorm, leaky ReLU and the next layer's
+reflect padding), one XLA computation when the network's `fused` attribute is set.
 """
 
 from __future__ import annotations
 
 import tensorflow as tf
 
-from libraries.model.layers import (Conv, InstanceNorm, Network, checkpointed, frame_list, frames_as_images,
-                                    images_as_frames, leaky_relu, one_after_another, reflect_pad,
-                                    sum_one_after_another)
+from libraries.model.layers import (Conv, InstanceNorm, Network, checkpointed, finish, frame_list, frames_as_images,
+                                    images_as_frames, one_after_another, reflect_pad, sum_one_after_another)
 
 
 class SISRNet(Network):
@@ -33,6 +33,7 @@ class SISRNet(Network):
         ]
         self.norms = [InstanceNorm(f"inst_norm_up_{k}", n_features) for k in range(self.LAYERS)]
         self.recompute = False  # gradient checkpointing per layer (`DeepSUM(recompute=True)`)
+        self.fused = False  # each layer's element-wise work in one XLA computation (`DeepSUM(fused=True)`)
 
     def __call__(self, x: tf.Tensor) -> tf.Tensor:
         """Computes in the dtype of x (the model's compute precision); variables stay float32."""
@@ -44,15 +45,16 @@ class SISRNet(Network):
         return one_after_another(self._frames, [[frame] for frame in frame_list(x)])
 
     def _frames(self, x: tf.Tensor) -> tf.Tensor:
-        images = frames_as_images(x)  # [b*T, H, W, C]
-        for conv, norm in zip(self.convs, self.norms):
-            images = checkpointed(lambda v, conv=conv, norm=norm: self._layer(v, conv, norm), self.recompute)(images)
+        images = reflect_pad(frames_as_images(x))  # [b*T, H+2, W+2, C]
+        for k, (conv, norm) in enumerate(zip(self.convs, self.norms)):
+            layer = lambda v, conv=conv, norm=norm, pad=k < self.LAYERS - 1: self._layer(v, conv, norm, pad)  # noqa: E731
+            images = checkpointed(layer, self.recompute)(images)
         return images_as_frames(images, tf.shape(x)[0])  # [b, T, H, W, F]
 
-    @staticmethod
-    def _layer(images: tf.Tensor, conv: Conv, norm: InstanceNorm) -> tf.Tensor:
-        """One layer on `[n, H, W, C]` images: 3x3 conv (reflect), InstanceNorm, leaky ReLU."""
-        return leaky_relu(norm(conv.spatial(images) + conv.bias(images), axes=[1, 2]))
+    def _layer(self, padded: tf.Tensor, conv: Conv, norm: InstanceNorm, pad: bool) -> tf.Tensor:
+        """One layer on padded images `[n, H+2, W+2, C]`: 3x3 conv, InstanceNorm, leaky ReLU, and the
+        next layer's padding when `pad` -> `[n, H(+2), W(+2), F]`."""
+        return finish(conv.padded(padded), conv.b, norm, pad, self.fused)
 
 
 class RegNet(Network):
@@ -79,6 +81,7 @@ class RegNet(Network):
         ]
         self.taps = Conv("Rconv7_b", [1, 3, 3, F, filter_size**2], seed)
         self.recompute = False  # gradient checkpointing per layer (`DeepSUM(recompute=True)`)
+        self.fused = False  # each layer's element-wise work in one XLA computation (`DeepSUM(fused=True)`)
 
     def __call__(self, features: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
         return self._filters(self._logits(features[:, 1:], self._reference(features[:, 0])))
@@ -122,25 +125,25 @@ class RegNet(Network):
 
         def pair_half(kernel: tf.Tensor, bias: tf.Tensor, reference_half: tf.Tensor) -> tf.Tensor:
             moving = images_as_frames(self.pair.padded(padded, kernel=kernel), batch)  # [b, n, H, W, F]
-            return leaky_relu(frames_as_images(moving + reference_half + bias))  # [b*n, H, W, F]
+            return finish(frames_as_images(moving + reference_half), bias, fused=self.fused)  # [b*n, H+2, W+2, F]
 
-        halves = one_after_another(pair_half, list(zip(self._halves(self.pair.W[0]),
-                                                       self._halves(self.pair.bias(padded)), reference)))
+        halves = one_after_another(pair_half, list(zip(self._halves(self.pair.W[0]), self._halves(self.pair.b),
+                                                       reference)))
 
         def pair_to_features(half_0: tf.Tensor, half_1: tf.Tensor) -> tf.Tensor:  # Rconv2b
             # the kernel halves are sliced here: recompute_grad differentiates the variables
             # read inside the function, not tensors taken from them outside
             conv = self.convs[0]
             kernels = self._halves(conv.W[0], axis=2)  # 2 x [3, 3, F, F]
-            values = sum_one_after_another(lambda half, kernel: conv.spatial(half, kernel=kernel),
+            values = sum_one_after_another(lambda half, kernel: conv.padded(half, kernel=kernel),
                                            [[half_0, kernels[0]], [half_1, kernels[1]]])
-            return leaky_relu(values + conv.bias(half_0))
+            return finish(values, conv.b, fused=self.fused)
 
-        images = checkpointed(pair_to_features, self.recompute)(*halves)  # [b*n, H, W, F]
+        images = checkpointed(pair_to_features, self.recompute)(*halves)  # [b*n, H+2, W+2, F]
         for conv in self.convs[1:]:
-            layer = lambda v, conv=conv: leaky_relu(conv.spatial(v) + conv.bias(v))  # noqa: E731
+            layer = lambda v, conv=conv: finish(conv.padded(v), conv.b, fused=self.fused)  # noqa: E731
             images = checkpointed(layer, self.recompute)(images)
-        taps = self.taps.spatial(images) + self.taps.bias(images)  # [b*n, H, W, k*k]
+        taps = self.taps.padded(images) + self.taps.bias(images)  # [b*n, H, W, k*k]
         # the mean over pixels and the softmax in float32 whatever the compute precision
         taps = tf.reduce_mean(tf.cast(taps, tf.float32), axis=[1, 2])  # [b*n, k*k]
         return tf.reshape(taps, [batch, -1, self.filter_size**2])  # [b, n, k*k]
@@ -162,34 +165,40 @@ class FusionNet(Network):
         self.norms = [InstanceNorm(f"inst_norm_fuse_{k}", F) for k in range(self.LAYERS)]
         self.output_conv = Conv(f"conv_fuse_{self.LAYERS}", [1, 1, 1, F, 1], seed)
         self.recompute = False  # gradient checkpointing per layer (`DeepSUM(recompute=True)`)
+        self.fused = False  # each layer's element-wise work in one XLA computation (`DeepSUM(fused=True)`)
 
     def __call__(self, features: tf.Tensor) -> tf.Tensor:
         """Computes in the dtype of `features` (the compute precision); variables stay float32."""
-        values = features
-        for conv, norm in zip(self.convs, self.norms):
-            values = checkpointed(lambda v, conv=conv, norm=norm: self._layer(v, conv, norm), self.recompute)(values)
+        values = reflect_pad(features)  # [b, T, H+2, W+2, F]
+        for k, (conv, norm) in enumerate(zip(self.convs, self.norms)):
+            layer = lambda v, conv=conv, norm=norm, pad=k < self.LAYERS - 1: self._layer(v, conv, norm, pad)  # noqa: E731
+            values = checkpointed(layer, self.recompute)(values)
         return self._output(values)
 
     def frame_by_frame(self, frames: list[tf.Tensor]) -> tf.Tensor:
         """`__call__` on T frames `[b, 1, H, W, F]` (a list), one output frame after the other:
         a 3x3x3 layer's output frame t is a function of its input frames t, t+1, t+2 only (the
         instance norm is per frame), so each layer holds its input and output frames and the
-        intermediates of one output frame."""
+        intermediates of one output frame. The first layer pads its input frames as it reads them
+        (no padded copy of all T); the later layers' input frames come padded (`finish`)."""
+        images = [frame[:, 0] for frame in frames]  # T x [b, H, W, F]
         for k, (conv, norm) in enumerate(zip(self.convs, self.norms)):
             # a layer after the whole previous one: otherwise the executor runs the layers'
             # chains side by side, each with the intermediates of one window
-            frames = one_after_another(lambda *window, conv=conv, norm=norm: self._window(window, conv, norm),
-                                       [frames[t:t + 3] for t in range(len(frames) - 2)], frames[-1:] if k else None)
-        return self._output(tf.concat(frames, axis=1))
+            window = lambda *window, conv=conv, norm=norm, k=k: self._window(window, conv, norm, k)  # noqa: E731
+            images = one_after_another(window, [images[t:t + 3] for t in range(len(images) - 2)],
+                                       images[-1:] if k else None)
+        return self._output(tf.stack(images, axis=1))
 
-    @staticmethod
-    def _window(window: tuple[tf.Tensor, ...], conv: Conv, norm: InstanceNorm) -> tf.Tensor:
-        """One output frame `[b, 1, H, W, F]` of a layer from its 3 input frames `[b, 1, H, W, F]`:
-        the 3x3x3 kernel as three 3x3 convolutions, one per frame (the same sum, without a
-        padded copy of the 3-frame window), InstanceNorm, leaky ReLU."""
-        values = sum_one_after_another(lambda frame, tap: conv.spatial(frame[:, 0], tap=tap),
+    def _window(self, window: tuple[tf.Tensor, ...], conv: Conv, norm: InstanceNorm, k: int) -> tf.Tensor:
+        """One output frame of layer `k` from its 3 input frames (`[b, H, W, F]`, padded
+        `[b, H+2, W+2, F]` after the first layer): the 3x3x3 kernel as three 3x3 convolutions,
+        one per frame (the same sum, without a copy of the 3-frame window), InstanceNorm, leaky
+        ReLU, and the next layer's padding -> `[b, H(+2), W(+2), F]`."""
+        convolve = conv.padded if k else conv.spatial
+        values = sum_one_after_another(lambda frame, tap: convolve(frame, tap=tap),
                                        [[frame, tap] for tap, frame in enumerate(window)])  # [b, H, W, F]
-        return leaky_relu(norm(values + conv.bias(values), axes=[1, 2]))[:, None]
+        return finish(values, conv.b, norm, k < self.LAYERS - 1, self.fused)
 
     def _output(self, values: tf.Tensor) -> tf.Tensor:
         """The 1x1x1 output convolution, a matrix product over the feature axis: `[b, n, H, W, F]` -> `[b, n, H, W, 1]`."""
@@ -199,8 +208,7 @@ class FusionNet(Network):
         values = tf.cast(values, tf.float32)
         return tf.tensordot(values, output.W[0, 0, 0], axes=1) + output.b
 
-    @staticmethod
-    def _layer(values: tf.Tensor, conv: Conv, norm: InstanceNorm) -> tf.Tensor:
-        """One layer, `[b, T, H, W, F]` -> `[b, T-2, H, W, F]`: 3x3x3 conv (reflect in space,
-        valid in time), InstanceNorm, leaky ReLU."""
-        return leaky_relu(norm(conv.volume(values) + conv.bias(values), axes=[2, 3]))
+    def _layer(self, padded: tf.Tensor, conv: Conv, norm: InstanceNorm, pad: bool) -> tf.Tensor:
+        """One layer on frames padded in space, `[b, T, H+2, W+2, F]` -> `[b, T-2, H(+2), W(+2), F]`:
+        3x3x3 conv (valid in time), InstanceNorm, leaky ReLU, and the next layer's padding when `pad`."""
+        return finish(conv.volume(padded), conv.b, norm, pad, self.fused)

@@ -1,0 +1,78 @@
+"""Whether each layer's element-wise work runs as one XLA computation, and the measurement
+behind the choice.
+
+Between two convolutions a layer adds its bias, normalises (InstanceNorm, in float32), applies
+the leaky ReLU and pads the next layer's input: five passes over the values as TensorFlow's
+separate ops, one as a fused XLA computation (`layers.finish`). Where the convolutions are
+fast these passes weigh most: on an Intel Xeon with AMX, in bfloat16, the fused forward pass
+of a scene ran 1.43x faster and in float32 1.08x (`bench/forward.py`). What it gains depends
+on the machine and the precision, so `config.xla_elementwise` "auto" (the default) measures
+one SISRNet layer both ways, once per process and compute dtype, when an inference model is
+built (`xla_is_faster`). Training keeps the separate ops: their gradients ran faster than
+XLA's fused ones. `bench/forward.py` prints the choice and its measurement.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import time
+
+import numpy as np
+import tensorflow as tf
+
+from libraries import config as config_module
+from libraries.model import layers
+
+LOG = logging.getLogger(__name__)
+# One SISRNet layer on a 192x192 frame: about 2.7 GFLOP of convolution, as large as a frame of
+# inference so that the timing holds for it, and about a second of measurement.
+PROBE_SHAPE = (1, 194, 194, 64)  # padded images [n, H+2, W+2, F]; 3x3 kernel F -> F
+PROBE_REPEATS = 5
+MARGIN = 1.05  # XLA is chosen only when clearly faster
+
+
+def resolve(setting: bool | str, precision: str) -> bool:
+    """`config.xla_elementwise` as a decision for `config.precision`: true and false as they
+    are, "auto" measured (`xla_is_faster`)."""
+    if setting != config_module.AUTO:
+        return bool(setting)
+    return xla_is_faster(config_module.compute_dtype_name(precision))
+
+
+@functools.cache
+def xla_is_faster(dtype_name: str) -> bool:
+    """Whether a layer with its element-wise work fused by XLA beats the separate ops on this
+    machine in compute dtype `dtype_name` (measured once per process and dtype)."""
+    timings = measure(dtype=tf.as_dtype(dtype_name))
+    faster = timings["xla_s"] * MARGIN < timings["separate_s"]
+    LOG.info("element-wise work (%s): separate ops %.4f s, XLA %.4f s on %s -> %s", dtype_name,
+             timings["separate_s"], timings["xla_s"], PROBE_SHAPE, "XLA" if faster else "separate ops")
+    return faster
+
+
+def measure(shape: tuple[int, int, int, int] = PROBE_SHAPE, dtype: tf.DType = tf.float32,
+            repeats: int = PROBE_REPEATS) -> dict[str, float]:
+    """Median seconds of one layer (3x3 convolution, then `layers.finish` with InstanceNorm and
+    padding) on padded images `shape` `[n, H+2, W+2, F]` in `dtype`, with the element-wise work
+    as separate ops and fused by XLA, interleaved after a warm-up (which also compiles XLA's).
+    Returns {"separate_s", "xla_s"}. Runs eagerly whatever the caller's context."""
+    with tf.init_scope():  # may be reached while an inference function is being traced
+        features = shape[-1]
+        padded = tf.cast(tf.random.stateless_normal(shape, seed=[1, 2]), dtype)
+        kernel = tf.cast(tf.random.stateless_normal([3, 3, features, features], seed=[3, 4]), dtype)
+        bias, norm = tf.zeros([features]), layers.InstanceNorm("probe", features)
+
+        def layer(fused: bool):
+            return tf.function(lambda: layers.finish(layers.conv2d(padded, kernel, False), bias, norm, True, fused),
+                               autograph=False)
+
+        candidates = {"separate_s": layer(False), "xla_s": layer(True)}
+        seconds: dict[str, list[float]] = {name: [] for name in candidates}
+        for repeat in range(repeats + 1):
+            for name, function in candidates.items():
+                began = time.perf_counter()
+                function().numpy()
+                if repeat:  # the first round is the warm-up
+                    seconds[name].append(time.perf_counter() - began)
+    return {name: float(np.median(values)) for name, values in seconds.items()}
