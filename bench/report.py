@@ -22,6 +22,11 @@ def _gib(memory: dict) -> tuple[float, float]:
     return memory["peak_rss_bytes"] / harness.GIB, (memory["peak_rss_bytes"] - memory["base_rss_bytes"]) / harness.GIB
 
 
+def _memory_cells(memory: dict | None) -> str:
+    """`peak | own` in GiB, or dashes for a row whose memory was not measured."""
+    return "- | -" if memory is None else "{:.2f} | {:.2f}".format(*_gib(memory))
+
+
 def main() -> int:
     forward, train = _load("forward"), _load("train_step")
     lines = ["| run | impl | median s | GFLOP/s | of conv ceiling | peak RSS GiB | run's own GiB |",
@@ -30,21 +35,20 @@ def main() -> int:
     if forward:
         ceiling = forward["ceiling"]["gflops"]
         for name, config in forward["configs"].items():
-            for impl in config["timing"]:  # ours, naive, ours frame by frame
+            for impl in config["timing"]:  # ours, naive, ours frame by frame, bfloat16, separate ops
                 seconds = config["timing"][impl]["median_s"]
                 gflops = config["flops"] / seconds / 1e9
-                peak, own = _gib(config["memory"][impl])
                 lines.append(f"| forward, {name} ({config['batch']}x9x{config['size']}x{config['size']}) | {impl} | "
-                             f"{seconds:.1f} | {gflops:.1f} | {gflops / ceiling:.0%} | {peak:.2f} | {own:.2f} |")
+                             f"{seconds:.1f} | {gflops:.1f} | {gflops / ceiling:.0%} | "
+                             f"{_memory_cells(config['memory'].get(impl))} |")
         lines.append(f"| conv ceiling (3x3, 64->64, 9x192x192) | - | {forward['ceiling']['median_s']:.2f} | {ceiling:.1f} | 100% | | |")
     if train:
         ceiling = train["ceiling"]["gflops"]
         for impl in train["timing"]:  # ours, naive and ours' memory-saving variants
             seconds = train["timing"][impl]["median_s"]
             gflops = train["flops"] / seconds / 1e9
-            peak, own = _gib(train["memory"][impl])
             lines.append(f"| train step ({train['batch']}x9x{train['size']}x{train['size']}) | {impl} | {seconds:.1f} | "
-                         f"{gflops:.1f} | {gflops / ceiling:.0%} | {peak:.2f} | {own:.2f} |")
+                         f"{gflops:.1f} | {gflops / ceiling:.0%} | {_memory_cells(train['memory'].get(impl))} |")
         per_sample = _gib(train["memory"]["ours"])[1] / train["batch"]
     print("\n".join(lines))
     if per_sample:

@@ -92,6 +92,7 @@ def test_the_measurement_times_both_and_load_model_fuses_as_the_config_says(monk
     config = default_config(n_features=8)
     assert inference.load_model(config.replace(xla_elementwise=True)).fused is True
     assert inference.load_model(config.replace(xla_elementwise=False)).fused is False
-    for faster in (True, False):
-        monkeypatch.setattr(fusion, "xla_is_faster", lambda dtype_name: faster)
-        assert inference.load_model(config).fused is faster
+    # "auto": the measured choice for the config's compute dtype (here planted: XLA in bfloat16 only)
+    monkeypatch.setattr(fusion, "xla_is_faster", lambda dtype_name: dtype_name == "bfloat16")
+    assert inference.load_model(config).fused is False
+    assert inference.load_model(config.replace(precision="mixed_bfloat16")).fused is True
