@@ -5,7 +5,7 @@ batch (8x9x96x96), ours also frame by frame (`DeepSUM(frame_by_frame=True)`, con
 3x3-convolution ceiling measured in the same process, peak memory of a fresh process per
 configuration, and whole-test-set throughput. Ours runs as inference does: each layer's
 element-wise work fused by XLA where `xla_elementwise: auto` measures it faster (printed with
-its measurement; the rows "separate ops" show the other choice).
+its measurement; beside each, a row with the other choice: ", separate ops" or ", fused by XLA").
 
     .venv/bin/python bench/forward.py [--repeats 3] [--quick]
 
@@ -31,7 +31,7 @@ TEST_SCENES = 290  # PROBA-V test set: 146 NIR + 144 RED scenes
 FULL = {"features": 64, "configs": {"scene": (1, 384), "training batch": (8, 96)}, "ceiling_size": 192}
 # one config, and fresh-process peaks of ours and naive only: few processes in the test suite
 QUICK = {"features": 8, "configs": {"scene": (1, 32)}, "ceiling_size": 32, "frame_by_frame": False,
-         "bfloat16_memory": False, "separate_ops": False, "probe_shape": (1, 34, 34, 8)}
+         "bfloat16_memory": False, "other_choice": False, "probe_shape": (1, 34, 34, 8)}
 
 
 def test_set_throughput(model, size: int, repeats: int, naive_forward_s: float) -> dict:
@@ -60,7 +60,8 @@ def test_set_throughput(model, size: int, repeats: int, naive_forward_s: float) 
 
 FRAME_BY_FRAME = "ours, frame by frame"  # DeepSUM(frame_by_frame=True): config frame_by_frame in inference
 BFLOAT16 = "ours, mixed_bfloat16"  # config precision: mixed_bfloat16 (oneDNN's AMX kernels where the CPU has them)
-SEPARATE = ", separate ops"  # the same row with the element-wise work as TensorFlow's separate ops
+# the suffix of the row that runs the choice `auto` did not make, by whether it chose XLA
+OTHER_CHOICE = {True: ", separate ops", False: ", fused by XLA"}
 
 
 def elementwise_choice(shape: tuple[int, int, int, int] = fusion.PROBE_SHAPE) -> dict:
@@ -68,7 +69,7 @@ def elementwise_choice(shape: tuple[int, int, int, int] = fusion.PROBE_SHAPE) ->
     choice = {}
     for precision in ("float32", "mixed_bfloat16"):
         timings = fusion.measure(shape, tf.as_dtype(compute_dtype_name(precision)))
-        choice[precision] = {**timings, "xla": timings["xla_s"] * fusion.MARGIN < timings["separate_s"]}
+        choice[precision] = {**timings, "xla": fusion.xla_wins(timings)}
     return choice
 
 
@@ -78,11 +79,12 @@ def measure(setup: dict, repeats: int) -> dict:
     model = runners.make_model(setup["features"], fused=fused["float32"])
     frame_model = runners.make_model(setup["features"], frame_by_frame=True, fused=fused["float32"])  # same weights
     bfloat16_model = runners.make_model(setup["features"], precision="mixed_bfloat16", fused=fused["mixed_bfloat16"])
-    separate = {}  # the other choice, for the same-run ratio of fusing
-    if setup.get("separate_ops", True):
-        separate = {"ours" + SEPARATE: runners.make_model(setup["features"], fused=not fused["float32"]),
-                    BFLOAT16 + SEPARATE: runners.make_model(setup["features"], precision="mixed_bfloat16",
-                                                            fused=not fused["mixed_bfloat16"])}
+    other = {}  # the other choice, for the same-run ratio of fusing
+    if setup.get("other_choice", True):
+        other = {"ours" + OTHER_CHOICE[fused["float32"]]: runners.make_model(setup["features"],
+                                                                               fused=not fused["float32"]),
+                 BFLOAT16 + OTHER_CHOICE[fused["mixed_bfloat16"]]: runners.make_model(
+                     setup["features"], precision="mixed_bfloat16", fused=not fused["mixed_bfloat16"])}
     results = {"n_features": setup["features"], "configs": {}, "elementwise": choice}
     for name, (batch, size) in setup["configs"].items():
         data = runners.inputs(batch, size)
@@ -90,7 +92,7 @@ def measure(setup: dict, repeats: int) -> dict:
         if setup.get("frame_by_frame", True):
             runs[FRAME_BY_FRAME] = runners.make_forward("ours", frame_model, data)
         runs[BFLOAT16] = runners.make_forward("ours", bfloat16_model, data)
-        runs.update({row: runners.make_forward("ours", other, data) for row, other in separate.items()})
+        runs.update({row: runners.make_forward("ours", variant, data) for row, variant in other.items()})
         print(f"{name}: batch {batch}, 9x{size}x{size}", file=sys.stderr, flush=True)
         timing = harness.interleaved_medians(runs, repeats)
         flops = harness.deepsum_flops(batch, size, size, setup["features"])["total"]
@@ -111,10 +113,6 @@ def measure(setup: dict, repeats: int) -> dict:
     results["test_set_bfloat16"] = test_set_throughput(bfloat16_model, scene_size, repeats, naive_scene_s)
     results["machine"] = harness.machine()
     return results
-
-
-def _precision(row: str) -> str:
-    return "mixed_bfloat16" if row.startswith(BFLOAT16) else "float32"
 
 
 def report(results: dict) -> None:
@@ -138,10 +136,11 @@ def report(results: dict) -> None:
         config["memory_ratio"] = memory["ours"]["peak_rss_bytes"] / memory["naive"]["peak_rss_bytes"]
         config["ceiling_fraction"] = config["flops"] / timing["ours"]["median_s"] / 1e9 / ceiling
         config["bfloat16_speedup"] = timing["ours"]["median_s"] / timing[BFLOAT16]["median_s"]
-        for row in (r for r in ("ours", BFLOAT16) if r + SEPARATE in timing):
-            config[f"{row} fused / separate speed-up"] = (timing[row + SEPARATE]["median_s"] / timing[row]["median_s"]
-                                                          if results["elementwise"][_precision(row)]["xla"] else
-                                                          timing[row]["median_s"] / timing[row + SEPARATE]["median_s"])
+        for row, precision in (("ours", "float32"), (BFLOAT16, "mixed_bfloat16")):
+            xla = results["elementwise"][precision]["xla"]
+            if row + OTHER_CHOICE[xla] in timing:
+                chosen, other_s = timing[row]["median_s"], timing[row + OTHER_CHOICE[xla]]["median_s"]
+                config[f"{row} fused / separate speed-up"] = other_s / chosen if xla else chosen / other_s
         if BFLOAT16 in memory:
             config["bfloat16_memory_ratio"] = memory[BFLOAT16]["peak_rss_bytes"] / memory["naive"]["peak_rss_bytes"]
         if FRAME_BY_FRAME in timing:

@@ -81,7 +81,7 @@ def measure(setup: dict, repeats: int) -> dict:
     # what `xla_kernel_gradients: auto` chooses in a process on this machine, and why
     probe = kernel_gradients.measure()
     results["auto"] = {**probe, "shape": list(kernel_gradients.PROBE_SHAPE),
-                       "xla": probe["xla_s"] * kernel_gradients.MARGIN < probe["onednn_s"]}
+                       "xla": kernel_gradients.xla_wins(probe)}
     results["machine"] = harness.machine()
     return results
 

@@ -62,7 +62,7 @@ def measure(setup: dict, repeats: int) -> dict:
         steps[name] = runners.make_train_step(impl, model, data, **step_options)
     timing = harness.interleaved_medians(steps, repeats)
     probe = kernel_gradients.measure()
-    kernel_choice = {**probe, "xla": probe["xla_s"] * kernel_gradients.MARGIN < probe["onednn_s"]}
+    kernel_choice = {**probe, "xla": kernel_gradients.xla_wins(probe)}
     flops = harness.train_step_flops(batch, size, size, setup["features"])
     ceiling = conv_ceiling.measure_ceiling(size=setup["ceiling_size"])
     naive, naive_memory = "naive" in variants, "naive" in memory

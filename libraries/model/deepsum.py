@@ -102,6 +102,15 @@ def _fill_rule(masks: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
     return clear & tf.equal(clear_so_far, 1), clear | tf.equal(clear_so_far[:, -1:], 0)
 
 
+def _network_setting(name: str, doc: str) -> property:
+    """A settable attribute of `DeepSUM` held by its three sub-networks: read from SISRNet, set on all."""
+    def set_all(model: DeepSUM, value: bool) -> None:
+        for network in (model.sisrnet, model.regnet, model.fusionnet):
+            setattr(network, name, bool(value))
+
+    return property(lambda model: getattr(model.sisrnet, name), set_all, doc=doc)
+
+
 class DeepSUM(Network):
     """DeepSUM: `model(x, masks) -> {"sr", "filters", "filter_logits", "x_registered"}`.
 
@@ -146,25 +155,8 @@ class DeepSUM(Network):
     def _convs(self) -> list[Conv]:
         return [m for m in self.submodules if isinstance(m, Conv)]
 
-    @property
-    def recompute(self) -> bool:
-        """Whether the sub-networks' layers are checkpointed (`tf.recompute_grad`); settable."""
-        return self.sisrnet.recompute
-
-    @recompute.setter
-    def recompute(self, value: bool) -> None:
-        for network in (self.sisrnet, self.regnet, self.fusionnet):
-            network.recompute = bool(value)
-
-    @property
-    def fused(self) -> bool:
-        """Whether each layer's element-wise work is one XLA computation (`layers.finish`); settable."""
-        return self.sisrnet.fused
-
-    @fused.setter
-    def fused(self, value: bool) -> None:
-        for network in (self.sisrnet, self.regnet, self.fusionnet):
-            network.fused = bool(value)
+    recompute = _network_setting("recompute", "Whether the sub-networks' layers are checkpointed (`tf.recompute_grad`).")
+    fused = _network_setting("fused", "Whether each layer's element-wise work is one XLA computation (`layers.finish`).")
 
     def __call__(self, x, masks, training: bool = False) -> dict[str, tf.Tensor]:
         """Super-resolve a batch of scenes.

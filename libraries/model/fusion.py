@@ -45,10 +45,15 @@ def xla_is_faster(dtype_name: str) -> bool:
     """Whether a layer with its element-wise work fused by XLA beats the separate ops on this
     machine in compute dtype `dtype_name` (measured once per process and dtype)."""
     timings = measure(dtype=tf.as_dtype(dtype_name))
-    faster = timings["xla_s"] * MARGIN < timings["separate_s"]
+    faster = xla_wins(timings)
     LOG.info("element-wise work (%s): separate ops %.4f s, XLA %.4f s on %s -> %s", dtype_name,
              timings["separate_s"], timings["xla_s"], PROBE_SHAPE, "XLA" if faster else "separate ops")
     return faster
+
+
+def xla_wins(timings: dict[str, float]) -> bool:
+    """The rule of "auto" on `measure`'s timings: XLA only when more than `MARGIN` faster."""
+    return timings["xla_s"] * MARGIN < timings["separate_s"]
 
 
 def measure(shape: tuple[int, int, int, int] = PROBE_SHAPE, dtype: tf.DType = tf.float32,

@@ -147,7 +147,7 @@ def reflect_pad(values: tf.Tensor) -> tf.Tensor:
 
 
 class InstanceNorm(tf.Module):
-    """Normalise every (image, channel) over height and width, then scale by gamma, shift by beta."""
+    """The weights of one TF1 InstanceNorm: gamma and beta `[C]` (`instance_norm` applies them)."""
 
     def __init__(self, tf1_name: str, channels: int):
         super().__init__(name=tf1_name)
@@ -157,9 +157,6 @@ class InstanceNorm(tf.Module):
 
     def tf1_variables(self) -> dict[str, tf.Variable]:
         return {f"{self.tf1_name}/gamma": self.gamma, f"{self.tf1_name}/beta": self.beta}
-
-    def __call__(self, values: tf.Tensor, axes: list[int]) -> tf.Tensor:
-        return instance_norm(values, self.gamma, self.beta, axes)
 
 
 def instance_norm(values: tf.Tensor, gamma: tf.Tensor, beta: tf.Tensor, axes: list[int]) -> tf.Tensor:
