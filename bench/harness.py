@@ -63,16 +63,21 @@ def train_step_flops(batch: int, height: int, width: int, n_features: int = 64) 
 def interleaved_medians(functions: dict[str, Callable[[], object]], repeats: int, warmup: int = 1,
                         progress: bool = True) -> dict[str, dict]:
     """Median wall seconds of each zero-argument function over `repeats` runs after `warmup`
-    runs, alternating between them so load changes on the machine hit all of them alike.
-    Each function must block until its result is ready (e.g. end with `.numpy()`)."""
+    runs, alternating between them so load changes on the machine hit all of them alike. Each
+    round starts one function further on (A B C, B C A, C A B, ...): the first run of a round
+    measured up to 1.15x slower than the same function later in it (AMD EPYC Zen 4), so no
+    function keeps that place. Each function must block until its result is ready (e.g. end
+    with `.numpy()`)."""
     for function in functions.values():
         for _ in range(warmup):
             function()
     samples: dict[str, list[float]] = {name: [] for name in functions}
+    names = list(functions)
     for repeat in range(repeats):
-        for name, function in functions.items():
+        start_at = repeat % len(names)
+        for name in names[start_at:] + names[:start_at]:
             start = time.perf_counter()
-            function()
+            functions[name]()
             samples[name].append(time.perf_counter() - start)
         if progress:
             print(f"  repeat {repeat + 1}/{repeats}: " + ", ".join(f"{n} {s[-1]:.3f} s" for n, s in samples.items()),

@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+from helpers import ROUND_OFF_GRADIENT
 from libraries import model as model_lib
 from libraries import synthetic
 from libraries.config import default_config
@@ -34,6 +35,30 @@ def test_naive_baseline_equals_our_model(bench, size, n_features):
     worst = {key: max(error.values()) for key, error in result["errors"].items()}
     assert max(worst.values()) < 1e-5, worst
 
+
+
+def test_naive_baseline_has_our_models_gradients(bench):
+    """The gradients of every weight: ours (split reference frame, 2-D convolutions with their own
+    kernel gradients) against TensorFlow's own through the naive graph, on the same weights."""
+    naive_deepsum = bench("naive_deepsum")
+    model = model_lib.DeepSUM(default_config(n_features=8, seed=4, xla_kernel_gradients=False))
+    x, masks = naive_deepsum.random_inputs(2, 24, seed=4)
+    naive = naive_deepsum.naive_from(model)
+    weights = tf.constant(np.random.default_rng(5).normal(size=(2, 1, 24, 24, 1)), tf.float32)
+    variables = list(model.tf1_variables().values())
+    gradients = {}
+    for name, sr in (("ours", lambda: model(x, masks)["sr"]),
+                     ("naive", lambda: naive(tf.constant(x), tf.constant(naive_deepsum.fill_coeff(masks)))["sr"])):
+        with tf.GradientTape() as tape:
+            loss = tf.reduce_sum(sr() * weights)
+        gradients[name] = tape.gradient(loss, variables)
+    largest = max(float(np.abs(gradient).max()) for gradient in gradients["naive"])
+    for name, ours, theirs in zip(model.tf1_variables(), gradients["ours"], gradients["naive"]):
+        if name in ROUND_OFF_GRADIENT[:-1]:  # zero up to round-off in both (the last is the output's)
+            assert max(np.abs(ours).max(), np.abs(theirs).max()) < 1e-5 * largest, name
+        else:
+            error = np.linalg.norm(ours.numpy() - theirs.numpy()) / np.linalg.norm(theirs.numpy())
+            assert error < 1e-4, (name, error)
 
 def test_naive_baseline_tiles_the_fill_over_channels(bench):
     # The baseline is only useful if it really is the authors' formulation: its graph holds a

@@ -28,7 +28,7 @@ from libraries import checkpoints, dataset, metrics, model, training
 from libraries.__main__ import main
 from libraries.training import deepsum as deepsum_training
 
-from helpers import (SKIP_STEP, checkpoint_tensors, event_files, logged_losses, prepare_tiny_dataset, subprocess_env,
+from helpers import (ROUND_OFF_GRADIENT, SKIP_STEP, checkpoint_tensors, event_files, logged_losses, prepare_tiny_dataset, subprocess_env,
                      tiny_config, write_config)
 
 FIRST_STEPS = 6
@@ -36,7 +36,6 @@ FIRST_STEPS = 6
 # (conv_up_0..7, conv_fuse_0..3) and cL2's brightness correction removes a constant output offset
 # (conv_fuse_4). Their gradient is round-off, which Adam's first step (about lr * sign(g))
 # turns into lr-sized updates that differ with the summation order.
-ROUND_OFF_GRADIENT = tuple(f"conv_up_{k}/b" for k in range(8)) + tuple(f"conv_fuse_{k}/b" for k in range(5))
 
 
 def weights(module: tf.Module) -> dict[str, np.ndarray]:

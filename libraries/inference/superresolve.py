@@ -53,10 +53,10 @@ def resolve_frame_by_frame(setting: bool | str) -> bool:
     on CPUs with AVX-512, whole scenes elsewhere.
 
     Frame by frame always needs less memory (0.23-0.25 of the naive pass's peak for a 1x9x384x384
-    scene, against 0.41-0.43). Its cost in time depends on the CPU: 1.05-1.15x the whole-scene
-    pass on an Intel Xeon with AVX-512 and AMX, 1.48x on an AMD EPYC with AVX2 (oneDNN's AVX2
-    convolution of one large image is slower than of nine; `bench/forward.py`). GPUs, not
-    measured, keep the whole-scene pass.
+    scene, against 0.41-0.47). Its cost in time depends on the CPU: 1.05-1.15x the whole-scene
+    pass on an Intel Xeon with AVX-512 and AMX, 1.15x on an AMD EPYC Zen 4 with AVX-512, 1.48x
+    on an AMD EPYC with AVX2 (oneDNN's AVX2 convolution of one large image is slower than of
+    nine; `bench/forward.py`). GPUs, not measured, keep the whole-scene pass.
     """
     if setting != config_module.AUTO:
         return bool(setting)

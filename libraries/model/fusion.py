@@ -5,11 +5,12 @@ Between two convolutions a layer adds its bias, normalises (InstanceNorm, in flo
 the leaky ReLU and pads the next layer's input: five passes over the values as TensorFlow's
 separate ops, one as a fused XLA computation (`layers.finish`). Where the convolutions are
 fast these passes weigh most: on an Intel Xeon with AMX, in bfloat16, the fused forward pass
-of a scene ran 1.43x faster and in float32 1.08x (`bench/forward.py`). What it gains depends
-on the machine and the precision, so `config.xla_elementwise` "auto" (the default) measures
-one SISRNet layer both ways, once per process and compute dtype, when an inference model is
-built (`xla_is_faster`). Training keeps the separate ops: their gradients ran faster than
-XLA's fused ones. `bench/forward.py` prints the choice and its measurement.
+of a scene ran 1.43x faster and in float32 1.08x, on an AMD EPYC Zen 4 1.07x and 1.06x
+(`bench/forward.py`). What it gains depends on the machine and the precision, so
+`config.xla_elementwise` "auto" (the default) measures one SISRNet layer both ways, once per
+process and compute dtype, when an inference model is built (`xla_is_faster`). Training keeps
+the separate ops: their gradients ran faster than XLA's fused ones. `bench/forward.py` prints
+the choice and its measurement.
 """
 
 from __future__ import annotations

@@ -3,10 +3,11 @@
 Training spends about a third of its convolution work on the kernels' gradients
 (`Conv2DBackpropFilter`). Which implementation is faster depends on the CPU: on an AMD EPYC
 with AVX2, XLA's ran 2.0-2.7x faster than oneDNN's; on an Intel Xeon with AVX-512 and AMX,
-oneDNN's ran 2-2.5x faster than XLA's (`bench/kernel_gradients.py` measures both on the layer
-shapes of a training step). No fixed rule holds on every machine, so `config.xla_kernel_gradients`
-"auto" (the default) takes the faster of the two in a short measurement on a representative
-layer, made once per process when the first training step is traced (`xla_is_faster`).
+oneDNN's ran 2-2.5x faster than XLA's, on an AMD EPYC Zen 4 with AVX-512 1.0-1.35x
+(`bench/kernel_gradients.py` measures both on the layer shapes of a training step). No fixed
+rule holds on every machine, so `config.xla_kernel_gradients` "auto" (the default) takes the
+faster of the two in a short measurement on a representative layer, made once per process
+when the first training step is traced (`xla_is_faster`).
 `bench/kernel_gradients.py` prints the choice and the measurement behind it.
 
 Both give the same values up to float32 summation order. Only float32 kernels take the XLA
