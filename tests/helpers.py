@@ -14,9 +14,10 @@ from libraries import dataset, fileio, synthetic
 
 REPOSITORY_ROOT = Path(__file__).resolve().parent.parent
 SKIP_STEP = 3
-# Biases whose true gradient in training is zero: those followed by an InstanceNorm, which
-# removes them, and the output's (the last), which cL2's brightness correction removes. What is
-# computed for them is round-off, on which no two summation orders agree.
+# Biases whose gradient in training is zero in exact arithmetic: InstanceNorm removes a
+# per-channel constant (conv_up_0..7, conv_fuse_0..3) and cL2's brightness correction a constant
+# output offset (conv_fuse_4, the last). Their gradient is round-off, on which no two summation
+# orders agree, and which Adam's first step (about lr * sign(g)) turns into lr-sized updates.
 ROUND_OFF_GRADIENT = tuple(f"conv_up_{k}/b" for k in range(8)) + tuple(f"conv_fuse_{k}/b" for k in range(5))
 
 

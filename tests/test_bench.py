@@ -36,12 +36,12 @@ def test_naive_baseline_equals_our_model(bench, size, n_features):
     assert max(worst.values()) < 1e-5, worst
 
 
-
 def test_naive_baseline_has_our_models_gradients(bench):
-    """The gradients of every weight: ours (split reference frame, 2-D convolutions with their own
-    kernel gradients) against TensorFlow's own through the naive graph, on the same weights."""
+    """The gradients of every weight: ours (split reference frame, 2-D convolutions with their
+    written-out gradients, the kernels' by XLA) against TensorFlow's automatic ones through the
+    naive graph, on the same weights."""
     naive_deepsum = bench("naive_deepsum")
-    model = model_lib.DeepSUM(default_config(n_features=8, seed=4, xla_kernel_gradients=False))
+    model = model_lib.DeepSUM(default_config(n_features=8, seed=4, xla_kernel_gradients=True))
     x, masks = naive_deepsum.random_inputs(2, 24, seed=4)
     naive = naive_deepsum.naive_from(model)
     weights = tf.constant(np.random.default_rng(5).normal(size=(2, 1, 24, 24, 1)), tf.float32)
@@ -59,6 +59,16 @@ def test_naive_baseline_has_our_models_gradients(bench):
         else:
             error = np.linalg.norm(ours.numpy() - theirs.numpy()) / np.linalg.norm(theirs.numpy())
             assert error < 1e-4, (name, error)
+
+
+def test_interleaved_rounds_start_one_function_further_on(bench):
+    harness = bench("harness")
+    calls = []
+    functions = {name: (lambda name=name: calls.append(name)) for name in "abc"}
+    timing = harness.interleaved_medians(functions, repeats=4, warmup=1, progress=False)
+    assert "".join(calls) == "abc" + "abc" + "bca" + "cab" + "abc"  # warm-up, then 4 rotated rounds
+    assert [len(timing[name]["samples_s"]) for name in "abc"] == [4, 4, 4]
+
 
 def test_naive_baseline_tiles_the_fill_over_channels(bench):
     # The baseline is only useful if it really is the authors' formulation: its graph holds a

@@ -28,14 +28,10 @@ from libraries import checkpoints, dataset, metrics, model, training
 from libraries.__main__ import main
 from libraries.training import deepsum as deepsum_training
 
-from helpers import (ROUND_OFF_GRADIENT, SKIP_STEP, checkpoint_tensors, event_files, logged_losses, prepare_tiny_dataset, subprocess_env,
-                     tiny_config, write_config)
+from helpers import (ROUND_OFF_GRADIENT, SKIP_STEP, checkpoint_tensors, event_files, logged_losses,
+                     prepare_tiny_dataset, subprocess_env, tiny_config, write_config)
 
 FIRST_STEPS = 6
-# Biases whose gradient is zero in exact arithmetic: InstanceNorm removes a per-channel constant
-# (conv_up_0..7, conv_fuse_0..3) and cL2's brightness correction removes a constant output offset
-# (conv_fuse_4). Their gradient is round-off, which Adam's first step (about lr * sign(g))
-# turns into lr-sized updates that differ with the summation order.
 
 
 def weights(module: tf.Module) -> dict[str, np.ndarray]:

@@ -95,8 +95,9 @@ def resolve_micro_batch(setting: int | str) -> int:
 
     "auto": 1 on a CPU, where one scene per pass measured the speed of the whole batch in one
     pass (AMD EPYC AVX2: 0.99x; Intel Xeon AMX: 0.98x in float32, 1.06x in mixed_bfloat16; AMD
-    EPYC Zen 4 AVX-512: 1.00x) at 0.15-0.19 of the naive step's peak memory (`bench/train_step.py`); the whole batch on GPUs, whose
-    kernels need large batches to fill the device (not measured here)."""
+    EPYC Zen 4 AVX-512: 1.00x) at 0.15-0.19 of the naive step's peak memory
+    (`bench/train_step.py`); the whole batch on GPUs, whose kernels need large batches to fill
+    the device (not measured here)."""
     if setting != config_module.AUTO:
         return int(setting)
     return 0 if tf.config.list_logical_devices("GPU") else 1
