@@ -14,11 +14,13 @@ from libraries import dataset, fileio, synthetic
 
 REPOSITORY_ROOT = Path(__file__).resolve().parent.parent
 SKIP_STEP = 3
-# Biases whose gradient in training is zero in exact arithmetic: InstanceNorm removes a
-# per-channel constant (conv_up_0..7, conv_fuse_0..3) and cL2's brightness correction a constant
-# output offset (conv_fuse_4, the last). Their gradient is round-off, on which no two summation
-# orders agree, and which Adam's first step (about lr * sign(g)) turns into lr-sized updates.
-ROUND_OFF_GRADIENT = tuple(f"conv_up_{k}/b" for k in range(8)) + tuple(f"conv_fuse_{k}/b" for k in range(5))
+# Biases whose gradient is zero in exact arithmetic: InstanceNorm removes a per-channel
+# constant from its input (NORMALISED_BIASES, for any loss), and cL2's brightness correction a
+# constant output offset (conv_fuse_4, in training). Their gradient is round-off, on which no two
+# summation orders agree, and which Adam's first step (about lr * sign(g)) turns into lr-sized
+# updates.
+NORMALISED_BIASES = tuple(f"conv_up_{k}/b" for k in range(8)) + tuple(f"conv_fuse_{k}/b" for k in range(4))
+ROUND_OFF_GRADIENT = NORMALISED_BIASES + ("conv_fuse_4/b",)
 
 
 def relative_error(actual: np.ndarray, expected: np.ndarray) -> float:

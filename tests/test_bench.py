@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from helpers import ROUND_OFF_GRADIENT
+from helpers import NORMALISED_BIASES, relative_error
 from libraries import model as model_lib
 from libraries import synthetic
 from libraries.config import default_config
@@ -54,10 +54,10 @@ def test_naive_baseline_has_our_models_gradients(bench):
         gradients[name] = tape.gradient(loss, variables)
     largest = max(float(np.abs(gradient).max()) for gradient in gradients["naive"])
     for name, ours, theirs in zip(model.tf1_variables(), gradients["ours"], gradients["naive"]):
-        if name in ROUND_OFF_GRADIENT[:-1]:  # zero up to round-off in both (the last is the output's)
+        if name in NORMALISED_BIASES:  # zero up to round-off in both
             assert max(np.abs(ours).max(), np.abs(theirs).max()) < 1e-5 * largest, name
         else:
-            error = np.linalg.norm(ours.numpy() - theirs.numpy()) / np.linalg.norm(theirs.numpy())
+            error = relative_error(ours, theirs)
             assert error < 1e-4, (name, error)
 
 
