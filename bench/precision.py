@@ -1,7 +1,8 @@
-"""Reduced precision and XLA: `config.precision` (bfloat16, float16) and `config.jit_compile`
-against the float32 default on the reference case (the authors' TF1 checkpoint and batch:
-2 scenes, 9x64x64, 64 features): their effect on the output (cPSNR difference in dB, largest
-output difference) and their forward-pass speed, measured side by side in one process.
+"""Reduced precision and XLA: `config.precision` (bfloat16, float16; each also with
+`reduced_precision_kernels` forced either way) and `config.jit_compile` against the float32
+default on the reference case (the authors' TF1 checkpoint and batch: 2 scenes, 9x64x64, 64
+features): their effect on the output (cPSNR difference in dB, largest output difference) and
+their forward-pass speed, measured side by side in one process.
 
     .venv/bin/python bench/precision.py [--reference DIR] [--repeats 3]
 
@@ -22,10 +23,15 @@ import tensorflow as tf
 
 from libraries import checkpoints, inference, metrics
 from libraries.config import default_config
-from libraries.model import DeepSUM
+from libraries.model import DeepSUM, hardware
 
-VARIANTS = {"float32": {}, "float32 + XLA": {"jit_compile": True},
-            "mixed_bfloat16": {"precision": "mixed_bfloat16"}, "mixed_float16": {"precision": "mixed_float16"}}
+# each reduced precision as it runs by default (`reduced_precision_kernels: auto`, the choice
+# printed) and with either choice forced: TensorFlow's own kernels for the type, or float32 sums
+VARIANTS = {"float32": {}, "float32 + XLA": {"jit_compile": True}}
+for _precision in ("mixed_bfloat16", "mixed_float16"):
+    VARIANTS[_precision] = {"precision": _precision}
+    VARIANTS[f"{_precision}, own kernels"] = {"precision": _precision, "reduced_precision_kernels": True}
+    VARIANTS[f"{_precision}, float32 sums"] = {"precision": _precision, "reduced_precision_kernels": False}
 
 
 def load_case(reference_dir: Path) -> dict[str, np.ndarray]:
@@ -58,8 +64,9 @@ def measure(reference_dir: Path, repeats: int) -> dict:
                       "max_relative_difference": float(np.max(np.abs(outputs[name] - reference)) / np.max(np.abs(reference))),
                       "median_s": timing[name]["median_s"],
                       "speedup": timing["float32"]["median_s"] / timing[name]["median_s"]}
+    native = {name: hardware.native_kernels(tf.as_dtype(name)) for name in ("bfloat16", "float16")}
     return {"case": "deepsum_tf1_case_a (batch 2, 9x64x64, 64 features)", "variants": rows, "timing": timing,
-            "machine": harness.machine()}
+            "auto_native_kernels": native, "machine": harness.machine()}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -76,6 +83,9 @@ def main(argv: list[str] | None = None) -> int:
                         [[name, " ".join(f"{v:.3f}" for v in row["cpsnr_db"]), f"{row['cpsnr_difference_db']:.2e}",
                           f"{row['max_relative_difference']:.1e}", row["median_s"], f"{row['speedup']:.2f}x"]
                          for name, row in results["variants"].items()])
+    for name, native in results["auto_native_kernels"].items():
+        print(f"reduced_precision_kernels: auto runs {name} convolutions "
+              f"{'on its own kernels' if native else 'in float32 on the rounded values'} here")
     print(f"\nwrote {harness.save_result('precision', results)}")
     return 0
 

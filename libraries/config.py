@@ -29,7 +29,7 @@ ConfigT = TypeVar("ConfigT")
 SUB_NETWORKS = ("sisrnet", "regnet", "fusionnet")
 # Keras mixed-precision policy names: variables, optimiser state, loss and metrics stay float32
 PRECISIONS = ("float32", "mixed_bfloat16", "mixed_float16")
-AUTO = "auto"  # a speed choice made for the machine at hand (micro_batch, frame_by_frame, xla_*)
+AUTO = "auto"  # a choice made for the machine at hand (micro_batch, frame_by_frame, xla_*, reduced_precision_kernels)
 
 
 class ConfigError(domain.DeepSUMError):
@@ -126,6 +126,11 @@ class DeepSUMConfig:
     xla_kernel_gradients: bool | str = other(AUTO, "training: the float32 convolution kernels' gradients computed "
                                                    "by XLA (true) or oneDNN (false); auto: whichever a short "
                                                    "measurement finds faster on this machine (same values)")
+    reduced_precision_kernels: bool | str = other(AUTO, "mixed precisions: the convolutions on TensorFlow's "
+                                                        "bfloat16/float16 kernels (true) or in float32 on the rounded "
+                                                        "values, rounded back (false: the same products, summed in "
+                                                        "float32); auto: true on GPUs and, for bfloat16, on CPUs "
+                                                        "with AVX512-BF16 or AMX-BF16")
     xla_elementwise: bool | str = other(AUTO, "inference: each layer's bias, InstanceNorm, leaky ReLU and the next "
                                               "layer's padding as one XLA computation between the convolutions; "
                                               "auto: if a short measurement finds it faster on this machine")
@@ -138,7 +143,7 @@ class DeepSUMConfig:
         if unknown:
             raise ConfigError(f"freeze: unknown sub-network(s) {sorted(unknown)}; expected any of {SUB_NETWORKS}")
         check_precision(self.precision)
-        for name in ("frame_by_frame", "xla_kernel_gradients", "xla_elementwise"):
+        for name in ("frame_by_frame", "xla_kernel_gradients", "xla_elementwise", "reduced_precision_kernels"):
             value = getattr(self, name)
             if isinstance(value, str) and value != AUTO:
                 raise ConfigError(f"{name}: expected true, false or {AUTO!r}, got {value!r}")

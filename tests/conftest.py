@@ -20,6 +20,12 @@ _WORKERS = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
 if _WORKERS > 1:
     os.environ.setdefault("TF_NUM_INTRAOP_THREADS", str(max(1, len(os.sched_getaffinity(0)) // _WORKERS)))
 
+# The project's TensorFlow settings (oneDNN on, which TensorFlow leaves off on AVX2 CPUs) are
+# read when TensorFlow is first imported, and `libraries` sets them before: imported here,
+# before any test module imports TensorFlow, every worker computes as the commands and the
+# notebooks' kernels do (which import `libraries` first), whatever file it collects first.
+import libraries  # noqa: E402,F401
+
 REPOSITORY_ROOT = Path(__file__).resolve().parent.parent
 
 

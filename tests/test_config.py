@@ -71,6 +71,8 @@ def test_round_trip_through_json(tmp_path):
         (lambda c: c["others"].update(micro_batch=-1), "micro_batch: expected 0"),
         (lambda c: c["others"].update(xla_kernel_gradients="fast"), "xla_kernel_gradients: expected true, false or "
                                                                     "'auto', got 'fast'"),
+        (lambda c: c["others"].update(reduced_precision_kernels="native"),
+         "reduced_precision_kernels: expected true, false or 'auto', got 'native'"),
         (lambda c: c["others"].update(patch_size_LR=[30, 32]),
          "patch_size_LR: expected patch_size_HR / R = [32, 32], got [30, 32]"),
     ],

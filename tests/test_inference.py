@@ -11,6 +11,7 @@ import pytest
 import tensorflow as tf
 
 from libraries.inference import superresolve as superresolve_module
+from libraries.model import hardware
 from libraries import checkpoints, dataset, domain, fileio, inference, metrics, preprocessing, probav, synthetic
 from libraries.__main__ import main
 from libraries.config import default_config, to_json
@@ -194,7 +195,7 @@ def test_load_model_runs_frame_by_frame_when_the_config_says_so(tiny_config, mon
     assert frame_model.frame_by_frame is True
     assert tiny_config.frame_by_frame == "auto"  # the default: frame by frame on CPUs with AVX-512 only
     for flags, expected in (({"avx2", "fma"}, False), ({"avx2", "avx512f", "amx_bf16"}, True)):
-        monkeypatch.setattr(superresolve_module, "cpu_flags", lambda flags=flags: flags)
+        monkeypatch.setattr(hardware, "cpu_flags", lambda flags=flags: frozenset(flags))
         assert inference.load_model(tiny_config).frame_by_frame is expected
     monkeypatch.setattr(tf.config, "list_logical_devices", lambda kind=None: ["GPU:0"] if kind == "GPU" else [])
     assert superresolve_module.resolve_frame_by_frame("auto") is False

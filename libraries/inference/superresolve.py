@@ -31,21 +31,9 @@ from libraries import config as config_module
 from libraries.dataset.scenes import prepare_test_scene
 from libraries.inference import ensemble
 from libraries.inference.frames import bicubic_baseline, iterate_scenes, scene_count, scene_frames
-from libraries.model import DeepSUM, fusion
+from libraries.model import DeepSUM, fusion, hardware
 
 MAX_SR_SHIFT = 4  # window outputs shifted further than this from the first are dropped
-
-
-def cpu_flags() -> set[str]:
-    """The instruction-set flags of this machine's CPU (Linux' /proc/cpuinfo; empty elsewhere)."""
-    try:
-        with open("/proc/cpuinfo") as info:
-            for line in info:
-                if line.startswith("flags"):
-                    return set(line.partition(":")[2].split())
-    except OSError:
-        pass
-    return set()
 
 
 def resolve_frame_by_frame(setting: bool | str) -> bool:
@@ -60,7 +48,7 @@ def resolve_frame_by_frame(setting: bool | str) -> bool:
     """
     if setting != config_module.AUTO:
         return bool(setting)
-    return not tf.config.list_logical_devices("GPU") and "avx512f" in cpu_flags()
+    return not hardware.has_gpu() and "avx512f" in hardware.cpu_flags()
 
 
 def load_model(config: config_module.DeepSUMConfig, checkpoint: str | Path | None = None) -> Any:

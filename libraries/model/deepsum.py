@@ -125,7 +125,10 @@ class DeepSUM(Network):
     recomputes each layer's intermediates from its input instead of keeping them. Same values
     and gradients, less memory, a little more time (`recompute` attribute, read when traced).
     The kernels' gradients are computed as `config.xla_kernel_gradients` says (by default the
-    faster of oneDNN and XLA on this machine; `libraries.model.kernel_gradients`).
+    faster of oneDNN and XLA on this machine; `libraries.model.kernel_gradients`), the
+    convolutions of a reduced precision on its own kernels or in float32 on the rounded values
+    as `config.reduced_precision_kernels` says (by default as the machine has such kernels;
+    `libraries.model.hardware`).
     frame_by_frame: run the network one frame at a time (attribute of the same name): SISRNet,
     RegNet and the registration frame by frame, FusionNet output frame by output frame. Same
     values; the peak memory of about two sets of frames instead of several (inference of whole
@@ -148,6 +151,7 @@ class DeepSUM(Network):
         self.residual_scale = float(c.sigma / c.sigma_rescaled)  # x scale -> output scale
         for conv in self._convs():
             conv.xla_kernel_gradient = c.xla_kernel_gradients
+            conv.native_kernels = c.reduced_precision_kernels
         self.recompute = recompute
         self.frame_by_frame = frame_by_frame
         self.fused = fused

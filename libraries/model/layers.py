@@ -18,7 +18,7 @@ import zlib
 import tensorflow as tf
 
 from libraries import config as config_module
-from libraries.model import kernel_gradients
+from libraries.model import hardware, kernel_gradients
 
 LEAKY_SLOPE = 0.2  # tf.nn.leaky_relu's default, as in the original
 NORM_EPSILON = 1e-3  # the original InstanceNorm's epsilon
@@ -29,32 +29,49 @@ def _seed(seed: int, name: str) -> int:
     return (seed * 1_000_003 + zlib.crc32(name.encode())) % (2**31 - 1)
 
 
-def conv2d(padded: tf.Tensor, kernel: tf.Tensor, xla_kernel_gradient: bool | str = "auto") -> tf.Tensor:
+def conv2d(padded: tf.Tensor, kernel: tf.Tensor, xla_kernel_gradient: bool | str = "auto",
+           native: bool | str = "auto") -> tf.Tensor:
     """VALID 2-D cross-correlation: padded `[n, H+kh-1, W+kw-1, in]`, kernel `[kh, kw, in, out]`
-    -> `[n, H, W, out]`, as `tf.nn.conv2d`.
+    -> `[n, H, W, out]`, as `tf.nn.conv2d`, in the dtype of both.
 
     xla_kernel_gradient: how the kernel's gradient is computed (`libraries.model.kernel_gradients`):
     True by XLA, False by TensorFlow's own kernel, "auto" by whichever a measurement on this
     machine finds faster (decided when the gradient is first built, so inference never measures).
-    Same values up to float32 summation order. Only float32 takes this path (the reduced
-    precisions keep TensorFlow's kernels).
+    Same values up to float32 summation order. Only float32 takes this path.
+    native: in bfloat16 or float16, whether TensorFlow's kernels for that dtype run (true) or
+    the float32 ones on the same values, rounded back (false); "auto": as
+    `hardware.native_kernels` finds for this machine (`config.reduced_precision_kernels`).
     """
+    if not hardware.native_kernels(kernel.dtype, native):
+        return in_float32(conv2d, padded, kernel, xla_kernel_gradient)
     if xla_kernel_gradient is False or kernel.dtype != tf.float32:
         return tf.nn.conv2d(padded, kernel, strides=1, padding="VALID")
     return _conv2d_with_kernel_gradient(xla_kernel_gradient)(padded, kernel)
 
 
-def conv3d(padded: tf.Tensor, kernel: tf.Tensor, xla_kernel_gradient: bool | str = "auto") -> tf.Tensor:
+def conv3d(padded: tf.Tensor, kernel: tf.Tensor, xla_kernel_gradient: bool | str = "auto",
+           native: bool | str = "auto") -> tf.Tensor:
     """VALID 3-D cross-correlation: padded `[b, T, H+2, W+2, in]`, kernel `[kt, 3, 3, in, out]`
-    -> `[b, T-kt+1, H, W, out]`, as `tf.nn.conv3d`.
+    -> `[b, T-kt+1, H, W, out]`, as `tf.nn.conv3d`, in the dtype of both.
 
-    xla_kernel_gradient as for `conv2d`; by XLA the kernel's gradient is kt 2-D kernel
-    gradients (time tap t pairs input frames t.. with the output frames): 3.6x faster than
-    oneDNN's 3-D weight-gradient convolution at 8x9x96x96x64 on an AVX2 CPU. Float32 only.
+    xla_kernel_gradient and native as for `conv2d`; by XLA the kernel's gradient is kt 2-D
+    kernel gradients (time tap t pairs input frames t.. with the output frames): 3.6x faster
+    than oneDNN's 3-D weight-gradient convolution at 8x9x96x96x64 on an AVX2 CPU. Float32 only.
     """
+    if not hardware.native_kernels(kernel.dtype, native):
+        return in_float32(conv3d, padded, kernel, xla_kernel_gradient)
     if xla_kernel_gradient is False or kernel.dtype != tf.float32:
         return tf.nn.conv3d(padded, kernel, strides=[1] * 5, padding="VALID")
     return _conv3d_with_kernel_gradient(xla_kernel_gradient)(padded, kernel)
+
+
+def in_float32(convolution, padded: tf.Tensor, kernel: tf.Tensor, xla_kernel_gradient: bool | str) -> tf.Tensor:
+    """`convolution` (`conv2d` or `conv3d`) of bfloat16 or float16 `padded` and `kernel`
+    computed in float32 and rounded back: the products of the rounded values summed in float32,
+    as hardware made for the reduced precision computes them (`libraries.model.hardware`).
+    The gradients flow through the casts: float32 kernels, rounded like the activations."""
+    widened = convolution(tf.cast(padded, tf.float32), tf.cast(kernel, tf.float32), xla_kernel_gradient)
+    return tf.cast(widened, padded.dtype)
 
 
 def _conv2d_with_kernel_gradient(setting: bool | str):
@@ -101,7 +118,10 @@ class Conv(tf.Module):
     """The weights of one TF1 `Conv3D` layer: kernel `W` `[kt, kh, kw, in, out]` and bias `b` `[out]`.
 
     xla_kernel_gradient (attribute, read when traced): how the kernel's gradient is computed,
-    True (XLA), False (TensorFlow's own kernels) or "auto" (measured; `conv2d`). Set by `DeepSUM`.
+    True (XLA), False (TensorFlow's own kernels) or "auto" (measured; `conv2d`). native_kernels
+    (attribute, read when traced): in a reduced precision, TensorFlow's kernels for it (True) or
+    float32 ones on the rounded values (False), "auto" as the machine has them (`conv2d`). Both
+    set by `DeepSUM` from its config.
     """
 
     def __init__(self, tf1_name: str, shape: list[int], seed: int):
@@ -111,6 +131,7 @@ class Conv(tf.Module):
         self.W = tf.Variable(initializer(shape, dtype=tf.float32), name=f"{tf1_name}/W")
         self.b = tf.Variable(tf.zeros([shape[-1]], tf.float32), name=f"{tf1_name}/b")
         self.xla_kernel_gradient: bool | str = "auto"
+        self.native_kernels: bool | str = "auto"
 
     def tf1_variables(self) -> dict[str, tf.Variable]:
         return {f"{self.tf1_name}/W": self.W, f"{self.tf1_name}/b": self.b}
@@ -126,13 +147,13 @@ class Conv(tf.Module):
     def padded(self, padded: tf.Tensor, tap: int = 0, kernel: tf.Tensor | None = None) -> tf.Tensor:
         """`spatial` on images already padded by `reflect_pad`: `[n, H+2, W+2, in]` -> `[n, H, W, out]`."""
         kernel = self.W[tap] if kernel is None else kernel
-        return conv2d(padded, cast_like(kernel, padded), self.xla_kernel_gradient)
+        return conv2d(padded, cast_like(kernel, padded), self.xla_kernel_gradient, self.native_kernels)
 
     def volume(self, padded: tf.Tensor) -> tf.Tensor:
         """The whole kernel as a 3-D convolution, VALID in time, on values already padded by
         `reflect_pad` in space (REFLECT "same"): `[b, T, H+2, W+2, in]` -> `[b, T-kt+1, H, W, out]`
         (bias NOT added)."""
-        return conv3d(padded, cast_like(self.W, padded), self.xla_kernel_gradient)
+        return conv3d(padded, cast_like(self.W, padded), self.xla_kernel_gradient, self.native_kernels)
 
     def bias(self, like: tf.Tensor) -> tf.Tensor:
         """The bias `[out]` in the dtype of `like` (the compute precision)."""
