@@ -1,7 +1,8 @@
 """Forward-pass benchmark: ours (`libraries.model`) against the naive baseline (the authors'
 formulation, `naive_deepsum.py`) on a whole scene (batch 1, 9x384x384) and on a training
 batch (8x9x96x96), ours also frame by frame (`DeepSUM(frame_by_frame=True)`, config
-`frame_by_frame` in inference: less memory) and in `mixed_bfloat16`, with the machine's
+`frame_by_frame` in inference: less memory; each image's convolutions in strips where
+`frame_strips: auto` measures it faster, printed with its measurement) and in `mixed_bfloat16`, with the machine's
 3x3-convolution ceiling measured in the same process, peak memory of a fresh process per
 configuration, and whole-test-set throughput. Ours runs as inference does: each layer's
 element-wise work fused by XLA where `xla_elementwise: auto` measures it faster (printed with
@@ -25,7 +26,7 @@ import runners
 import tensorflow as tf
 
 from libraries.config import compute_dtype_name
-from libraries.model import fusion
+from libraries.model import fusion, strips
 
 TEST_SCENES = 290  # PROBA-V test set: 146 NIR + 144 RED scenes
 FULL = {"features": 64, "configs": {"scene": (1, 384), "training batch": (8, 96)}, "ceiling_size": 192}
@@ -58,7 +59,7 @@ def test_set_throughput(model, size: int, repeats: int, naive_forward_s: float) 
     return result
 
 
-FRAME_BY_FRAME = "ours, frame by frame"  # DeepSUM(frame_by_frame=True): config frame_by_frame in inference
+FRAME_BY_FRAME = "ours, frame by frame"  # DeepSUM(frame_by_frame=True), in strips as frame_strips: auto chooses
 BFLOAT16 = "ours, mixed_bfloat16"  # config precision: mixed_bfloat16 (oneDNN's AMX kernels where the CPU has them)
 # the suffix of the row that runs the choice `auto` did not make, by whether it chose XLA
 OTHER_CHOICE = {True: ", separate ops", False: ", fused by XLA"}
@@ -73,11 +74,20 @@ def elementwise_choice(shape: tuple[int, int, int, int] = fusion.PROBE_SHAPE) ->
     return choice
 
 
+def strips_choice() -> dict:
+    """What `frame_strips: auto` chooses here, with the measurement behind it."""
+    count = strips.threads()
+    timings = strips.measure(count) if count > 1 else {"whole_s": 0.0, "strips_s": 0.0}
+    return {**timings, "threads": count, "strips": count if count > 1 and strips.strips_win(timings) else 1}
+
+
 def measure(setup: dict, repeats: int) -> dict:
     choice = elementwise_choice(setup.get("probe_shape", fusion.PROBE_SHAPE))
     fused = {precision: value["xla"] for precision, value in choice.items()}
+    strip = strips_choice() if setup.get("frame_by_frame", True) else {"strips": 1}
     model = runners.make_model(setup["features"], fused=fused["float32"])
-    frame_model = runners.make_model(setup["features"], frame_by_frame=True, fused=fused["float32"])  # same weights
+    frame_model = runners.make_model(setup["features"], frame_by_frame=True, fused=fused["float32"],
+                                     strips=strip["strips"])  # same weights
     bfloat16_model = runners.make_model(setup["features"], precision="mixed_bfloat16", fused=fused["mixed_bfloat16"])
     other = {}  # the other choice, for the same-run ratio of fusing
     if setup.get("other_choice", True):
@@ -85,7 +95,7 @@ def measure(setup: dict, repeats: int) -> dict:
                                                                                fused=not fused["float32"]),
                  BFLOAT16 + OTHER_CHOICE[fused["mixed_bfloat16"]]: runners.make_model(
                      setup["features"], precision="mixed_bfloat16", fused=not fused["mixed_bfloat16"])}
-    results = {"n_features": setup["features"], "configs": {}, "elementwise": choice}
+    results = {"n_features": setup["features"], "configs": {}, "elementwise": choice, "frame_strips": strip}
     for name, (batch, size) in setup["configs"].items():
         data = runners.inputs(batch, size)
         runs = {impl: runners.make_forward(impl, model, data) for impl in runners.IMPLEMENTATIONS}
@@ -101,7 +111,8 @@ def measure(setup: dict, repeats: int) -> dict:
                   for impl in runners.IMPLEMENTATIONS}
         if setup.get("frame_by_frame", True):
             memory[FRAME_BY_FRAME] = harness.run_child(__file__, {**child, "impl": "ours", "frame_by_frame": True,
-                                                                  "fused": fused["float32"]})
+                                                                  "fused": fused["float32"],
+                                                                  "strips": strip["strips"]})
         if setup.get("bfloat16_memory", True):
             memory[BFLOAT16] = harness.run_child(__file__, {**child, "impl": "ours", "fused": fused["mixed_bfloat16"],
                                                             "config": {"precision": "mixed_bfloat16"}})
@@ -120,6 +131,11 @@ def report(results: dict) -> None:
                         ["precision", "separate ops s", "XLA s", "chosen"],
                         [[precision, c["separate_s"], c["xla_s"], "XLA" if c["xla"] else "separate ops"]
                          for precision, c in results["elementwise"].items()])
+    strip = results["frame_strips"]
+    if "threads" in strip:
+        print(f"\nframe_strips auto: one 3x3 layer of a 384x384 image on {strip['threads']} thread(s), whole "
+              f"{strip['whole_s']:.4f} s, in {strip['threads']} strips {strip['strips_s']:.4f} s -> "
+              f"{strip['strips']} strip(s) per image, frame by frame")
     ceiling = results["ceiling"]["gflops"]
     rows = []
     for name, config in results["configs"].items():

@@ -22,12 +22,13 @@ IMPLEMENTATIONS = ("ours", "naive")
 
 
 def make_model(n_features: int = 64, seed: int = 0, recompute: bool = False, frame_by_frame: bool = False,
-               fused: bool = False, **changes) -> model_lib.DeepSUM:
+               fused: bool = False, strips: int = 1, **changes) -> model_lib.DeepSUM:
     """Our model; recompute: gradient checkpointing of every conv layer (training memory);
     frame_by_frame: the network one frame at a time (inference memory); fused: each layer's
-    element-wise work as one XLA computation (inference speed)."""
+    element-wise work as one XLA computation (inference speed); strips: each image's 2-D
+    convolutions as that many horizontal strips batched together (frame-by-frame speed)."""
     config = default_config(n_features=n_features, seed=seed, **changes)
-    return model_lib.DeepSUM(config, recompute=recompute, frame_by_frame=frame_by_frame, fused=fused)
+    return model_lib.DeepSUM(config, recompute=recompute, frame_by_frame=frame_by_frame, fused=fused, strips=strips)
 
 
 def inputs(batch: int, size: int, seed: int = 0) -> dict[str, tf.Tensor]:
@@ -96,12 +97,12 @@ def make_train_step(impl: str, model: model_lib.DeepSUM, data: dict[str, tf.Tens
 def memory_child(spec: dict) -> dict:
     """Peak resident memory of one configuration in this (fresh) process: spec has `impl`,
     `mode` ("forward" or "train"), `batch`, `size`, `n_features` and optional config changes
-    (`precision`, `jit_compile`), `recompute`, `frame_by_frame`, `fused` and `micro_batch` (training). The process's
+    (`precision`, `jit_compile`), `recompute`, `frame_by_frame`, `fused`, `strips` and `micro_batch` (training). The process's
     RSS before the run (TensorFlow loaded, model built, inputs made) is reported too, so the run's own share is
     peak - base."""
     model = make_model(spec["n_features"], recompute=spec.get("recompute", False),
                        frame_by_frame=spec.get("frame_by_frame", False), fused=spec.get("fused", False),
-                       **spec.get("config", {}))
+                       strips=spec.get("strips", 1), **spec.get("config", {}))
     data = inputs(spec["batch"], spec["size"])
     make = make_forward if spec["mode"] == "forward" else make_train_step
     extra = {"micro_batch": spec["micro_batch"]} if "micro_batch" in spec else {}

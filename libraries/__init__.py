@@ -12,7 +12,7 @@ package has no import cycle and no import inside a function (`tests/test_package
 | 1 | `metrics` | cL2 loss, cPSNR and the Kelvins score (TensorFlow and NumPy), its per-pixel error map |
 | 1 | `preprocessing` | array operations of dataset creation (upsampling, registration, best-9, patches) |
 | 2 | `probav` | PROBA-V scene folders, PNG readers and writers, norm.csv |
-| 2 | `model` | the network: `hardware` (CPU flags, GPUs, which reduced-precision kernels are native), `kernel_gradients` (oneDNN or XLA, chosen by measurement), `layers`, `fusion` (XLA-fused element-wise work or not, measured), `networks` (SISRNet, RegNet, FusionNet), `deepsum` (registration, fill, DeepSUM) |
+| 2 | `model` | the network: `hardware` (CPU flags, GPUs, which reduced-precision kernels are native), `kernel_gradients` (oneDNN or XLA, chosen by measurement), `layers`, `fusion` (XLA-fused element-wise work or not, measured), `strips` (frame-by-frame convolutions in strips or not, measured), `networks` (SISRNet, RegNet, FusionNet), `deepsum` (registration, fill, DeepSUM) |
 | 3 | `checkpoints` | the one checkpoint format (TF2) and the read-only importer of the authors' TF1 checkpoints (`convert-tf1`) |
 | 3 | `dataset` | dataset creation on disk: `store` (layout, readers), `scenes`, `creation` (`prepare`), `views` |
 | 3 | `synthetic` | a realistic synthetic PROBA-V data set (`synth`) |

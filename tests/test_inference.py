@@ -173,7 +173,7 @@ def test_validate_submission_of_one_band(tmp_path, split_dir):
 @pytest.fixture(scope="module")
 def tiny_config():
     # the separate ops, as in the helpers' tiny_config: the command tests' subprocesses give the same values
-    return default_config(n_features=8, xla_elementwise=False)
+    return default_config(n_features=8, xla_elementwise=False, frame_strips=1)
 
 
 @pytest.fixture(scope="module")
@@ -193,12 +193,11 @@ def test_load_model_runs_frame_by_frame_when_the_config_says_so(tiny_config, mon
     assert whole.frame_by_frame is False
     frame_model = inference.load_model(tiny_config.replace(frame_by_frame=True))
     assert frame_model.frame_by_frame is True
-    assert tiny_config.frame_by_frame == "auto"  # the default: frame by frame on CPUs with AVX-512 only
-    for flags, expected in (({"avx2", "fma"}, False), ({"avx2", "avx512f", "amx_bf16"}, True)):
-        monkeypatch.setattr(hardware, "cpu_flags", lambda flags=flags: frozenset(flags))
+    assert tiny_config.frame_by_frame == "auto"  # the default: frame by frame on CPUs, whole scenes on GPUs
+    for gpu, expected in ((False, True), (True, False)):
+        monkeypatch.setattr(hardware, "has_gpu", lambda gpu=gpu: gpu)
+        assert superresolve_module.resolve_frame_by_frame("auto") is expected
         assert inference.load_model(tiny_config).frame_by_frame is expected
-    monkeypatch.setattr(tf.config, "list_logical_devices", lambda kind=None: ["GPU:0"] if kind == "GPU" else [])
-    assert superresolve_module.resolve_frame_by_frame("auto") is False
     x = tf.random.stateless_normal([1, 9, 16, 16, 1], seed=[1, 2])
     masks = tf.ones([1, 9, 16, 16, 1], tf.bool)
     expected = whole(x, masks)["sr"].numpy()  # same seed: same weights

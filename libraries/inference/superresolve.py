@@ -31,33 +31,36 @@ from libraries import config as config_module
 from libraries.dataset.scenes import prepare_test_scene
 from libraries.inference import ensemble
 from libraries.inference.frames import bicubic_baseline, iterate_scenes, scene_count, scene_frames
-from libraries.model import DeepSUM, fusion, hardware
+from libraries.model import DeepSUM, fusion, hardware, strips
 
 MAX_SR_SHIFT = 4  # window outputs shifted further than this from the first are dropped
 
 
 def resolve_frame_by_frame(setting: bool | str) -> bool:
     """`config.frame_by_frame` as a decision: true and false as they are; "auto": frame by frame
-    on CPUs with AVX-512, whole scenes elsewhere.
+    on CPUs, whole scenes on GPUs.
 
     Frame by frame always needs less memory (0.23-0.25 of the naive pass's peak for a 1x9x384x384
-    scene, against 0.41-0.47). Its cost in time depends on the CPU: 1.05-1.15x the whole-scene
-    pass on an Intel Xeon with AVX-512 and AMX, 1.15x on an AMD EPYC Zen 4 with AVX-512, 1.48x
-    on an AMD EPYC with AVX2 (oneDNN's AVX2 convolution of one large image is slower than of
-    nine; `bench/forward.py`). GPUs, not measured, keep the whole-scene pass.
+    scene, against 0.41-0.47). Its cost in time, against the whole-scene pass: 1.04-1.15x on an
+    Intel Xeon with AVX-512 and AMX, 1.15x on an AMD EPYC Zen 4 with AVX-512, 1.15x on an AMD EPYC
+    Zen 3 with AVX2 with each image's convolutions in two strips (`frame_strips: auto` chose them
+    there; 1.64x in whole images, whose AVX2 convolution leaves a thread idle;
+    `libraries.model.strips`; `bench/forward.py`). GPUs, not measured, keep the whole-scene pass.
     """
     if setting != config_module.AUTO:
         return bool(setting)
-    return not hardware.has_gpu() and "avx512f" in hardware.cpu_flags()
+    return not hardware.has_gpu()
 
 
 def load_model(config: config_module.DeepSUMConfig, checkpoint: str | Path | None = None) -> Any:
     """A DeepSUM model with its variables created; weights from `checkpoint` (ours or the authors'
     TF1) when given, freshly initialised (seeded by `config.seed`) otherwise. It runs one frame at
     a time as `config.frame_by_frame` says (`resolve_frame_by_frame`; same outputs), its layers'
-    element-wise work fused by XLA as `config.xla_elementwise` says (`fusion.resolve`)."""
-    model = DeepSUM(config, frame_by_frame=resolve_frame_by_frame(config.frame_by_frame),
-                    fused=fusion.resolve(config.xla_elementwise, config.precision))  # variables created here
+    element-wise work fused by XLA as `config.xla_elementwise` says (`fusion.resolve`) and, frame
+    by frame, each image's convolutions in strips as `config.frame_strips` says (`strips.resolve`)."""
+    frame_by_frame = resolve_frame_by_frame(config.frame_by_frame)
+    model = DeepSUM(config, frame_by_frame=frame_by_frame, fused=fusion.resolve(config.xla_elementwise, config.precision),
+                    strips=strips.resolve(config.frame_strips) if frame_by_frame else 1)  # variables created here
     if checkpoint is not None:
         checkpoints.restore_weights(model, checkpoint)
     return model

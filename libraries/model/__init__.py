@@ -1,7 +1,8 @@
 """The DeepSUM network: `hardware` (what the machine computes natively: CPU flags, GPUs, reduced-
-precision kernels) and `kernel_gradients` (the convolutions' kernel gradients by oneDNN or XLA,
-whichever is faster here) -> `layers` (building blocks) -> `fusion` (whether a layer's element-wise
-work runs as one XLA computation, measured) and `networks` (SISRNet, RegNet, FusionNet) -> `deepsum`
+precision kernels; the timing of the probes) -> `kernel_gradients` (the convolutions' kernel
+gradients by oneDNN or XLA, whichever is faster here) -> `layers` (building blocks) -> `fusion`
+(whether a layer's element-wise work runs as one XLA computation, measured), `strips` (whether
+frame-by-frame convolutions run in strips, measured) and `networks` (SISRNet, RegNet, FusionNet) -> `deepsum`
 (registration, fill and the whole network). The names below are the package's
 public interface (`from libraries import model; model.DeepSUM(config)`)."""
 

@@ -137,10 +137,13 @@ class DeepSUM(Network):
     padding) as one XLA computation (attribute of the same name; `layers.finish`), for
     inference where `libraries.model.fusion` measures it faster. Same values up to the
     rounding of the compute precision (float32: about 1e-6 relative).
+    strips: each image of the 2-D convolutions as that many horizontal strips batched together
+    (attribute of the same name; `layers.in_strips`), for frame-by-frame inference where
+    `libraries.model.strips` measures it faster. Same values up to float32 summation order.
     """
 
     def __init__(self, config: DeepSUMConfig | None = None, recompute: bool = False, frame_by_frame: bool = False,
-                 fused: bool = False):
+                 fused: bool = False, strips: int = 1):
         super().__init__(name="DeepSUM")
         self.config = default_config() if config is None else config
         c = self.config
@@ -155,9 +158,20 @@ class DeepSUM(Network):
         self.recompute = recompute
         self.frame_by_frame = frame_by_frame
         self.fused = fused
+        self.strips = strips
 
     def _convs(self) -> list[Conv]:
         return [m for m in self.submodules if isinstance(m, Conv)]
+
+    @property
+    def strips(self) -> int:
+        """Horizontal strips per image of every 2-D convolution (`layers.in_strips`; 1: whole images)."""
+        return self.sisrnet.convs[0].strips
+
+    @strips.setter
+    def strips(self, count: int) -> None:
+        for conv in self._convs():
+            conv.strips = int(count)
 
     recompute = _network_setting("recompute", "Whether the sub-networks' layers are checkpointed (`tf.recompute_grad`).")
     fused = _network_setting("fused", "Whether each layer's element-wise work is one XLA computation (`layers.finish`).")

@@ -17,13 +17,11 @@ from __future__ import annotations
 
 import functools
 import logging
-import time
 
-import numpy as np
 import tensorflow as tf
 
 from libraries import config as config_module
-from libraries.model import layers
+from libraries.model import hardware, layers
 
 LOG = logging.getLogger(__name__)
 # One SISRNet layer on a 192x192 frame: about 2.7 GFLOP of convolution, as large as a frame of
@@ -74,11 +72,4 @@ def measure(shape: tuple[int, int, int, int] = PROBE_SHAPE, dtype: tf.DType = tf
                                autograph=False)
 
         candidates = {"separate_s": layer(False), "xla_s": layer(True)}
-        seconds: dict[str, list[float]] = {name: [] for name in candidates}
-        for repeat in range(repeats + 1):
-            for name, function in candidates.items():
-                began = time.perf_counter()
-                function().numpy()
-                if repeat:  # the first round is the warm-up
-                    seconds[name].append(time.perf_counter() - began)
-    return {name: float(np.median(values)) for name, values in seconds.items()}
+        return hardware.median_seconds(candidates, repeats)

@@ -19,12 +19,11 @@ from __future__ import annotations
 
 import functools
 import logging
-import time
 
-import numpy as np
 import tensorflow as tf
 
 from libraries import config as config_module
+from libraries.model import hardware
 
 LOG = logging.getLogger(__name__)
 # A SISRNet layer of a small training batch: large enough that the timing is the convolution's
@@ -82,11 +81,5 @@ def measure(shape: tuple[int, int, int, int] = PROBE_SHAPE, repeats: int = PROBE
         out_grad = tf.random.stateless_normal([n, height - 2, width - 2, features], seed=[5, 6])
         onednn = tf.function(onednn_kernel_gradient, autograph=False)
         candidates = {"onednn_s": onednn, "xla_s": xla_kernel_gradient}
-        seconds: dict[str, list[float]] = {name: [] for name in candidates}
-        for repeat in range(repeats + 1):
-            for name, function in candidates.items():
-                began = time.perf_counter()
-                function(padded, out_grad, kernel).numpy()
-                if repeat:  # the first round is the warm-up
-                    seconds[name].append(time.perf_counter() - began)
-    return {name: float(np.median(values)) for name, values in seconds.items()}
+        return hardware.median_seconds({name: (lambda f=function: f(padded, out_grad, kernel))
+                                        for name, function in candidates.items()}, repeats)

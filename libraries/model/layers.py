@@ -74,6 +74,25 @@ def in_float32(convolution, padded: tf.Tensor, kernel: tf.Tensor, xla_kernel_gra
     return tf.cast(widened, padded.dtype)
 
 
+def in_strips(convolve, padded: tf.Tensor, kernel_rows: int, strips: int) -> tf.Tensor:
+    """`convolve(padded)`, a VALID convolution with `kernel_rows` rows of padded images
+    `[n, H+kernel_rows-1, W', C]` -> `[n, H, W, out]`, computed on `strips` horizontal strips
+    batched as `strips * n` images: strip i holds the output rows from `start_i` on, with the
+    `kernel_rows - 1` input rows below them that the kernel reads. The same sums as one pass;
+    for oneDNN kernels that share their work among threads image by image
+    (`libraries.model.strips`). The strips have equal heights, ceil(H / strips); where that
+    does not divide H, the last one starts higher and its rows that the one before also
+    computed are dropped. Shapes may be unknown until run."""
+    halo = kernel_rows - 1
+    rows = tf.shape(padded)[1] - halo  # H
+    height = (rows + strips - 1) // strips
+    starts = [tf.minimum(i * height, rows - height) for i in range(strips)]  # the last one ends at H
+    out = convolve(tf.concat([padded[:, start:start + height + halo] for start in starts], axis=0))
+    parts = tf.split(out, strips, axis=0)  # strips x [n, height, W, out]
+    kept = [part[:, :following - start] for part, start, following in zip(parts, starts, starts[1:])]
+    return tf.concat(kept + parts[-1:], axis=1)  # [n, H, W, out]
+
+
 def _conv2d_with_kernel_gradient(setting: bool | str):
     @tf.custom_gradient
     def convolve(padded: tf.Tensor, kernel: tf.Tensor):
@@ -121,7 +140,9 @@ class Conv(tf.Module):
     True (XLA), False (TensorFlow's own kernels) or "auto" (measured; `conv2d`). native_kernels
     (attribute, read when traced): in a reduced precision, TensorFlow's kernels for it (True) or
     float32 ones on the rounded values (False), "auto" as the machine has them (`conv2d`). Both
-    set by `DeepSUM` from its config.
+    set by `DeepSUM` from its config. strips (attribute, read when traced): the 2-D
+    convolutions (`spatial`, `padded`) as that many horizontal strips of each image batched
+    together (`in_strips`; 1: whole images), set by `DeepSUM` for frame-by-frame inference.
     """
 
     def __init__(self, tf1_name: str, shape: list[int], seed: int):
@@ -132,6 +153,7 @@ class Conv(tf.Module):
         self.b = tf.Variable(tf.zeros([shape[-1]], tf.float32), name=f"{tf1_name}/b")
         self.xla_kernel_gradient: bool | str = "auto"
         self.native_kernels: bool | str = "auto"
+        self.strips = 1
 
     def tf1_variables(self) -> dict[str, tf.Variable]:
         return {f"{self.tf1_name}/W": self.W, f"{self.tf1_name}/b": self.b}
@@ -146,8 +168,12 @@ class Conv(tf.Module):
 
     def padded(self, padded: tf.Tensor, tap: int = 0, kernel: tf.Tensor | None = None) -> tf.Tensor:
         """`spatial` on images already padded by `reflect_pad`: `[n, H+2, W+2, in]` -> `[n, H, W, out]`."""
-        kernel = self.W[tap] if kernel is None else kernel
-        return conv2d(padded, cast_like(kernel, padded), self.xla_kernel_gradient, self.native_kernels)
+        kernel = cast_like(self.W[tap] if kernel is None else kernel, padded)
+
+        def convolve(images: tf.Tensor) -> tf.Tensor:
+            return conv2d(images, kernel, self.xla_kernel_gradient, self.native_kernels)
+
+        return in_strips(convolve, padded, kernel.shape[0], self.strips) if self.strips > 1 else convolve(padded)
 
     def volume(self, padded: tf.Tensor) -> tf.Tensor:
         """The whole kernel as a 3-D convolution, VALID in time, on values already padded by
