@@ -93,3 +93,6 @@ def test_the_network_in_strips_computes_the_whole_pass():
     model = DeepSUM(config, frame_by_frame=True, strips=3)
     assert model.strips == 3 and all(m.strips == 3 for m in model.submodules if isinstance(m, Conv))
     assert relative_error(model(x, masks)["sr"].numpy(), expected) < 1e-5
+    # the sliding window's path: each frame's features once (`tf.map_fn` over frames), then the rest
+    features = tf.function(model.sisrnet_features, autograph=False)(x)
+    assert relative_error(model.forward_from_features(features, x, masks)["sr"].numpy(), expected) < 1e-5
