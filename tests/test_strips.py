@@ -68,6 +68,9 @@ def test_auto_takes_one_strip_per_thread_when_the_measurement_finds_it_faster(mo
         assert strips.resolve("auto") == expected
         assert strips.resolve("auto") == expected and calls == [4]  # measured once per process
     strips.strips_are_faster.cache_clear()
+    monkeypatch.undo()
+    monkeypatch.setenv("TF_NUM_INTRAOP_THREADS", "1")  # as the parallel test workers run
+    assert strips.threads() == (tf.config.threading.get_intra_op_parallelism_threads() or 1)
     monkeypatch.setattr(strips, "threads", lambda: 1)
     monkeypatch.setattr(strips, "measure", lambda count: pytest.fail("one thread: nothing to measure"))
     assert strips.resolve("auto") == 1

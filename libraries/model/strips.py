@@ -33,15 +33,18 @@ MARGIN = 1.1  # strips are chosen only when clearly faster
 
 
 def threads() -> int:
-    """The threads TensorFlow runs one op on: its intra-op setting, else the usable cores."""
-    return tf.config.threading.get_intra_op_parallelism_threads() or len(os.sched_getaffinity(0))
+    """The threads TensorFlow runs one op on: its intra-op setting (`tf.config.threading`, else
+    the `TF_NUM_INTRAOP_THREADS` its runtime reads, which the API does not report), else the
+    usable cores."""
+    return (tf.config.threading.get_intra_op_parallelism_threads()
+            or int(os.environ.get("TF_NUM_INTRAOP_THREADS") or 0) or len(os.sched_getaffinity(0)))
 
 
 def resolve(setting: int | str) -> int:
-    """`config.frame_strips` as a number of strips: a number as it is (0 and 1: whole images),
-    "auto" `threads()` where `strips_are_faster`, else 1."""
+    """`config.frame_strips` as a number of strips: a number as it is (1: whole images), "auto"
+    `threads()` where `strips_are_faster`, else 1."""
     if setting != config_module.AUTO:
-        return max(1, int(setting))
+        return int(setting)
     count = threads()
     return count if count > 1 and strips_are_faster(count) else 1
 
