@@ -32,7 +32,7 @@ TEST_SCENES = 290  # PROBA-V test set: 146 NIR + 144 RED scenes
 FULL = {"features": 64, "configs": {"scene": (1, 384), "training batch": (8, 96)}, "ceiling_size": 192}
 # one config, and fresh-process peaks of ours and naive only: few processes in the test suite
 QUICK = {"features": 8, "configs": {"scene": (1, 32)}, "ceiling_size": 32, "frame_by_frame": False,
-         "bfloat16_memory": False, "other_choice": False, "probe_shape": (1, 34, 34, 8)}
+         "bfloat16_memory": False, "other_choice": False, "probe_shape": (1, 32, 32, 8)}
 
 
 def test_set_throughput(model, size: int, repeats: int, naive_forward_s: float) -> dict:
@@ -127,7 +127,8 @@ def measure(setup: dict, repeats: int) -> dict:
 
 
 def report(results: dict) -> None:
-    harness.print_table("xla_elementwise auto: one SISRNet layer, element-wise work as separate ops or fused by XLA",
+    harness.print_table("xla_elementwise auto: one layer's element-wise work on a frame's convolution output, "
+                        "as separate ops or fused by XLA",
                         ["precision", "separate ops s", "XLA s", "chosen"],
                         [[precision, c["separate_s"], c["xla_s"], "XLA" if c["xla"] else "separate ops"]
                          for precision, c in results["elementwise"].items()])
