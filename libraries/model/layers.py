@@ -80,7 +80,7 @@ def in_strips(convolve, padded: tf.Tensor, kernel_rows: int, strips: int) -> tf.
     `[n, H+kernel_rows-1, W', C]` -> `[n, H, W, out]`, computed on `strips` horizontal strips
     batched as `n * strips` images: strip i holds the output rows from i * ceil(H / strips) on,
     with the `kernel_rows - 1` input rows below them that the kernel reads. The same sums as one
-    pass; for oneDNN kernels that share their work among threads image by image
+    pass; for oneDNN builds whose kernel for one image is slower than for several
     (`libraries.model.strips`). Shapes may be unknown until run."""
     cut, join = _strip_functions(kernel_rows, strips)
     stacked, rows = cut(padded)

@@ -2,13 +2,14 @@
 and the measurement behind the choice.
 
 Frame by frame (`DeepSUM(frame_by_frame=True)`), every 2-D convolution sees one 384x384 image
-(per scene) instead of nine. oneDNN shares a convolution's work among its threads image by
-image on some CPUs: on an AMD EPYC with AVX2, one 3x3 64->64 layer of a single 384x384 image
+(per scene) instead of nine. oneDNN's kernel for a batch of one image is slower on some CPUs:
+on an AMD EPYC with AVX2 it takes the im2col GEMM convolution for one image and its direct
+`brg_conv_fwd` kernels for two or more, and one 3x3 64->64 layer of a single 384x384 image
 ran at 82 GFLOP/s against 132 per image for nine, which made the frame-by-frame scene pass 1.64x
 slower than the whole-scene one (1.04-1.15x on the AVX-512 CPUs). Cut into as many horizontal
 strips as there are threads, each with the two rows of its neighbours that the 3x3 kernel reads,
 and batched as that many images (`layers.in_strips`), the same layer ran at 117 GFLOP/s: the
-same sums, a little copying. Whether it gains depends on the CPU's kernels, so
+same sums, one copy of the input. Whether it gains depends on the CPU's kernels, so
 `config.frame_strips` "auto" (the default) measures one such layer both ways, once per process,
 when a frame-by-frame inference model is built (`strips_are_faster`). `bench/forward.py` prints
 the choice and its measurement.
