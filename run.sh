@@ -3,7 +3,8 @@
 # into it (again only when that file changed), then:
 #   bash run.sh demo   runs the demo: the whole pipeline on synthetic data (python -m libraries demo)
 #   bash run.sh test   runs the test suite (python -m pytest tests)
-# Extra arguments are passed on: `bash run.sh test -k metrics`, `bash run.sh demo --help`.
+# Extra arguments are passed on: `bash run.sh test -k metrics`, `bash run.sh demo --help`;
+# `bash run.sh test tests/test_metrics.py` runs that file alone (tests/ only when no path is given).
 set -euo pipefail
 cd "$(dirname "$0")"
 PYTHON="${PYTHON:-python3}"
@@ -22,6 +23,11 @@ what="${1:-}"
 shift || true
 case "$what" in
     demo) exec .venv/bin/python -m libraries demo "$@" ;;
-    test) exec .venv/bin/python -m pytest tests "$@" ;;
+    test)
+        targets=(tests)
+        for arg in "$@"; do
+            if [ -e "${arg%%::*}" ]; then targets=(); fi  # a file, folder or test id of its own
+        done
+        exec .venv/bin/python -m pytest ${targets[@]+"${targets[@]}"} "$@" ;;
     *) echo "usage: bash run.sh demo|test [args...]" >&2; exit 2 ;;
 esac
