@@ -90,9 +90,12 @@ def test_auto_fuses_when_the_measurement_finds_it_faster_once_per_dtype(monkeypa
 def test_the_measurement_times_both_and_load_model_fuses_as_the_config_says(monkeypatch):
     finished = []  # what the probe times: the element-wise work alone, each way, on the given shape
     real_finish = layers.finish
-    monkeypatch.setattr(layers, "finish", lambda convolved, *args: finished.append((tuple(convolved.shape), convolved.dtype,
-                                                                                     args[-1]))
-                        or real_finish(convolved, *args))
+
+    def finish(convolved, bias, norm, pad, fused):
+        finished.append((tuple(convolved.shape), convolved.dtype, fused))
+        return real_finish(convolved, bias, norm, pad, fused)
+
+    monkeypatch.setattr(layers, "finish", finish)
     assert sorted(fusion.measure(shape=(1, 10, 12, 4), dtype=tf.bfloat16, repeats=1)) == ["separate_s", "xla_s"]
     assert set(finished) == {((1, 10, 12, 4), tf.bfloat16, False), ((1, 10, 12, 4), tf.bfloat16, True)}
     monkeypatch.undo()

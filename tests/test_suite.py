@@ -32,7 +32,7 @@ def test_without_the_shared_data_its_tests_skip_outside_ci_and_fail_in_ci():
     assert "CI is set, so the tests that need it must run" in inside.stdout
 
 
-def test_run_sh_runs_the_tests_it_is_given_and_the_whole_folder_otherwise():
+def test_run_sh_test_runs_only_the_tests_it_is_given():
     if Path(sys.prefix).resolve() != (REPOSITORY_ROOT / ".venv").resolve():
         pytest.skip("the tests do not run in run.sh's environment (.venv), which this test would have to build")
     quiet = ["--collect-only", "-q", "-p", "no:cacheprovider", "-n", "0"]
