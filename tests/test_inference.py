@@ -293,7 +293,26 @@ def test_features_once_per_scene_equal_the_per_window_network(tiny_config, tiny_
     per_window = per_window[:, 0, :, :, 0] * tiny_config.sigma_rescaled + tiny_config.mu  # [3, H, W] DN
     assert np.max(np.abs(reused - per_window)) / np.max(np.abs(per_window)) < 1e-5
     frames, _, index = inference.scene_frames(scene, tiny_config, n_slide=2)
-    assert frames.shape[0] == 12 and index.tolist() == [list(range(n, n + 9)) for n in range(3)]
+    # of the 12 clear frames the three windows read the first 11: SISRNet runs on those alone
+    assert frames.shape[0] == 11 and index.tolist() == [list(range(n, n + 9)) for n in range(3)]
+    frames, _, index = inference.scene_frames(scene, tiny_config, n_slide=0)
+    assert frames.shape[0] == 9 and index.tolist() == [list(range(9))]
+    np.testing.assert_array_equal(frames, x[0])  # the clearest nine, in the window's order
+
+
+def test_one_window_runs_the_whole_network_and_several_compute_each_frames_features_once(tiny_config, tiny_model):
+    scene = textured_scene(12, seed=6)
+    superresolver = inference.Superresolver(tiny_model, tiny_config)
+    features_of = []
+    features = superresolver.features
+    superresolver.features = lambda x: features_of.append(x.shape[0]) or features(x)
+    one = superresolver.window_images(scene, n_slide=0)  # n_slide 0: no feature stage kept beside the network
+    assert features_of == []
+    x, masks = inference.window_inputs(scene, tiny_config, n_slide=0)
+    expected = superresolver.network_call(tf.constant(x), tf.constant(masks)).numpy()[:, 0, :, :, 0]
+    np.testing.assert_array_equal(one, expected * tiny_config.sigma_rescaled + tiny_config.mu)
+    superresolver.window_images(scene, n_slide=2)
+    assert features_of == [11]  # each frame the windows read, once
 
 
 def test_a_scene_with_fewer_than_9_frames_is_superresolved(tiny_config, tiny_model):

@@ -83,19 +83,23 @@ def _take_frames(scene: Mapping[str, Any], index: np.ndarray) -> dict[str, Any]:
 
 def scene_frames(scene: Mapping[str, Any], config: config_module.DeepSUMConfig,
                  n_slide: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """The selected frames of a scene, once each, and which of them make every sliding window.
+    """The selected frames of a scene that the sliding windows use, once each, and which of them
+    make every window.
 
     Returns normalised frames `(v - mu) / sigma` and their registered clear masks, both float32
-    `[K, H, W, 1]` (K frames after the selection, clearest first), and the int32 frame index of
-    the windows `[windows, T_in]`, windows = min(n_slide, K - T_in) + 1: window n holds frames
-    n..n+T_in-1. As in the original the window's first frame is the network's reference, while
+    `[K, H, W, 1]` (the first K = windows + T_in - 1 frames of the selection, clearest first),
+    and the int32 frame index of the windows `[windows, T_in]`, windows = min(n_slide, selected
+    - T_in) + 1: window n holds frames n..n+T_in-1. The selection keeps every frame clear enough,
+    often far more than the windows read (up to 35 in PROBA-V scenes; at n_slide 0 they read 9),
+    and the frames past the last window's are left out here: SISRNet would compute their features
+    for nothing. As in the original the window's first frame is the network's reference, while
     the masks are registered by their own shifts to the scene's reference (the clearest frame,
     window 0's first).
     """
     frames_per_window = config.T_in
     chosen = select_clear_frames(sort_frames_by_clearance(scene), frames_per_window)
-    frames = chosen["frames"].shape[0]
-    windows = min(max(int(n_slide), 0), frames - frames_per_window) + 1
+    windows = min(max(int(n_slide), 0), chosen["frames"].shape[0] - frames_per_window) + 1
+    chosen = _take_frames(chosen, np.arange(windows + frames_per_window - 1))  # the frames the windows read
     index = np.arange(windows)[:, None] + np.arange(frames_per_window)[None, :]  # [windows, T_in]
     registered = np.asarray(preprocessing.translate_masks(chosen["masks"], chosen["shifts"]), dtype=bool)  # [K,H,W]
     x = domain.normalise(chosen["frames"], config.mu, config.sigma)  # [K, H, W]
