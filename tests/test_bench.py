@@ -96,6 +96,7 @@ def test_flop_count_matches_the_hand_count(bench):
     ("profile", ["profile_quick.json"]),
     ("kernel_gradients", ["kernel_gradients_quick.json"]),
     ("self_ensemble", ["self_ensemble_quick.json"]),
+    ("superresolve_memory", ["superresolve_memory_quick.json"]),
 ])
 def test_bench_script_runs_quick_and_writes_json(bench, tmp_path, script, outputs, capsys):
     module = bench(script)
@@ -112,6 +113,10 @@ def test_bench_script_runs_quick_and_writes_json(bench, tmp_path, script, output
                 (band, n, on) for band in ("NIR", "RED")
                 for n, on in [(None, None)] + [(n, on) for n in (0, 1, 2) for on in (False, True)]]
             assert "yes" in printed and "gain (dB)" in printed and result["machine"]["cpu"]
+        if script == "superresolve_memory":  # the command's and naive's peaks, each from a fresh process
+            medians = {name: float(np.median(peaks)) for name, peaks in result["peaks_bytes"].items()}
+            assert result["ratio"] == pytest.approx(medians["superresolve"] / medians["naive"])
+            assert result["frames"] == 21 and min(medians.values()) > 2**27  # TensorFlow alone is larger
         if script in ("forward", "train_step"):
             text = json.dumps(result)
             assert "median_s" in text and np.isfinite(result["ceiling"]["gflops"])
