@@ -15,9 +15,7 @@ frames, 8 features, for the test suite).
 from __future__ import annotations
 
 import argparse
-import os
 import statistics
-import subprocess
 import sys
 import tempfile
 from pathlib import Path
@@ -44,16 +42,15 @@ def write_scene(folder: Path, frames: int, size: int, cfg: config.DeepSUMConfig,
     return folder
 
 
-def command_peak_bytes(arguments: list[str]) -> int:
-    """Run `python -m libraries ARGUMENTS` and return its peak resident memory (that child's own)."""
-    environment = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}
-    process = subprocess.Popen([sys.executable, "-m", "libraries", *arguments], env=environment,
-                               stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    _, status, usage = os.wait4(process.pid, 0)
-    output = process.stderr.read().decode(errors="replace")
-    if os.waitstatus_to_exitcode(status) != 0:
-        raise RuntimeError(f"superresolve failed:\n{output[-3000:]}")
-    return usage.ru_maxrss * 1024  # KiB on Linux
+def command_child(spec: dict) -> dict:
+    """In a fresh process (`harness.run_child`): the command line `python -m libraries` runs on
+    spec["arguments"], then this process's peak resident memory (`harness.peak_rss_bytes`: its
+    own, where a spawned command's `ru_maxrss` would count the parent's at the spawn)."""
+    from libraries.__main__ import main as command_line  # noqa: PLC0415  (only the child runs it)
+
+    if command_line(spec["arguments"]) != 0:
+        raise RuntimeError(f"python -m libraries {' '.join(spec['arguments'])} failed")
+    return {"peak_rss_bytes": harness.peak_rss_bytes()}
 
 
 def measure(setup: dict, frames: int, repeats: int) -> dict:
@@ -69,7 +66,7 @@ def measure(setup: dict, frames: int, repeats: int) -> dict:
         peaks = {"superresolve": [], "naive": []}
         for repeat in range(repeats):  # alternated, each in a fresh process
             print(f"  repeat {repeat + 1}/{repeats}", file=sys.stderr, flush=True)
-            peaks["superresolve"].append(command_peak_bytes(arguments))
+            peaks["superresolve"].append(harness.run_child(__file__, {"arguments": arguments})["peak_rss_bytes"])
             peaks["naive"].append(harness.run_child(FORWARD, naive_spec)["peak_rss_bytes"])
     medians = {name: statistics.median(values) for name, values in peaks.items()}
     return {"frames": frames, "size": size, "features": features, "peaks_bytes": peaks, "median_bytes": medians,
@@ -87,6 +84,8 @@ def report(results: dict) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
+    if harness.child_main(command_child):
+        return 0
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--frames", type=int, default=21, help="frames of the scene (default 21)")
     parser.add_argument("--repeats", type=int, default=2)
