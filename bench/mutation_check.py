@@ -82,6 +82,17 @@ MUTATIONS = (
              "domain.denormalise(np.concatenate(outputs), config.mu, config.sigma_rescaled)",
              "domain.denormalise(np.concatenate(outputs), config.mu, config.sigma)",
              ("tests/test_inference.py",)),
+    Mutation("SISRNet run on every selected frame, not only those the windows read (inference)",
+             "libraries/inference/frames.py",
+             "chosen = _take_frames(chosen, np.arange(windows + frames_per_window - 1))",
+             "chosen = dict(chosen)",
+             ("tests/test_inference.py",)),
+    Mutation("frame-by-frame strips read the rows without their halo (inference)", "libraries/model/layers.py",
+             "rows = tf.minimum(flat - flat // span * halo, padded_rows - 1)", "rows = tf.minimum(flat, padded_rows - 1)",
+             ("tests/test_strips.py",)),
+    Mutation("xla_elementwise probe times the separate ops both ways (inference)", "libraries/model/fusion.py",
+             "layers.finish(convolved, bias, norm, True, fused)", "layers.finish(convolved, bias, norm, True, False)",
+             ("tests/test_fusion.py",)),
 )
 
 
@@ -97,7 +108,8 @@ def copy_repository(destination: Path) -> None:
 
 def run_tests(copy: Path, tests: tuple[str, ...]) -> tuple[int, str]:
     env = dict(os.environ, PYTHONPATH=str(copy), TF_CPP_MIN_LOG_LEVEL="2")
-    run = subprocess.run([sys.executable, "-m", "pytest", "-x", "-q", "-p", "no:cacheprovider", *tests],
+    # one process (-n 0): under xdist a test failing with -x ends the session as interrupted (exit 2)
+    run = subprocess.run([sys.executable, "-m", "pytest", "-x", "-q", "-n", "0", "-p", "no:cacheprovider", *tests],
                          cwd=copy, env=env, capture_output=True, text=True)
     return run.returncode, run.stdout
 
