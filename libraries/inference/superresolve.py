@@ -108,9 +108,10 @@ class Superresolver:
     def window_images(self, scene: Mapping[str, Any], n_slide: int = 0, windows_per_call: int = 3) -> np.ndarray:
         """The network's output for every sliding window of a scene, de-normalised to DN.
 
-        Returns float32 `[windows, H, W]`. SISRNet runs once on the scene's selected frames
-        (windows share T_in - 1 frames with their neighbour), the rest of the network
-        `windows_per_call` windows at a time; memory grows linearly with it.
+        Returns float32 `[windows, H, W]`. With several windows, SISRNet runs once on the frames
+        they read (windows share T_in - 1 frames with their neighbour), the rest of the network
+        `windows_per_call` windows at a time; memory grows linearly with it. One window (n_slide
+        0) is one call of the whole network.
         """
         return self.timed_window_images(scene, n_slide, windows_per_call)[0]
 
