@@ -108,7 +108,7 @@ def copy_repository(destination: Path) -> None:
 
 def run_tests(copy: Path, tests: tuple[str, ...]) -> tuple[int, str]:
     env = dict(os.environ, PYTHONPATH=str(copy), TF_CPP_MIN_LOG_LEVEL="2")
-    # one process (-n 0): under xdist a test failing with -x ends the session as interrupted (exit 2)
+    # one process (-n 0): under xdist, -x stops a failing run as interrupted (exit 2), not failed (exit 1)
     run = subprocess.run([sys.executable, "-m", "pytest", "-x", "-q", "-n", "0", "-p", "no:cacheprovider", *tests],
                          cwd=copy, env=env, capture_output=True, text=True)
     return run.returncode, run.stdout
