@@ -97,6 +97,7 @@ def test_flop_count_matches_the_hand_count(bench):
     ("kernel_gradients", ["kernel_gradients_quick.json"]),
     ("self_ensemble", ["self_ensemble_quick.json"]),
     ("superresolve_memory", ["superresolve_memory_quick.json"]),
+    ("registration", ["registration_quick.json"]),
 ])
 def test_bench_script_runs_quick_and_writes_json(bench, tmp_path, script, outputs, capsys):
     module = bench(script)
@@ -117,6 +118,10 @@ def test_bench_script_runs_quick_and_writes_json(bench, tmp_path, script, output
             medians = {name: float(np.median(peaks)) for name, peaks in result["peaks_bytes"].items()}
             assert result["ratio"] == pytest.approx(medians["superresolve"] / medians["naive"])
             assert result["frames"] == 21 and min(medians.values()) > 2**27  # TensorFlow alone is larger
+        if script == "registration":  # both layouts compute the same, and the rule's choice is printed
+            assert all(case["max_difference"] < 1e-5 for case in result["cases"].values()), result
+            assert [case["chosen"] for case in result["cases"].values()] == [
+                "frames as channels", "image by image", "frames as channels", "frames as channels"]
         if script in ("forward", "train_step"):
             text = json.dumps(result)
             assert "median_s" in text and np.isfinite(result["ceiling"]["gflops"])

@@ -94,6 +94,54 @@ def test_one_hot_filter_moves_the_image_by_its_tap(dy, dx):
     np.testing.assert_allclose(moved[:, 1, inner, inner], shifted, rtol=0, atol=1e-6)
 
 
+def _registration_by_numpy(values, filters, weights):
+    """register_frames in NumPy, and the gradients of sum(weights * output) with respect to the
+    values and the filters: out[y, x] = sum_ij f[i, j] * padded[y + i, x + j] per frame >= 1."""
+    batch, frames, height, width, _ = values.shape
+    k = filters.shape[-1]
+    pad = k // 2
+    rows, cols = (np.pad(np.arange(n), pad, mode="reflect") for n in (height, width))  # padded -> source index
+    out, d_values, d_filters = values.copy(), weights.copy(), np.zeros_like(filters)
+    for b in range(batch):
+        for t in range(1, frames):
+            padded = values[b, t][rows][:, cols]  # [H+2p, W+2p, C], REFLECT
+            d_padded = np.zeros_like(padded)
+            out[b, t] = 0
+            d_values[b, t] = 0
+            for i in range(k):
+                for j in range(k):
+                    window = padded[i:i + height, j:j + width]
+                    out[b, t] += filters[b, t - 1, i, j] * window
+                    d_filters[b, t - 1, i, j] = np.sum(weights[b, t] * window)
+                    d_padded[i:i + height, j:j + width] += filters[b, t - 1, i, j] * weights[b, t]
+            np.add.at(d_values[b, t], (rows[:, None], cols[None, :]), d_padded)
+    return out, d_values, d_filters
+
+
+@pytest.mark.parametrize("batch, frames, channels", [(2, 4, 5), (2, 4, 1), (1, 2, 3), (3, 2, 2), (2, 2, 1)])
+def test_registration_and_its_gradients_agree_with_numpy(batch, frames, channels):
+    # one filtered frame of several channels runs image by image, the others with the frames as
+    # the channels
+    rng = np.random.default_rng(batch * 100 + frames * 10 + channels)
+    values = rng.normal(size=(batch, frames, 13, 11, channels)).astype(np.float32)
+    filters = rng.random((batch, frames - 1, 9, 9)).astype(np.float32)
+    filters /= filters.sum(axis=(2, 3), keepdims=True)
+    weights = rng.normal(size=values.shape).astype(np.float32)
+    expected = _registration_by_numpy(values.astype(np.float64), filters.astype(np.float64), weights.astype(np.float64))
+
+    def registered_and_gradients(v, f):
+        with tf.GradientTape() as tape:
+            tape.watch([v, f])
+            out = model_lib.register_frames(v, f)
+            loss = tf.reduce_sum(out * weights)
+        return (out, *tape.gradient(loss, [v, f]))
+
+    dynamic = [tf.TensorSpec([None] * 4 + [channels]), tf.TensorSpec([None, None, 9, 9])]
+    for run in (registered_and_gradients, tf.function(registered_and_gradients, input_signature=dynamic)):
+        for actual, wanted in zip(run(tf.constant(values), tf.constant(filters)), expected):
+            np.testing.assert_allclose(actual.numpy(), wanted, rtol=1e-5, atol=1e-5)
+
+
 def _inputs(batch, size, seed=0):
     rng = np.random.default_rng(seed)
     x = rng.normal(size=(batch, 9, size, size, 1)).astype(np.float32)

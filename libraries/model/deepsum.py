@@ -28,12 +28,6 @@ def register_frames(values: tf.Tensor, filters: tf.Tensor) -> tf.Tensor:
     So a one-hot filter at tap `(dy + k//2, dx + k//2)` (flat index `k*(dy+k//2) + dx+k//2`, i.e.
     `9*(dy+4) + (dx+4)` for k = 9) gives `out[y, x] = in[y + dy, x + dx]`: the content moves by
     `(-dy, -dx)`, as the original's masks translated with `fourier_shift(mask, -shift)`.
-
-    Implementation: a depthwise convolution with the (batch, frame) pairs as channels and the
-    feature channels as the batch, so every filter is used as it is (no tiling over channels).
-    Measured at batch 2, 8 x 96x96x64 on 2 CPU cores: 0.33 s forward / 0.92 s forward+backward,
-    against 0.32 / 3.9 s for the original layout (channels tiled) and 2.9 / 18 s for a sum of
-    81 shifted slices.
     """
     # split, not sliced: the gradient of a split is one concatenation, that of each slice a
     # zero-filled tensor of the whole size (measured 1.08x on a bfloat16 training step, with RegNet's)
@@ -48,7 +42,54 @@ def register_frame_by_frame(frames: list[tf.Tensor], filters: tf.Tensor) -> list
 
 
 def _filter_frames(values: tf.Tensor, filters: tf.Tensor) -> tf.Tensor:
-    """Every frame of values `[b, n, H, W, C]` cross-correlated with its filter `[b, n, k, k]`."""
+    """Every frame of values `[b, n, H, W, C]` cross-correlated with its filter `[b, n, k, k]`
+    by a depthwise convolution, in float32 whatever the compute precision (oneDNN's depthwise
+    convolution and its filter gradient ran 2.8x faster in float32, casts included, than in
+    bfloat16, at a training step's shape on an AVX-512/AMX CPU; in float32 the casts are the
+    identity). One call of it uses one filter for all the images of its batch axis, so either
+    the b*n frames are its channels and the C channels its batch (`[C, H, W, b*n]`, a
+    transpose each way), or it runs image by image with the channels as channels
+    (`image_by_image` says which).
+    """
+    if image_by_image(values.shape[-1], values.shape[1]):
+        return _filter_image_by_image(values, filters)
+    return _filter_frames_as_channels(values, filters)
+
+
+def image_by_image(channels: int | None, frames: int | None) -> bool:
+    """Whether `_filter_frames` runs values of `channels` channels and `frames` frames (static
+    sizes, None if not known) image by image: one frame of several channels (frame-by-frame
+    inference), where the frames as channels would be one channel, oneDNN's slow case. Measured
+    by `bench/registration.py` on an AMD EPYC Zen 3 (AVX2, 2 cores), image by image against the
+    frames as channels: one 384x384x64 frame 0.044 s / 0.124 s; a 1x8x384x384x64 scene 0.357 s /
+    0.292 s; a training batch 8x8x96x96x64, forward and backward, 0.956 s / 1.03 s (0.93-1.09x
+    across runs); x, one channel, 1x8x384x384x1: 0.020 s / 0.0055 s.
+    """
+    return frames == 1 and channels != 1
+
+
+def _filter_image_by_image(values: tf.Tensor, filters: tf.Tensor) -> tf.Tensor:
+    """`_filter_frames` one image `[H, W, C]` after the other, with its channels as the channels."""
+    k = filters.shape[-1]
+    pad = k // 2
+    shape = tf.shape(values)
+    images = tf.reshape(values, tf.concat([[-1], shape[2:]], axis=0))  # [b*n, H, W, C]: the same buffer
+    image_filters = tf.reshape(tf.cast(filters, tf.float32), [-1, k, k])  # [b*n, k, k]
+
+    def filter_image(image_and_filter: tuple[tf.Tensor, tf.Tensor]) -> tf.Tensor:
+        image, image_filter = image_and_filter  # [H, W, C], [k, k]
+        padded = tf.pad(tf.cast(image, tf.float32)[None], [[0, 0], [pad, pad], [pad, pad], [0, 0]], mode="REFLECT")
+        kernel = tf.broadcast_to(image_filter[:, :, None, None], [k, k, shape[-1], 1])  # [k, k, C, 1]
+        moved = tf.nn.depthwise_conv2d(padded, kernel, strides=[1, 1, 1, 1], padding="VALID")  # [1, H, W, C]
+        return cast_like(moved[0], values)
+
+    # one image at a time: the intermediates of one image alive, not those of all
+    moved = tf.map_fn(filter_image, (images, image_filters), parallel_iterations=1, fn_output_signature=values.dtype)
+    return tf.reshape(moved, shape)  # [b, n, H, W, C]
+
+
+def _filter_frames_as_channels(values: tf.Tensor, filters: tf.Tensor) -> tf.Tensor:
+    """`_filter_frames` with the b*n frames as the channels and the C channels as the batch."""
     k = filters.shape[-1]
     pad = k // 2
     shape = tf.shape(values)
@@ -58,9 +99,6 @@ def _filter_frames(values: tf.Tensor, filters: tf.Tensor) -> tf.Tensor:
     padded = tf.reshape(padded, [channels, height + 2 * pad, width + 2 * pad, batch * frames])  # [C, H+2p, W+2p, b*n]
     kernel = tf.transpose(tf.cast(filters, tf.float32), [2, 3, 0, 1])  # [k, k, b, n]
     kernel = tf.reshape(kernel, [k, k, batch * frames, 1])  # [k, k, b*n, 1]
-    # in float32 whatever the compute precision: oneDNN's depthwise convolution and its filter
-    # gradient ran 2.8x faster in float32, casts included, than in bfloat16 (measured at a
-    # training step's shape on an AVX-512/AMX CPU); in float32 the casts are the identity
     moved = tf.nn.depthwise_conv2d(tf.cast(padded, tf.float32), kernel, strides=[1, 1, 1, 1], padding="VALID")
     moved = cast_like(moved, values)  # [C, H, W, b*n]
     moved = tf.reshape(moved, [channels, height, width, batch, frames])  # [C, H, W, b, n]
