@@ -11,6 +11,7 @@ import pytest
 import tensorflow as tf
 
 from libraries.inference import superresolve as superresolve_module
+from libraries import model as model_lib
 from libraries.model import hardware
 from libraries import checkpoints, dataset, domain, fileio, inference, metrics, preprocessing, probav, synthetic
 from libraries.__main__ import main
@@ -274,15 +275,39 @@ def test_bicubic_baseline_of_a_scene_is_the_mean_of_its_clearest_frames():
 def test_network_runs_batched_windows_and_traces_once(tiny_config, tiny_model):
     scene = textured_scene(11)
     superresolver = inference.Superresolver(tiny_model, tiny_config)  # its tf.functions traced once
-    images = superresolver.window_images(scene, n_slide=2)
+    images = superresolver.window_images(scene, n_slide=2, windows_per_call=3)
     one_by_one = superresolver.window_images(scene, n_slide=2, windows_per_call=1)
     assert images.shape == (3, HR_SIZE, HR_SIZE) and np.all(np.isfinite(images))
     np.testing.assert_allclose(images, one_by_one, rtol=1e-4, atol=1e-2)
-    sr = superresolver.scene(scene, n_slide=2)
+    sr = superresolver.scene(scene, n_slide=2, windows_per_call=3)
     np.testing.assert_allclose(sr, inference.fuse_windows(images)[0], rtol=1e-6)
     superresolver.scene(textured_scene(9, seed=3))  # another size of batch
     calls = superresolver
     assert calls.features.experimental_get_tracing_count() == calls.windows.experimental_get_tracing_count() == 1
+
+
+@pytest.mark.parametrize("frame_by_frame, setting, calls", [(True, None, [1, 1, 1]), (False, None, [3]),
+                                                            (True, 2, [2, 1]), (False, 1, [1, 1, 1])])
+def test_windows_per_call_is_one_frame_by_frame_unless_set(tiny_config, frame_by_frame, setting, calls):
+    model = model_lib.DeepSUM(tiny_config, frame_by_frame=frame_by_frame)
+    superresolver = inference.Superresolver(model, tiny_config)
+    windows = superresolver.windows
+    seen = []
+
+    def recorded(features, x, masks, index):
+        seen.append(int(index.shape[0]))
+        return windows(features, x, masks, index)
+
+    superresolver.windows = recorded
+    superresolver.window_images(textured_scene(11), n_slide=2, windows_per_call=setting)
+    assert seen == calls
+
+
+@pytest.mark.parametrize("setting", [0, -1, 1.5, True, "2"])
+def test_windows_per_call_refuses_what_is_not_a_positive_integer(tiny_config, tiny_model, setting):
+    superresolver = inference.Superresolver(tiny_model, tiny_config)
+    with pytest.raises(domain.DeepSUMError, match="windows_per_call: expected a positive integer"):
+        superresolver.window_images(textured_scene(11), n_slide=2, windows_per_call=setting)
 
 
 def test_features_once_per_scene_equal_the_per_window_network(tiny_config, tiny_model):

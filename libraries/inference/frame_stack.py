@@ -284,7 +284,7 @@ def prepare_stack(stack: FrameStack, config: config_module.DeepSUMConfig) -> Pre
 
 
 def superresolve_frames(superresolver_or_model: Any, config: config_module.DeepSUMConfig,
-                        stack: FrameStack | PreparedStack, n_slide: int = 0, windows_per_call: int = 3) -> np.ndarray:
+                        stack: FrameStack | PreparedStack, n_slide: int = 0, windows_per_call: int | None = None) -> np.ndarray:
     """Super-resolve a stack of frames: float32 `[3h, 3w]` on the stack's value scale.
 
     superresolver_or_model: a `Superresolver` built for `config`, or a model (a `DeepSUM`, or

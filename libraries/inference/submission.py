@@ -212,7 +212,9 @@ def add_superresolve_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", required=True, help="submission zip to write; with --frames: the image to write "
                                                      "(.png: 16-bit greyscale, .tif/.tiff: float32)")
     parser.add_argument("--n-slide", type=int, default=None, help="sliding-window passes (default: the config's n_slide)")
-    parser.add_argument("--windows-per-call", type=int, default=3, help="windows per network call (memory)")
+    parser.add_argument("--windows-per-call", type=int, default=None,
+                        help="windows per network call, for n-slide > 0 (memory grows with it; default: 1 when the "
+                             "network runs frame by frame, as on CPUs, else 3)")
     parser.add_argument("--frames", help="instead of a split: a folder of PNG or TIFF frames of one scene (16-bit, "
                                          "8-bit or float, one size), super-resolved into the one image --out")
     parser.add_argument("--masks", help="with --frames: glob of their clear masks (nonzero = clear), relative to the "

@@ -34,6 +34,7 @@ from libraries.inference.frames import bicubic_baseline, iterate_scenes, scene_c
 from libraries.model import DeepSUM, fusion, hardware, strips
 
 MAX_SR_SHIFT = 4  # window outputs shifted further than this from the first are dropped
+WINDOWS_PER_CALL = 3  # windows per network call of a model that runs whole frames (GPUs)
 
 
 def resolve_frame_by_frame(setting: bool | str) -> bool:
@@ -105,21 +106,35 @@ class Superresolver:
 
             self.features, self.windows = scene_features, windows
 
-    def window_images(self, scene: Mapping[str, Any], n_slide: int = 0, windows_per_call: int = 3) -> np.ndarray:
+    def windows_per_call(self, setting: int | None = None) -> int:
+        """Windows per network call: `setting` when given, else one window when the model runs
+        frame by frame (the CPU default) and `WINDOWS_PER_CALL` otherwise. Frame by frame, a call's
+        convolutions already have a whole 384x384 frame to work on, so more windows per call add
+        memory and no speed: `superresolve --n-slide 2` of a 21-frame scene on an AMD EPYC Zen 3
+        peaked at 3.67 GiB with 3 windows per call and 2.04 GiB with one, 41-42 s either way."""
+        if setting is None:
+            return 1 if getattr(self.model, "frame_by_frame", False) else WINDOWS_PER_CALL
+        if isinstance(setting, bool) or not isinstance(setting, (int, np.integer)) or setting < 1:
+            raise domain.DeepSUMError(f"windows_per_call: expected a positive integer, got {setting!r}")
+        return int(setting)
+
+    def window_images(self, scene: Mapping[str, Any], n_slide: int = 0, windows_per_call: int | None = None
+                      ) -> np.ndarray:
         """The network's output for every sliding window of a scene, de-normalised to DN.
 
         Returns float32 `[windows, H, W]`. With several windows, SISRNet runs once on the frames
         they read (windows share T_in - 1 frames with their neighbour), the rest of the network
-        `windows_per_call` windows at a time; memory grows linearly with it. One window (n_slide
-        0) is one call of the whole network.
+        `windows_per_call` windows at a time (None: `self.windows_per_call()`); memory grows
+        linearly with it. One window (n_slide 0) is one call of the whole network.
         """
         return self.timed_window_images(scene, n_slide, windows_per_call)[0]
 
     def timed_window_images(self, scene: Mapping[str, Any], n_slide: int = 0,
-                            windows_per_call: int = 3) -> tuple[np.ndarray, float, float]:
+                            windows_per_call: int | None = None) -> tuple[np.ndarray, float, float]:
         """`window_images` and where its wall time went: (images `[windows, H, W]`, seconds before
         the first window (frame selection, SISRNet), seconds of the windows' network calls)."""
         config = self.config
+        windows_per_call = self.windows_per_call(windows_per_call)
         start = time.perf_counter()
         x, masks, index = scene_frames(scene, config, n_slide)
         # One window (n_slide 0) shares no frame with another: the whole network, SISRNet frame by
@@ -148,7 +163,7 @@ class Superresolver:
             raise domain.DeepSUMError(f"self_ensemble: expected true or false, got {on!r}")
         return ensemble.TRANSFORMS if on else (ensemble.IDENTITY,)
 
-    def scene(self, scene: Mapping[str, Any], n_slide: int = 0, windows_per_call: int = 3,
+    def scene(self, scene: Mapping[str, Any], n_slide: int = 0, windows_per_call: int | None = None,
               self_ensemble: bool | None = None) -> np.ndarray:
         """Super-resolve one scene with the sliding window: float32 `[H, W]` DN (H, W of its frames).
 
@@ -161,7 +176,7 @@ class Superresolver:
         return ensemble.restored_mean(fused, transforms)
 
     def folder(self, data_dir: str | Path, split: str, bands: Iterable[str], n_slide: int = 0,
-               windows_per_call: int = 3, progress: bool = True,
+               windows_per_call: int | None = None, progress: bool = True,
                self_ensemble: bool | None = None) -> dict[str, np.ndarray]:
         """Super-resolve the scenes of a PROBA-V folder (`data_dir/split/band/imgset*`), doing the
         test-time preprocessing (`dataset.prepare_test_scene`) per scene: name -> `[H, W]` DN.
