@@ -100,9 +100,19 @@ class Superresolver:
 
             @tf.function(input_signature=[features, frames, frames, index], jit_compile=jit, autograph=False)
             def windows(features: tf.Tensor, x: tf.Tensor, masks: tf.Tensor, index: tf.Tensor) -> tf.Tensor:
-                # gather the windows' frames: [K, ...] -> [w, T_in, ...]
-                picked = [tf.gather(values, index) for values in (features, x, masks)]
-                return model.forward_from_features(*picked)["sr"]  # [w, 1, H, W, 1]
+                # the windows' frames: [K, ...] -> [w, T_in, ...]; one window's frames are consecutive,
+                # a slice of the first axis, which shares the features' buffer (a gather copies them:
+                # 340 MB for a 384x384 window)
+                one_window = tf.equal(tf.shape(index)[0], 1)
+                first = index[0, 0]
+
+                def pick(values: tf.Tensor) -> tf.Tensor:
+                    picked = tf.cond(one_window, lambda: values[first:first + config.T_in][None],
+                                     lambda: tf.gather(values, index))
+                    picked.set_shape(index.shape.concatenate(values.shape[1:]))  # the slice's is not known
+                    return picked
+
+                return model.forward_from_features(*[pick(v) for v in (features, x, masks)])["sr"]  # [w, 1, H, W, 1]
 
             self.features, self.windows = scene_features, windows
 
@@ -111,7 +121,7 @@ class Superresolver:
         frame by frame (the CPU default) and `WINDOWS_PER_CALL` otherwise. Frame by frame, a call's
         convolutions already have a whole 384x384 frame to work on, so more windows per call add
         memory and no speed: `superresolve --n-slide 2` of a 21-frame scene on an AMD EPYC Zen 3
-        peaked at 3.67 GiB with 3 windows per call and 2.04 GiB with one, 41-42 s either way."""
+        peaked at 3.65 GiB with 3 windows per call and 2.01 GiB with one, 42-45 s against 41 s."""
         if setting is None:
             return 1 if getattr(self.model, "frame_by_frame", False) else WINDOWS_PER_CALL
         if isinstance(setting, bool) or not isinstance(setting, (int, np.integer)) or setting < 1:
