@@ -1,6 +1,7 @@
 """The registration's two layouts (`libraries.model.deepsum`): the depthwise convolution image by
 image with the channels as channels, and with the frames as channels, on the shapes the network
-runs it at, next to the layout its rule (`deepsum.image_by_image`) chooses. Every figure is a median of interleaved repeats in this process.
+runs it at, next to the layout its rule (`deepsum.registers_image_by_image`) chooses. Every figure
+is a median of interleaved repeats in this process.
 
     .venv/bin/python bench/registration.py [--repeats 5] [--quick]
 
@@ -60,7 +61,7 @@ def measure(size: int, features: int, batch_size: int, repeats: int) -> dict:
         print(name, file=sys.stderr, flush=True)
         timing = harness.interleaved_medians({k: _timed(f, values, filters, gradients) for k, f in LAYOUTS.items()},
                                              repeats)
-        chosen = "image by image" if deepsum.image_by_image(shape[-1], shape[1]) else "frames as channels"
+        chosen = "image by image" if deepsum.registers_image_by_image(shape[-1], shape[1]) else "frames as channels"
         fastest = min(timing, key=lambda k: timing[k]["median_s"])
         results["cases"][name] = {"shape": shape, "gradients": gradients, "timing": timing, "chosen": chosen,
                                   "fastest": fastest, "max_difference": float(np.max(np.abs(outputs[0] - outputs[1])))}

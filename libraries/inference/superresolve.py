@@ -121,7 +121,8 @@ class Superresolver:
         frame by frame (the CPU default) and `WINDOWS_PER_CALL` otherwise. Frame by frame, a call's
         convolutions already have a whole 384x384 frame to work on, so more windows per call add
         memory and no speed: `superresolve --n-slide 2` of a 21-frame scene on an AMD EPYC Zen 3
-        peaked at 3.65 GiB with 3 windows per call and 2.01 GiB with one, 42-45 s against 41 s."""
+        peaked at 3.65 GiB with 3 windows per call and 1.66 GiB with one (`bench/README.md`), in
+        the same time (47-48 s)."""
         if setting is None:
             return 1 if getattr(self.model, "frame_by_frame", False) else WINDOWS_PER_CALL
         if isinstance(setting, bool) or not isinstance(setting, (int, np.integer)) or setting < 1:

@@ -49,14 +49,14 @@ def _filter_frames(values: tf.Tensor, filters: tf.Tensor) -> tf.Tensor:
     identity). One call of it uses one filter for all the images of its batch axis, so either
     the b*n frames are its channels and the C channels its batch (`[C, H, W, b*n]`, a
     transpose each way), or it runs image by image with the channels as channels
-    (`image_by_image` says which).
+    (`registers_image_by_image` says which).
     """
-    if image_by_image(values.shape[-1], values.shape[1]):
+    if registers_image_by_image(values.shape[-1], values.shape[1]):
         return _filter_image_by_image(values, filters)
     return _filter_frames_as_channels(values, filters)
 
 
-def image_by_image(channels: int | None, frames: int | None) -> bool:
+def registers_image_by_image(channels: int | None, frames: int | None) -> bool:
     """Whether `_filter_frames` runs values of `channels` channels and `frames` frames (static
     sizes, None if not known) image by image: one frame of several channels (frame-by-frame
     inference), where the frames as channels would be one channel, oneDNN's slow case. Measured
