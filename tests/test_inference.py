@@ -303,6 +303,17 @@ def test_windows_per_call_is_one_frame_by_frame_unless_set(tiny_config, frame_by
     assert seen == calls
 
 
+def test_windows_compiled_by_xla_agree_one_or_three_per_call(tiny_config, tiny_model, separate_superresolver):
+    # under jit_compile the windows are gathered whatever their count (XLA compiles no branch of
+    # another shape); without it one window is a slice of the features
+    compiled = inference.Superresolver(tiny_model, tiny_config.replace(jit_compile=True))
+    scene = textured_scene(11)
+    expected = separate_superresolver.window_images(scene, n_slide=2, windows_per_call=1)
+    for per_call in (1, 3):
+        np.testing.assert_allclose(compiled.window_images(scene, n_slide=2, windows_per_call=per_call), expected,
+                                   rtol=1e-4, atol=1e-2)
+
+
 @pytest.mark.parametrize("setting", [0, -1, 1.5, True, "2"])
 def test_windows_per_call_refuses_what_is_not_a_positive_integer(tiny_config, tiny_model, setting):
     superresolver = inference.Superresolver(tiny_model, tiny_config)

@@ -102,11 +102,14 @@ class Superresolver:
             def windows(features: tf.Tensor, x: tf.Tensor, masks: tf.Tensor, index: tf.Tensor) -> tf.Tensor:
                 # the windows' frames: [K, ...] -> [w, T_in, ...]; one window's frames are consecutive,
                 # a slice of the first axis, which shares the features' buffer (a gather copies them:
-                # 340 MB for a 384x384 window)
+                # 340 MB for a 384x384 window). Compiled by XLA, which places its buffers itself and
+                # cannot compile a branch whose shape differs from the other's, a gather.
                 one_window = tf.equal(tf.shape(index)[0], 1)
                 first = index[0, 0]
 
                 def pick(values: tf.Tensor) -> tf.Tensor:
+                    if jit:
+                        return tf.gather(values, index)
                     picked = tf.cond(one_window, lambda: values[first:first + config.T_in][None],
                                      lambda: tf.gather(values, index))
                     picked.set_shape(index.shape.concatenate(values.shape[1:]))  # the slice's is not known
