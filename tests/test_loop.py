@@ -68,6 +68,19 @@ def command_for(kind: str, tmp_path: Path, data_path: Path, sisrnet: Path | None
     return arguments, config
 
 
+def assert_same_state(actual: dict, expected: dict):
+    """Each tensor of two checkpoints equal up to two processes' round-off, relative to the tensor's scale.
+
+    An element far below its tensor's scale (a weight of -0.0019 among weights of 0.13) carries the
+    round-off of the whole tensor's sums, so it is compared within 1e-5 of the largest magnitude: a
+    checkpoint one step off differs by the learning rate (1e-4 to 1e-3 per weight), far outside it.
+    """
+    assert actual.keys() == expected.keys()
+    for key, value in actual.items():
+        scale = float(np.max(np.abs(expected[key]))) if np.size(expected[key]) else 0.0
+        np.testing.assert_allclose(value, expected[key], rtol=1e-5, atol=1e-5 * scale + 1e-12, err_msg=key)
+
+
 @pytest.mark.parametrize("kind", ["train", "pretrain-sisrnet", "pretrain-regnet"])
 def test_a_run_killed_by_sigkill_resumes_from_its_last_checkpoint(kind, tmp_path, data_path, frozen_sisrnet):
     arguments, config = command_for(kind, tmp_path, data_path, frozen_sisrnet)
@@ -105,18 +118,15 @@ def test_a_run_killed_by_sigkill_resumes_from_its_last_checkpoint(kind, tmp_path
         resumed.loop.release()  # a Trainer holds its folder until it runs; the restarted command below takes it
     # The killed run had the uninterrupted run's state at its checkpoint (two processes: measured
     # up to 2.5e-6 apart in an Adam moment after 3 steps, the round-off named in the docstring)...
-    expected = checkpoint_tensors(str(uninterrupted / f"ckpt-{step}"))
-    for key, value in checkpoint_tensors(killed_at).items():
-        np.testing.assert_allclose(value, expected[key], rtol=1e-5, atol=1e-8, err_msg=key)
+    assert_same_state(checkpoint_tensors(killed_at), checkpoint_tensors(str(uninterrupted / f"ckpt-{step}")))
     # ...and the restarted command computes the uninterrupted run's next losses and weights.
     assert cli.main(arguments(FINAL, killed)) == 0
     resumed_losses, uninterrupted_losses = logged_losses(killed), logged_losses(uninterrupted)
     assert set(range(step + 1, FINAL + 1)) <= set(resumed_losses)
     for later in range(step + 1, FINAL + 1):
         assert resumed_losses[later] == pytest.approx(uninterrupted_losses[later], rel=1e-5), later
-    expected = checkpoint_tensors(str(uninterrupted / f"ckpt-{FINAL}"))
-    for key, value in checkpoint_tensors(str(killed / f"ckpt-{FINAL}")).items():
-        np.testing.assert_allclose(value, expected[key], rtol=1e-5, atol=1e-8, err_msg=key)
+    assert_same_state(checkpoint_tensors(str(killed / f"ckpt-{FINAL}")),
+                      checkpoint_tensors(str(uninterrupted / f"ckpt-{FINAL}")))
 
 
 def test_a_second_run_on_the_same_checkpoint_folder_stops_at_once_and_touches_nothing(tmp_path, data_path):
