@@ -88,3 +88,16 @@ def checkpoint_tensors(path: str) -> dict[str, np.ndarray]:
     reader = tf.train.load_checkpoint(path)
     return {key: reader.get_tensor(key) for key, dtype in reader.get_variable_to_dtype_map().items()
             if dtype != tf.string and "save_counter" not in key}
+
+
+def assert_same_state(actual: dict, expected: dict):
+    """Each tensor of two checkpoints equal up to two processes' round-off, relative to the tensor's scale.
+
+    An element far below its tensor's scale (a weight of -0.0019 among weights of 0.13) carries the
+    round-off of the whole tensor's sums, so it is compared within 1e-5 of the largest magnitude: a
+    checkpoint one step off differs by the learning rate (1e-4 to 1e-3 per weight), far outside it.
+    """
+    assert actual.keys() == expected.keys()
+    for key, value in actual.items():
+        scale = float(np.max(np.abs(expected[key]))) if np.size(expected[key]) else 0.0
+        np.testing.assert_allclose(value, expected[key], rtol=1e-5, atol=1e-5 * scale + 1e-12, err_msg=key)

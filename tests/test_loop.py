@@ -28,7 +28,7 @@ from libraries import checkpoints, fileio, model, training
 from libraries.config import RegNetPretrainConfig, SISRNetPretrainConfig
 from libraries.training import pretraining
 
-from helpers import SKIP_STEP, checkpoint_tensors, logged_losses, prepare_tiny_dataset, subprocess_env, tiny_config, write_config
+from helpers import SKIP_STEP, assert_same_state, checkpoint_tensors, logged_losses, prepare_tiny_dataset, subprocess_env, tiny_config, write_config
 
 FINAL = 2 * SKIP_STEP + 2  # checkpoints at 3, 6, 8: all kept (max_to_keep=3)
 PRETRAIN = dict(lr=1e-3, batch_size=4, steps=FINAL, skip_step=SKIP_STEP, spectral_band="NIR", mu=7754.664,
@@ -66,19 +66,6 @@ def command_for(kind: str, tmp_path: Path, data_path: Path, sisrnet: Path | None
         return [kind, "--config", str(path), "--steps", str(steps)]
 
     return arguments, config
-
-
-def assert_same_state(actual: dict, expected: dict):
-    """Each tensor of two checkpoints equal up to two processes' round-off, relative to the tensor's scale.
-
-    An element far below its tensor's scale (a weight of -0.0019 among weights of 0.13) carries the
-    round-off of the whole tensor's sums, so it is compared within 1e-5 of the largest magnitude: a
-    checkpoint one step off differs by the learning rate (1e-4 to 1e-3 per weight), far outside it.
-    """
-    assert actual.keys() == expected.keys()
-    for key, value in actual.items():
-        scale = float(np.max(np.abs(expected[key]))) if np.size(expected[key]) else 0.0
-        np.testing.assert_allclose(value, expected[key], rtol=1e-5, atol=1e-5 * scale + 1e-12, err_msg=key)
 
 
 @pytest.mark.parametrize("kind", ["train", "pretrain-sisrnet", "pretrain-regnet"])

@@ -29,7 +29,7 @@ from libraries.__main__ import main
 from libraries.training import deepsum as deepsum_training
 from libraries.training import optimization
 
-from helpers import (ROUND_OFF_GRADIENT, SKIP_STEP, checkpoint_tensors, event_files, logged_losses,
+from helpers import (ROUND_OFF_GRADIENT, SKIP_STEP, assert_same_state, checkpoint_tensors, event_files, logged_losses,
                      prepare_tiny_dataset, subprocess_env, tiny_config, write_config)
 
 FIRST_STEPS = 6
@@ -436,9 +436,7 @@ def test_a_worker_killed_by_sigkill_stops_the_chief_and_both_restarted_resume_fr
     for step, loss in resumed.items():  # measured bit for bit equal (the same summation order)
         assert loss == pytest.approx(expected[step], rel=1e-5), step
     tensors = {name: checkpoint_tensors(str(path / f"ckpt-{final}")) for name, path in folders.items()}
-    assert tensors["killed"].keys() == tensors["uninterrupted"].keys()
-    for key, value in tensors["killed"].items():
-        np.testing.assert_allclose(value, tensors["uninterrupted"][key], rtol=1e-5, atol=1e-8, err_msg=key)
+    assert_same_state(tensors["killed"], tensors["uninterrupted"])
     # only the chief wrote checkpoints, best/, logs and config.json; worker 1 kept its one scratch checkpoint
     for path in (Path(), Path(".worker_1")):
         assert sorted(entry.name for entry in (folder / path).iterdir()) == sorted(
