@@ -98,6 +98,7 @@ def test_flop_count_matches_the_hand_count(bench):
     ("self_ensemble", ["self_ensemble_quick.json"]),
     ("superresolve_memory", ["superresolve_memory_quick.json"]),
     ("registration", ["registration_quick.json"]),
+    ("conv_alternatives", ["conv_alternatives_quick.json"]),
 ])
 def test_bench_script_runs_quick_and_writes_json(bench, tmp_path, script, outputs, capsys):
     module = bench(script)
@@ -122,6 +123,13 @@ def test_bench_script_runs_quick_and_writes_json(bench, tmp_path, script, output
             assert all(case["max_difference"] < 1e-5 for case in result["cases"].values()), result
             assert [case["chosen"] for case in result["cases"].values()] == [
                 "frames as channels", "image by image", "frames as channels", "frames as channels"]
+        if script == "conv_alternatives":  # each alternative computes tf.nn.conv2d's / conv3d's sums
+            assert [sorted(case["relative_difference"]) for case in result["cases"].values()] == [
+                ["Winograd F(2x2, 3x3)", "direct (oneDNN)"],
+                ["one 3-D convolution of the stacked window", f"three 3x3 convolutions, {result['frame_strips']} strips each"
+                 if result["frame_strips"] > 1 else "three 3x3 convolutions, whole images"]], result
+            assert all(difference < 1e-5 for case in result["cases"].values()
+                       for difference in case["relative_difference"].values()), result
         if script in ("forward", "train_step"):
             text = json.dumps(result)
             assert "median_s" in text and np.isfinite(result["ceiling"]["gflops"])
