@@ -27,7 +27,7 @@ import tensorflow as tf
 from tensorflow.tsl.profiler.protobuf import xplane_pb2
 
 from libraries.config import AUTO, PRECISIONS
-from libraries.model import fusion
+from libraries.model import fusion, strips
 
 XLA_RUN = "CpuExecutable::ExecuteAsyncOnStream"  # the trace event of one run of an XLA computation on CPU
 
@@ -57,7 +57,10 @@ def op_times(trace_dir: Path) -> dict[str, float]:
 def profile(batch: int, size: int, n_features: int, train: bool, frame_by_frame: bool,
             precision: str = "float32", separate_ops: bool = False) -> dict:
     fused = not (train or separate_ops) and fusion.resolve(AUTO, precision)
-    model = runners.make_model(n_features, frame_by_frame=frame_by_frame, precision=precision, fused=fused)
+    # frame by frame, each image's convolutions in strips where `frame_strips: auto` chooses them, as inference runs
+    count = strips.resolve(AUTO) if frame_by_frame and not train else 1
+    model = runners.make_model(n_features, frame_by_frame=frame_by_frame, precision=precision, fused=fused,
+                               strips=count)
     data = runners.inputs(batch, size)
     run = runners.make_train_step("ours", model, data) if train else runners.make_forward("ours", model, data)
     run()  # trace and warm up outside the profile
@@ -69,7 +72,7 @@ def profile(batch: int, size: int, n_features: int, train: bool, frame_by_frame:
     total = sum(times.values())
     ranked = sorted(times.items(), key=lambda item: -item[1])
     return {"batch": batch, "size": size, "n_features": n_features, "train": train, "frame_by_frame": frame_by_frame,
-            "precision": precision, "fused": fused, "trace_dir": str(trace_dir), "op_seconds_total": total,
+            "strips": count, "precision": precision, "fused": fused, "trace_dir": str(trace_dir), "op_seconds_total": total,
             "ops": [{"op": op, "seconds": seconds, "share": seconds / total if total else 0.0} for op, seconds in ranked],
             "machine": harness.machine()}
 
@@ -88,9 +91,11 @@ def main(argv: list[str] | None = None) -> int:
     size, features = (32, 8) if args.quick else (args.size, args.features)
     result = profile(args.batch, size, features, args.train, args.frame_by_frame, args.precision, args.separate_ops)
     what = "training step" if args.train else "forward pass"
+    mode = (", frame by frame" if args.frame_by_frame else "") + (f" in {result['strips']} strips" if result["strips"] > 1 else "")
     rows = [[entry["op"], entry["seconds"], f"{entry['share']:.1%}"] for entry in result["ops"][:15]]
     harness.print_table(f"{what}, batch {args.batch}, 9x{size}x{size}, {features} features, {args.precision}"
-                        f"{', element-wise work fused by XLA' if result['fused'] else ''}: "
+                        f"{', element-wise work fused by XLA' if result['fused'] else ''}"
+                        f"{mode}: "
                         f"time per op type "
                         f"(tf.profiler; all ops {result['op_seconds_total']:.2f} s of thread time)",
                         ["op", "seconds", "share"], rows)
