@@ -7,8 +7,8 @@ the way it does, on this machine. Every figure is a median of interleaved repeat
   each transform one XLA computation, the products oneDNN's batched matrix product.
 - One output frame of a FusionNet layer frame by frame (3x3x3, F -> F, from three padded frames
   of one image): three 3x3 convolutions, each in horizontal strips where `frame_strips` "auto"
-  chooses them (what the network runs, `FusionNet._window`), and one 3-D convolution of the
-  three frames stacked (a copy of the window).
+  chooses them (the layer's own `Conv.padded`, summed as `FusionNet._window` sums them), and one
+  3-D convolution of the three frames stacked (`Conv.volume`, on a copy of the window).
 
     .venv/bin/python bench/conv_alternatives.py [--repeats 5] [--quick]
 
@@ -76,17 +76,14 @@ def winograd_conv2d(padded: tf.Tensor, kernel: tf.Tensor) -> tf.Tensor:
     return winograd_output(products, n, (height - 2) // 2, (width - 2) // 2)
 
 
-def _strips_or_whole(padded: tf.Tensor, kernel: tf.Tensor, count: int) -> tf.Tensor:
-    convolve = lambda images: layers.conv2d(images, kernel, False)  # noqa: E731
-    return layers.in_strips(convolve, padded, 3, count) if count > 1 else convolve(padded)
-
-
 def _cases(size: int, features: int, count: int) -> dict[str, dict]:
     """name -> {"inputs": tensors, "ways": {way: function of the inputs}, "network": the network's way}."""
     scene = tf.random.stateless_normal([9, size + 2, size + 2, features], seed=[1, 2])
     kernel = tf.random.stateless_normal([3, 3, features, features], seed=[3, 4]) / (3 * features ** 0.5)
     window = [tf.random.stateless_normal([1, size + 2, size + 2, features], seed=[5, t]) for t in range(3)]
-    kernel_3d = tf.random.stateless_normal([3, 3, 3, features, features], seed=[6, 7]) / (5 * features ** 0.5)
+    # a FusionNet layer's weights, its 2-D convolutions in strips as frame-by-frame inference sets them
+    fusion = layers.Conv("conv_fuse_0", [3, 3, 3, features, features], seed=0)
+    fusion.strips, fusion.xla_kernel_gradient = count, False  # forward only: no kernel-gradient choice
     in_strips = f"three 3x3 convolutions, {count} strips each" if count > 1 else "three 3x3 convolutions, whole images"
     return {
         f"SISRNet layer, 9x{size}x{size}x{features}": {
@@ -94,11 +91,11 @@ def _cases(size: int, features: int, count: int) -> dict[str, dict]:
             "ways": {"direct (oneDNN)": lambda x, k: layers.conv2d(x, k, False),
                      "Winograd F(2x2, 3x3)": winograd_conv2d}},
         f"FusionNet output frame, 3x1x{size}x{size}x{features}": {
-            "inputs": [*window, kernel_3d], "network": in_strips,
-            "ways": {in_strips: lambda a, b, c, k: tf.add_n([_strips_or_whole(f, k[t], count)
-                                                             for t, f in enumerate((a, b, c))]),
-                     "one 3-D convolution of the stacked window": lambda a, b, c, k: tf.nn.conv3d(
-                         tf.stack([a, b, c], axis=1), k, strides=[1] * 5, padding="VALID")[:, 0]}},
+            "inputs": window, "network": in_strips,
+            "ways": {in_strips: lambda *frames: layers.sum_one_after_another(  # as `FusionNet._window` sums them
+                         lambda frame, tap: fusion.padded(frame, tap=tap), [[f, t] for t, f in enumerate(frames)]),
+                     "one 3-D convolution of the stacked window": lambda *frames: fusion.volume(
+                         tf.stack(frames, axis=1))[:, 0]}},
     }
 
 
