@@ -99,14 +99,6 @@ def _cases(size: int, features: int, count: int) -> dict[str, dict]:
     }
 
 
-def _timed(way, inputs: list[tf.Tensor]):
-    """A zero-argument function running `way` on the inputs as a tf.function, the inputs its
-    arguments (captured, they would be constants folded when traced) and the whole output summed
-    (a slice of it would let Grappler skip work)."""
-    run = tf.function(lambda *arguments: tf.reduce_sum(way(*arguments)), autograph=False)
-    return lambda: run(*inputs).numpy()
-
-
 def measure(size: int, features: int, repeats: int) -> dict:
     count = strips.resolve("auto")
     results = {"size": size, "features": features, "frame_strips": count, "cases": {}}
@@ -116,7 +108,7 @@ def measure(size: int, features: int, repeats: int) -> dict:
         reference = outputs[case["network"]]
         differences = {way: float(np.max(np.abs(out - reference)) / np.max(np.abs(reference)))
                        for way, out in outputs.items()}
-        timing = harness.interleaved_medians({way: _timed(function, case["inputs"])
+        timing = harness.interleaved_medians({way: harness.summed_call(function, case["inputs"])
                                               for way, function in case["ways"].items()}, repeats)
         results["cases"][name] = {"network": case["network"], "timing": timing, "relative_difference": differences}
     results["machine"] = harness.machine()

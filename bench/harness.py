@@ -21,6 +21,7 @@ from typing import Callable
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import libraries  # noqa: E402  (the project's TensorFlow defaults, before TensorFlow is imported)
+import tensorflow as tf  # noqa: E402
 from libraries import fileio, reports  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -83,6 +84,17 @@ def interleaved_medians(functions: dict[str, Callable[[], object]], repeats: int
             print(f"  repeat {repeat + 1}/{repeats}: " + ", ".join(f"{n} {s[-1]:.3f} s" for n, s in samples.items()),
                   file=sys.stderr, flush=True)
     return {name: {"median_s": statistics.median(s), "min_s": min(s), "samples_s": s} for name, s in samples.items()}
+
+
+def summed_call(function: Callable, inputs: list) -> Callable[[], float]:
+    """A zero-argument function running `function(*inputs)` as a `tf.function`, for
+    `interleaved_medians`: it blocks until the result is ready and returns the sum of every
+    output. The inputs are the function's arguments: captured, they would be constants that
+    Grappler folds (pads, transposes) once, when the function is traced. Every output is summed
+    whole: a slice of one would let Grappler skip the work that does not reach it."""
+    run = tf.function(lambda *arguments: tf.add_n([tf.reduce_sum(output) for output in tf.nest.flatten(
+        function(*arguments))]), autograph=False)
+    return lambda: float(run(*inputs))
 
 
 # --------------------------------------------------------------------------- peak memory of a fresh process

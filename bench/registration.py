@@ -35,20 +35,15 @@ def _cases(size: int, features: int, batch_size: int) -> dict[str, tuple[list[in
 
 
 def _timed(layout, values: tf.Tensor, filters: tf.Tensor, gradients: bool):
-    """A zero-argument function running `layout` (and its gradients) on the values, as a tf.function.
-    The tensors are its arguments: captured, they would be constants that Grappler's constant
-    folding pads and transposes once, when the function is traced."""
-    @tf.function
+    """A zero-argument function running `layout` (and its gradients) on the values (`harness.summed_call`)."""
     def run(values, filters):
-        # sums, not one value: Grappler would move a slice of the result ahead of the last transpose
         if not gradients:
-            return tf.reduce_sum(layout(values, filters))
+            return layout(values, filters)
         with tf.GradientTape() as tape:
             tape.watch([values, filters])
             moved = layout(values, filters)
-        d_values, d_filters = tape.gradient(moved, [values, filters], output_gradients=values)
-        return tf.reduce_sum(d_values) + tf.reduce_sum(d_filters)
-    return lambda: run(values, filters).numpy()
+        return tape.gradient(moved, [values, filters], output_gradients=values)
+    return harness.summed_call(run, [values, filters])
 
 
 def measure(size: int, features: int, batch_size: int, repeats: int) -> dict:
