@@ -261,6 +261,49 @@ def test_frame_by_frame_gives_the_same_outputs():
     assert relative_error(from_features.numpy(), expected["sr"].numpy()) < 1e-5
 
 
+def _runs_after(op: tf.Operation, earlier: tf.Operation) -> bool:
+    """Whether `earlier` is an ancestor of `op` in their graph, through data or control inputs:
+    the executor cannot start `op` before `earlier` has run."""
+    seen, stack = set(), [op]
+    while stack:
+        current = stack.pop()
+        for parent in [tensor.op for tensor in current.inputs] + list(current.control_inputs):
+            if parent is earlier:
+                return True
+            if parent.name not in seen:
+                seen.add(parent.name)
+                stack.append(parent)
+    return False
+
+
+def _one_chain(ops: list[tf.Operation]) -> bool:
+    return all(_runs_after(later, earlier) for earlier, later in zip(ops, ops[1:]))
+
+
+def test_frame_by_frame_runs_the_frames_one_after_another_in_the_graph():
+    """Frame by frame holds the intermediates of one frame at a time because each frame's ops wait
+    for the previous frame's (control dependencies): without them the executor may run the frames
+    side by side, at the whole-scene pass's peak memory, with the same outputs. In the traced graph
+    (ops in the order they were created): SISRNet's 9 x 8 convolutions are one chain; RegNet's
+    frames (after its reference frame's two convolutions, 7 per frame) each start after the
+    previous frame's last; the registration's 8 frames and FusionNet's 3 x (7 + 5 + 3 + 1)
+    convolutions are one chain each."""
+    model = model_lib.DeepSUM(default_config(n_features=4), frame_by_frame=True)
+    x = tf.random.stateless_normal([1, 9, 10, 10, 1], seed=[7, 8])
+    masks = tf.random.stateless_uniform([1, 9, 10, 10, 1], seed=[9, 10]) < 0.7
+    graph = tf.function(lambda x, m: model(x, m)["sr"], autograph=False).get_concrete_function(x, masks).graph
+    convolutions = [op for op in graph.get_operations() if op.type == "Conv2D"]
+    registrations = [op for op in graph.get_operations() if op.type == "StatelessWhile"]  # image by image
+    assert len(convolutions) == 9 * 8 + 2 + 8 * 7 + 3 * 16 and len(registrations) == 8
+    sisrnet, regnet, fusionnet = convolutions[:72], convolutions[72 + 2:-48], convolutions[-48:]
+    regnet_frames = [regnet[7 * t:7 * (t + 1)] for t in range(8)]
+    assert _one_chain(sisrnet)
+    assert _one_chain([op for frame in regnet_frames for op in (frame[0], frame[-1])])
+    assert _one_chain(registrations) and _one_chain(fusionnet)
+    # the check can fail: the two halves of the reference frame's convolution may run side by side
+    assert not _one_chain(convolutions[72:74])
+
+
 def test_frame_by_frame_fill_is_bit_exact():
     values = tf.random.stateless_normal([2, 9, 8, 8, 3], seed=[1, 2])
     masks = tf.random.stateless_uniform([2, 9, 8, 8, 1], seed=[3, 4]) < 0.3  # some pixels clear in no frame
