@@ -185,7 +185,8 @@ def tiny_model(tiny_config):
 @pytest.fixture(scope="module")
 def separate_superresolver(tiny_config, tiny_model):
     """A Superresolver of the tiny model with its own compiled functions: the expected images of
-    the tests whose commands and functions build their own."""
+    the tests whose commands and functions build their own, and the Superresolver of the tests
+    that need no fresh one (each new one traces the network again)."""
     return inference.Superresolver(tiny_model, tiny_config)
 
 
@@ -321,11 +322,11 @@ def test_windows_per_call_refuses_what_is_not_a_positive_integer(tiny_config, ti
         superresolver.window_images(textured_scene(11), n_slide=2, windows_per_call=setting)
 
 
-def test_features_once_per_scene_equal_the_per_window_network(tiny_config, tiny_model):
+def test_features_once_per_scene_equal_the_per_window_network(tiny_config, separate_superresolver):
     scene = textured_scene(12, seed=6)
-    reused = inference.Superresolver(tiny_model, tiny_config).window_images(scene, n_slide=2)
+    reused = separate_superresolver.window_images(scene, n_slide=2)
     x, masks = inference.window_inputs(scene, tiny_config, n_slide=2)  # [3, 9, H, W, 1] each
-    per_window = inference.Superresolver(tiny_model, tiny_config).network_call(tf.constant(x), tf.constant(masks)).numpy()
+    per_window = separate_superresolver.network_call(tf.constant(x), tf.constant(masks)).numpy()
     per_window = per_window[:, 0, :, :, 0] * tiny_config.sigma_rescaled + tiny_config.mu  # [3, H, W] DN
     assert np.max(np.abs(reused - per_window)) / np.max(np.abs(per_window)) < 1e-5
     frames, _, index = inference.scene_frames(scene, tiny_config, n_slide=2)
@@ -351,8 +352,8 @@ def test_one_window_runs_the_whole_network_and_several_compute_each_frames_featu
     assert features_of == [11]  # each frame the windows read, once
 
 
-def test_a_scene_with_fewer_than_9_frames_is_superresolved(tiny_config, tiny_model):
-    sr = inference.Superresolver(tiny_model, tiny_config).scene(textured_scene(5), n_slide=2)
+def test_a_scene_with_fewer_than_9_frames_is_superresolved(separate_superresolver):
+    sr = separate_superresolver.scene(textured_scene(5), n_slide=2)
     assert sr.shape == (HR_SIZE, HR_SIZE) and sr.dtype == np.float32 and np.all(np.isfinite(sr))
 
 
@@ -470,13 +471,13 @@ def test_checkpoints_and_configs_per_band():
         inference.paths_per_band(["NIR=n", "other"], ["NIR"], "--checkpoint")
 
 
-def test_evaluate_sliding_window_matches_superresolve_per_n_slide(tiny_config, tiny_model, separate_superresolver):
+def test_evaluate_sliding_window_matches_superresolve_per_n_slide(separate_superresolver):
     scenes = [textured_scene(11, seed=4), textured_scene(9, seed=5)]
     ragged = {key: np.concatenate([scene[key] for scene in scenes]) for key in ("frames", "masks", "shifts")}
     ragged.update(offsets=np.array([0, 11, 20]), names=np.array(["imgset0004", "imgset0005"]),
                   hr=np.stack([smooth_image(4) + smooth_image(14) / 20, smooth_image(5) + smooth_image(15) / 20]), hr_clear=np.ones((2, HR_SIZE, HR_SIZE), bool),
                   baseline=np.array([40.0, 42.0], np.float32))
-    rows = inference.evaluate_sliding_window(inference.Superresolver(tiny_model, tiny_config), ragged, n_slides=(0, 2), progress=False)
+    rows = inference.evaluate_sliding_window(separate_superresolver, ragged, n_slides=(0, 2), progress=False)
     assert [(row["method"], row["n_slide"]) for row in rows] == [("bicubic", None), ("DeepSUM", 0), ("DeepSUM", 2)]
     for row in rows:
         images = [inference.bicubic_baseline(domain.scene_slice(ragged, index)) if row["n_slide"] is None else
@@ -487,10 +488,11 @@ def test_evaluate_sliding_window_matches_superresolve_per_n_slide(tiny_config, t
     assert inference.format_table(rows).splitlines()[3].split()[:2] == ["DeepSUM", "2"]
 
 
-def test_a_real_probav_scene_with_corrupt_frames_gives_a_valid_384_submission(tmp_path, shared_data_dir, tiny_config, tiny_model):
+def test_a_real_probav_scene_with_corrupt_frames_gives_a_valid_384_submission(tmp_path, shared_data_dir,
+                                                                              separate_superresolver):
     source = shared_data_dir / "probav_real" / "lr_only" / "train" / "NIR" / "imgset0594"  # 21 frames, 3 corrupt
     scene = dataset.prepare_test_scene(probav.read_scene(source, masks="assume_clear"))
-    sr = inference.Superresolver(tiny_model, tiny_config).scene(scene)
+    sr = separate_superresolver.scene(scene)
     assert sr.shape == (384, 384) and np.all(np.isfinite(sr))
     split_dir = tmp_path / "test"
     (split_dir / "NIR").mkdir(parents=True)

@@ -245,13 +245,22 @@ def test_initialisation_is_seeded_glorot_with_zero_biases():
     assert 0.8 < std / np.sqrt(2 / (9 * 64 + 9 * 64)) < 1.2  # Glorot: 2 / (fan_in + fan_out)
 
 
-def test_frame_by_frame_gives_the_same_outputs():
+@pytest.fixture(scope="module")
+def frame_by_frame_pass():
+    """(model, x, masks, outputs of the whole-scene pass (eager), the frame-by-frame pass as a
+    `tf.function`): in a graph, where the frames are ordered by control dependencies; traced
+    once for the tests below."""
     x = tf.random.stateless_normal([2, 9, 16, 16, 1], seed=[7, 8])
     masks = tf.random.stateless_uniform([2, 9, 16, 16, 1], seed=[9, 10]) < 0.7
     model = model_lib.DeepSUM(SMALL)
     expected = model(x, masks)
     model.frame_by_frame = True
-    actual = tf.function(lambda x, m: model(x, m))(x, masks)  # in a graph: frames ordered by control dependencies
+    return model, x, masks, expected, tf.function(lambda x, m: model(x, m), autograph=False)
+
+
+def test_frame_by_frame_gives_the_same_outputs(frame_by_frame_pass):
+    model, x, masks, expected, frame_by_frame = frame_by_frame_pass
+    actual = frame_by_frame(x, masks)
     worst = {key: np.max(np.abs(actual[key].numpy() - expected[key].numpy())) / np.max(np.abs(expected[key].numpy()))
              for key in expected}  # float rounding only (graph versus eager kernels)
     assert max(worst.values()) < 1e-5, worst
@@ -280,7 +289,7 @@ def _one_chain(ops: list[tf.Operation]) -> bool:
     return all(_runs_after(later, earlier) for earlier, later in zip(ops, ops[1:]))
 
 
-def test_frame_by_frame_runs_the_frames_one_after_another_in_the_graph():
+def test_frame_by_frame_runs_the_frames_one_after_another_in_the_graph(frame_by_frame_pass):
     """Frame by frame holds the intermediates of one frame at a time because each frame's ops wait
     for the previous frame's (control dependencies): without them the executor may run the frames
     side by side, at the whole-scene pass's peak memory, with the same outputs. In the traced graph
@@ -288,10 +297,8 @@ def test_frame_by_frame_runs_the_frames_one_after_another_in_the_graph():
     frames (after its reference frame's two convolutions, 7 per frame) each start after the
     previous frame's last; the registration's 8 frames and FusionNet's 3 x (7 + 5 + 3 + 1)
     convolutions are one chain each."""
-    model = model_lib.DeepSUM(default_config(n_features=4), frame_by_frame=True)
-    x = tf.random.stateless_normal([1, 9, 10, 10, 1], seed=[7, 8])
-    masks = tf.random.stateless_uniform([1, 9, 10, 10, 1], seed=[9, 10]) < 0.7
-    graph = tf.function(lambda x, m: model(x, m)["sr"], autograph=False).get_concrete_function(x, masks).graph
+    _, x, masks, _, frame_by_frame = frame_by_frame_pass
+    graph = frame_by_frame.get_concrete_function(x, masks).graph
     convolutions = [op for op in graph.get_operations() if op.type == "Conv2D"]
     registrations = [op for op in graph.get_operations() if op.type == "StatelessWhile"]  # image by image
     assert len(convolutions) == 9 * 8 + 2 + 8 * 7 + 3 * 16 and len(registrations) == 8

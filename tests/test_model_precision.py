@@ -4,6 +4,8 @@ outputs float32, recomputation giving the same values and gradients."""
 
 from __future__ import annotations
 
+import collections
+
 import numpy as np
 import pytest
 import tensorflow as tf
@@ -52,6 +54,34 @@ def test_bfloat16_stays_within_its_measured_tolerance(reference_dir, reference_c
     cpsnr = metrics.cpsnr(reference_case["y"], out["sr"], reference_case["mask_y"]).numpy()
     reference_cpsnr = metrics.cpsnr(reference_case["y"], expected, reference_case["mask_y"]).numpy()
     assert np.max(np.abs(cpsnr - reference_cpsnr)) < BFLOAT16_CPSNR_DB
+
+
+def node_types(model: DeepSUM, size: int = 16) -> collections.Counter:
+    """(op type, dtype attribute `T`) of every node of the model's forward graph, those in the
+    bodies of the functions it calls (the XLA-fused layers) included."""
+    spec = tf.TensorSpec([1, 9, size, size, 1], tf.float32)
+    graph_def = tf.function(lambda x, m: model(x, m)["sr"]).get_concrete_function(spec, spec).graph.as_graph_def()
+    nodes = [*graph_def.node, *(node for function in graph_def.library.function for node in function.node_def)]
+    return collections.Counter((node.op, tf.as_dtype(node.attr["T"].type).name) for node in nodes
+                               if node.attr["T"].type)  # a type, not a list of them
+
+
+@pytest.mark.parametrize("fused", [False, True])
+@pytest.mark.parametrize("precision", ["mixed_bfloat16", "mixed_float16"])
+def test_statistics_and_softmax_read_float32_in_reduced_precision(precision, fused):
+    """Keras' mixed-precision rule for what sums many values: the instance norms' moments
+    (`Mean`, `SquaredDifference`; 8 SISRNet + 4 FusionNet layers), RegNet's mean of its taps
+    over the pixels and its softmax read float32, while the element-wise work between layers
+    runs in the reduced precision. Fused, the layers' XLA functions are traced once per shape
+    and counted once."""
+    types = node_types(DeepSUM(default_config(n_features=4, precision=precision), fused=fused))
+    assert not any(count for (op, dtype), count in types.items()
+                   if op in ("Mean", "SquaredDifference", "Softmax") and dtype != "float32"), types
+    assert types[("Softmax", "float32")] == 1 and types[("LeakyRelu", tf.as_dtype(precision[6:]).name)] > 0
+    if not fused:
+        assert types[("SquaredDifference", "float32")] == 12 and types[("Mean", "float32")] >= 2 * 12 + 1
+    else:
+        assert types[("SquaredDifference", "float32")] > 0 and types[("Mean", "float32")] > 1
 
 
 @pytest.mark.parametrize("precision", ["mixed_bfloat16", "mixed_float16"])

@@ -29,6 +29,12 @@ def problem():
     return model, batch, loss_of
 
 
+@pytest.fixture(scope="module")
+def whole_batch(problem):
+    """(loss, gradients) of the whole batch in one pass, the expected values of the tests below."""
+    return _run(problem, 0)
+
+
 def _run(problem, micro_batch, jit_compile=False):
     model, batch, loss_of = problem
     step = tf.function(lambda *b: optimization.batch_gradients(loss_of, model.trainable_variables, b, BATCH,
@@ -47,8 +53,8 @@ def _assert_close(actual, expected, tolerance):
 
 
 @pytest.mark.parametrize("micro_batch", [3])  # parts of 3 and 1 scenes
-def test_micro_batches_give_the_whole_batch_gradients(problem, micro_batch):
-    loss, gradients = _run(problem, 0)
+def test_micro_batches_give_the_whole_batch_gradients(problem, whole_batch, micro_batch):
+    loss, gradients = whole_batch
     part_loss, part_gradients = _run(problem, micro_batch)
     assert part_loss == pytest.approx(loss, rel=1e-5)
     assert len(part_gradients) == len(gradients) == len(problem[0].trainable_variables)
@@ -62,8 +68,8 @@ def test_global_batch_weights_each_replica_share(problem):
     assert float(loss) == pytest.approx(0.5 * float(loss_of(*half)), rel=1e-6)  # 2 of 4 scenes
 
 
-def test_xla_pass_gives_the_same_gradients(problem):
-    loss, gradients = _run(problem, 0)
+def test_xla_pass_gives_the_same_gradients(problem, whole_batch):
+    loss, gradients = whole_batch
     xla_loss, xla_gradients = _run(problem, 2, jit_compile=True)
     assert xla_loss == pytest.approx(loss, rel=1e-4)
     _assert_close(xla_gradients, gradients, 1e-4)
@@ -137,13 +143,13 @@ def test_an_overflowing_float16_step_is_skipped_and_halves_the_scale():
     assert float(optimization.loss_scale(applier)) == 16384.0 and int(adam.iterations) == 0
 
 
-def test_batch_gradients_with_a_scale_are_the_scaled_gradients_of_the_unscaled_loss(problem):
+def test_batch_gradients_with_a_scale_are_the_scaled_gradients_of_the_unscaled_loss(problem, whole_batch):
     model, batch, loss_of = problem
     scale = tf.Variable(1024.0)
     step = tf.function(lambda *b: optimization.batch_gradients(loss_of, model.trainable_variables, b, BATCH, 3,
                                                                scale=scale))
     loss, gradients = step(*batch)
-    expected_loss, expected = _run(problem, 0)
+    expected_loss, expected = whole_batch
     assert abs(float(loss) - expected_loss) <= 1e-5 * abs(expected_loss)
     _assert_close([g.numpy() / 1024.0 for g in gradients], expected, 1e-4)
 
