@@ -93,6 +93,9 @@ MUTATIONS = (
     Mutation("xla_elementwise probe times the separate ops both ways (inference)", "libraries/model/fusion.py",
              "layers.finish(convolved, bias, norm, True, fused)", "layers.finish(convolved, bias, norm, True, False)",
              ("tests/test_fusion.py",)),
+    Mutation("a NaN training loss ends in TensorFlow's graph traceback (training)", "libraries/training/loop.py",
+             "found = NUMERICS_CHECK.search(error.message)", "found = None",
+             ("tests/test_loop.py",)),
     # the hardware-dependent choices and the mixed-precision rules
     Mutation("frame-by-frame frames free to run side by side (inference memory)", "libraries/model/layers.py",
              "        with tf.control_dependencies(outputs[-1:]):", "        with tf.control_dependencies([]):",

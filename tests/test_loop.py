@@ -167,6 +167,43 @@ def test_a_damaged_newest_checkpoint_is_skipped_with_a_warning_and_kept(tmp_path
         training.Trainer(config, progress=False)
 
 
+@tf.function
+def checked_log(value: tf.Tensor) -> tf.Tensor:
+    """log(value) through `tf.debugging.check_numerics`, as the training and validation losses
+    are checked: -1 gives NaN, 0 gives -Inf."""
+    return tf.debugging.check_numerics(tf.math.log(value), "log of the batch")
+
+
+def test_a_nan_or_inf_found_by_a_numerics_check_is_one_error_naming_the_step_and_nothing_is_saved(tmp_path):
+    """A failed numerics check raises TensorFlow's InvalidArgumentError with a graph traceback of
+    many lines; the loop turns it into one TrainingError naming the step or the validation
+    (a diverging run's usual end), and saves nothing of that step."""
+    def loop_in(name: str) -> training.TrainingLoop:
+        loop = training.TrainingLoop(tmp_path / name, {"weight": tf.Variable(1.0)}, skip_step=2, progress=False)
+        loop.restore()
+        return loop
+
+    batches = lambda start: iter([tf.constant(value) for value in (1.0, 2.0, -1.0, 4.0)][start:])  # noqa: E731
+    loop = loop_in("step")
+    with pytest.raises(training.TrainingError) as raised:
+        loop.run(lambda batch: {"loss": checked_log(batch)}, batches, 4)
+    assert str(raised.value) == "train step 3: log of the batch (NaN values; lower the learning rate, or check the data)"
+    assert tf.train.latest_checkpoint(str(tmp_path / "step")).endswith("ckpt-2")  # the last good state
+
+    loop = loop_in("validation")
+    with pytest.raises(training.TrainingError) as raised:
+        loop.run(lambda batch: {"loss": batch}, batches, 4, lambda step: {"loss": float(checked_log(tf.constant(0.0)))})
+    assert str(raised.value) == ("train validation at step 2: log of the batch (Inf values; lower the learning rate, "
+                                 "or check the data)")
+    assert tf.train.latest_checkpoint(str(tmp_path / "validation")) is None
+
+    def other_error(batch):
+        raise tf.errors.InvalidArgumentError(None, None, "not a numerics check")
+
+    with pytest.raises(tf.errors.InvalidArgumentError, match="not a numerics check"):  # left as it is
+        loop_in("other").run(other_error, batches, 4)
+
+
 def test_logged_history_reads_every_run_of_a_folder_and_a_redone_step_keeps_its_last_value(tmp_path):
     def run(offset: float, last_batch: int) -> dict:
         loop = training.TrainingLoop(tmp_path / "run", {"weight": tf.Variable(1.0)}, skip_step=2, progress=False)

@@ -141,6 +141,22 @@ def test_nan_in_a_chunk_on_disk_names_the_scene_and_leaves_no_checkpoint_folder(
     assert not Path(config.checkpoint_dir).exists()
 
 
+def test_a_nan_training_loss_is_one_error_line_naming_the_step_and_leaves_no_checkpoint(tmp_path, data_path, capsys,
+                                                                                        monkeypatch):
+    """A diverging run (here its loss planted NaN) stops at the step whose loss is NaN with one
+    line, where the numerics check of the training step raised a graph traceback of many lines."""
+    loss = metrics.cl2_loss
+    monkeypatch.setattr(metrics, "cl2_loss", lambda *args, **kwargs: loss(*args, **kwargs) * np.nan)
+    config = tiny_config(tmp_path, data_path)
+    capsys.readouterr()
+    assert main(["train", "--config", str(write_config(config, tmp_path / "config.json")), "--steps", "2",
+                 "--no-progress"]) == 1
+    assert capsys.readouterr().err.strip().splitlines()[-1] == (
+        "error: train NIR step 1: training loss (cL2) is NaN or Inf (NaN values; lower the learning rate, or check "
+        "the data)")
+    assert tf.train.latest_checkpoint(str(config.checkpoint_dir)) is None
+
+
 def test_an_object_array_in_the_data_set_is_one_error_naming_the_file(tmp_path, data_path, capsys):
     copy = tmp_path / "prepared"
     shutil.copytree(data_path, copy)

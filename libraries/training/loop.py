@@ -52,6 +52,12 @@ class TrainingError(domain.DeepSUMError):
     """Training cannot go on (a NaN or infinite loss, a checkpoint that does not fit)."""
 
 
+# The error of a failed `tf.debugging.check_numerics` (the training and validation losses) ends
+# with its message and what it found: "<message> : Tensor had NaN values", after a graph
+# traceback of many lines.
+NUMERICS_CHECK = re.compile(r"([^\n]+) : Tensor had (NaN|Inf|NaN and Inf) values")
+
+
 class TrainingLoop:
     """Checkpoints, resume, logs, progress and validation around a caller's train step.
 
@@ -183,9 +189,11 @@ class TrainingLoop:
             self.release()
             return history
         bar = tqdm(total=steps or None, initial=start, desc=self.title, unit="step", disable=not self.progress)
+        doing = f"step {start + 1}"  # what a failed numerics check names
         try:
             iterator = iter(batches(start))
             while not steps or int(self.step) < steps:
+                doing = f"step {int(self.step) + 1}"
                 began = time.perf_counter()
                 with without_remapper():
                     values = {name: float(value) for name, value in train_step(next(iterator)).items()}
@@ -203,9 +211,17 @@ class TrainingLoop:
                 bar.set_postfix({name: f"{value:.4g}" for name, value in values.items()})
                 bar.update()
                 if step % self.skip_step == 0 or step == steps:
+                    doing = f"validation at step {step}"
                     self._validate_and_save(validate, history)
         except tf.errors.UnavailableError as error:  # only collectives of a multi-worker cluster raise it
             raise self._cluster_error(error) from None
+        except tf.errors.InvalidArgumentError as error:
+            found = NUMERICS_CHECK.search(error.message)
+            if found is None:
+                raise
+            # nothing of this step or validation is saved: the last checkpoint is the last good state
+            raise TrainingError(f"{self.title} {doing}: {found[1]} ({found[2]} values; lower the learning rate, "
+                                f"or check the data)") from None
         finally:
             bar.close()
             if self._writers is not None:
