@@ -96,6 +96,9 @@ MUTATIONS = (
     Mutation("a NaN training loss ends in TensorFlow's graph traceback (training)", "libraries/training/loop.py",
              "found = NUMERICS_CHECK.search(error.message)", "found = None",
              ("tests/test_loop.py",)),
+    Mutation("checkpoint weights holding NaN or Inf loaded (inference, training)", "libraries/checkpoints.py",
+             "if not np.all(np.isfinite(value)):", "if False:",
+             ("tests/test_checkpoints.py",)),
     # the hardware-dependent choices and the mixed-precision rules
     Mutation("frame-by-frame frames free to run side by side (inference memory)", "libraries/model/layers.py",
              "        with tf.control_dependencies(outputs[-1:]):", "        with tf.control_dependencies([]):",

@@ -26,6 +26,7 @@ import re
 from pathlib import Path
 from typing import Mapping
 
+import numpy as np
 import tensorflow as tf
 
 from libraries import config as config_lib
@@ -139,7 +140,18 @@ def restore_weights(model: tf.Module, path: str | os.PathLike, extra: Mapping[st
         message = message if len(message) < 240 else message[:240] + "..."
         raise CheckpointError(f"{prefix}: does not fit {type(model).__name__} ({message})") from None
     status.expect_partial()  # optimiser state, step counters and the like are not needed here
+    for module in [model, *extra.values()]:
+        for name, variable in module.tf1_variables().items():
+            _check_finite(prefix, name, variable.numpy())
     return "tf2"
+
+
+def _check_finite(prefix: str, name: str, value: np.ndarray) -> None:
+    """Weights holding NaN or Inf (a run saved after it diverged, a damaged file that still
+    parses) would make every output NaN, found only at the first score: one error naming them."""
+    if not np.all(np.isfinite(value)):
+        raise CheckpointError(f"{prefix}: variable {name} holds {np.count_nonzero(~np.isfinite(value))} NaN or "
+                              "infinite value(s); expected finite weights")
 
 
 def _copy(variables: dict[str, tf.Variable], reader: tf.train.CheckpointReader, prefix: str) -> list[str]:
@@ -152,8 +164,11 @@ def _copy(variables: dict[str, tf.Variable], reader: tf.train.CheckpointReader, 
                 f"{prefix}: variable {name} has shape {list(shapes[name])} in the checkpoint, "
                 f"the model expects {variables[name].shape.as_list()}"
             )
+    values = {name: reader.get_tensor(name) for name in present}
     for name in present:
-        variables[name].assign(reader.get_tensor(name))
+        _check_finite(prefix, name, values[name])
+    for name in present:
+        variables[name].assign(values[name])
     return present
 
 

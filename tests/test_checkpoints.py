@@ -102,6 +102,28 @@ def test_convert_tf1_refuses_a_pretraining_checkpoint(pretraining, tmp_path, cap
     assert not (tmp_path / "out").exists()
 
 
+@pytest.mark.parametrize("kind", ["tf2", "tf1"])
+def test_weights_holding_nan_or_inf_are_one_error_naming_the_variable(tmp_path, kind):
+    """A checkpoint saved after its run diverged loads as it parses; every output would be NaN."""
+    model = DeepSUM(SMALL)
+    weight = model.tf1_variables()["conv_fuse_2/W"]
+    value = weight.numpy()
+    value[0, 1, 2, 3, 4], value[1, 1, 1, 1, 1] = np.nan, -np.inf
+    weight.assign(value)
+    if kind == "tf2":
+        path = checkpoints.resolve_prefix(checkpoints.save_model_checkpoint(model, tmp_path / "diverged"))
+    else:  # the authors' kind: TF1 names, written by a TF1 Saver
+        path = tf.compat.v1.train.Saver(model.tf1_variables()).save(None, str(tmp_path / "tf1" / "model.ckpt"))
+    other = DeepSUM(SMALL.replace(seed=3))
+    before = {name: variable.numpy() for name, variable in other.tf1_variables().items()}
+    with pytest.raises(CheckpointError, match=r"variable conv_fuse_2/W holds 2 NaN or infinite value\(s\); "
+                                              r"expected finite weights"):
+        checkpoints.restore_weights(other, path)
+    if kind == "tf1":  # every tensor is checked before any is assigned
+        for name, variable in other.tf1_variables().items():
+            np.testing.assert_array_equal(variable.numpy(), before[name])
+
+
 def test_save_model_checkpoint_writes_config_and_restores(tmp_path):
     model = DeepSUM(SMALL)
     folder = checkpoints.save_model_checkpoint(model, tmp_path / "small")

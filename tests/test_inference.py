@@ -216,6 +216,21 @@ class MeanModel:
         return {"sr": tf.reduce_mean(x, axis=1, keepdims=True) * self.scale}  # [b, 1, H, W, 1]
 
 
+class OverflowingModel(MeanModel):
+    """Stand-in network whose output overflows to infinity."""
+
+    def __call__(self, x, masks, training=False):
+        return {"sr": super().__call__(x, masks)["sr"] * np.inf}
+
+
+def test_a_network_output_of_nan_or_inf_is_one_error_naming_the_scene(tiny_config):
+    for precision, hint in (("float32", ""), ("mixed_float16", " (mixed_float16 may overflow: try --precision float32)")):
+        config = tiny_config.replace(precision=precision)
+        with pytest.raises(domain.DeepSUMError) as raised:
+            inference.Superresolver(OverflowingModel(config), config).scene(textured_scene(9), n_slide=0)
+        assert str(raised.value) == f"scene imgset0002: the network produced NaN or infinite values{hint}"
+
+
 def textured_scene(frames: int, seed: int = 0, clear_share: float = 0.97) -> dict:
     """Frames = one texture + 100 * k (frame k), each a bit less clear than the one before."""
     rng = np.random.default_rng(seed)

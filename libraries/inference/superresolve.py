@@ -166,7 +166,8 @@ class Superresolver:
         images = domain.denormalise(np.concatenate(outputs), config.mu, config.sigma_rescaled)  # [windows, H, W] DN
         end = time.perf_counter()
         if not np.all(np.isfinite(images)):
-            raise ValueError(f"scene {scene.get('name', '?')}: the network produced NaN or infinite values")
+            hint = "" if config.precision == "float32" else f" ({config.precision} may overflow: try --precision float32)"
+            raise domain.DeepSUMError(f"scene {scene.get('name', '?')}: the network produced NaN or infinite values{hint}")
         return images, windows_start - start, end - windows_start
 
     def transforms(self, self_ensemble: bool | None = None) -> tuple[ensemble.Transform, ...]:
