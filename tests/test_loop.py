@@ -204,6 +204,19 @@ def test_a_nan_or_inf_found_by_a_numerics_check_is_one_error_naming_the_step_and
         loop_in("other").run(other_error, batches, 4)
 
 
+def test_a_non_finite_value_a_step_returns_is_one_error_naming_the_step_and_nothing_is_saved(tmp_path):
+    """Steps without a numerics check of their own (the pretrainings') return their loss as it
+    is: the loop checks every value a step returns before it counts the step."""
+    loop = training.TrainingLoop(tmp_path / "run", {"weight": tf.Variable(1.0)}, skip_step=2, progress=False)
+    loop.restore()
+    batches = lambda start: iter([1.0, 2.0, float("inf"), 4.0][start:])  # noqa: E731
+    with pytest.raises(training.TrainingError) as raised:
+        loop.run(lambda batch: {"loss": batch, "scale": 2.0}, batches, 4)
+    assert str(raised.value) == ("train step 3: non-finite values {'loss': inf, 'scale': 2.0} (lower the learning rate, "
+                                 "or check the data)")
+    assert int(loop.step) == 2 and tf.train.latest_checkpoint(str(tmp_path / "run")).endswith("ckpt-2")
+
+
 def test_logged_history_reads_every_run_of_a_folder_and_a_redone_step_keeps_its_last_value(tmp_path):
     def run(offset: float, last_batch: int) -> dict:
         loop = training.TrainingLoop(tmp_path / "run", {"weight": tf.Variable(1.0)}, skip_step=2, progress=False)
