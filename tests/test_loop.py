@@ -174,23 +174,25 @@ def checked_log(value: tf.Tensor) -> tf.Tensor:
     return tf.debugging.check_numerics(tf.math.log(value), "log of the batch")
 
 
+def loop_in(folder: Path) -> training.TrainingLoop:
+    """A fresh loop over one weight, validating and saving every 2 steps."""
+    loop = training.TrainingLoop(folder, {"weight": tf.Variable(1.0)}, skip_step=2, progress=False)
+    loop.restore()
+    return loop
+
+
 def test_a_nan_or_inf_found_by_a_numerics_check_is_one_error_naming_the_step_and_nothing_is_saved(tmp_path):
     """A failed numerics check raises TensorFlow's InvalidArgumentError with a graph traceback of
     many lines; the loop turns it into one TrainingError naming the step or the validation
     (a diverging run's usual end), and saves nothing of that step."""
-    def loop_in(name: str) -> training.TrainingLoop:
-        loop = training.TrainingLoop(tmp_path / name, {"weight": tf.Variable(1.0)}, skip_step=2, progress=False)
-        loop.restore()
-        return loop
-
     batches = lambda start: iter([tf.constant(value) for value in (1.0, 2.0, -1.0, 4.0)][start:])  # noqa: E731
-    loop = loop_in("step")
+    loop = loop_in(tmp_path / "step")
     with pytest.raises(training.TrainingError) as raised:
         loop.run(lambda batch: {"loss": checked_log(batch)}, batches, 4)
     assert str(raised.value) == "train step 3: log of the batch (NaN values; lower the learning rate, or check the data)"
     assert tf.train.latest_checkpoint(str(tmp_path / "step")).endswith("ckpt-2")  # the last good state
 
-    loop = loop_in("validation")
+    loop = loop_in(tmp_path / "validation")
     with pytest.raises(training.TrainingError) as raised:
         loop.run(lambda batch: {"loss": batch}, batches, 4, lambda step: {"loss": float(checked_log(tf.constant(0.0)))})
     assert str(raised.value) == ("train validation at step 2: log of the batch (Inf values; lower the learning rate, "
@@ -201,14 +203,13 @@ def test_a_nan_or_inf_found_by_a_numerics_check_is_one_error_naming_the_step_and
         raise tf.errors.InvalidArgumentError(None, None, "not a numerics check")
 
     with pytest.raises(tf.errors.InvalidArgumentError, match="not a numerics check"):  # left as it is
-        loop_in("other").run(other_error, batches, 4)
+        loop_in(tmp_path / "other").run(other_error, batches, 4)
 
 
 def test_a_non_finite_value_a_step_returns_is_one_error_naming_the_step_and_nothing_is_saved(tmp_path):
     """Steps without a numerics check of their own (the pretrainings') return their loss as it
     is: the loop checks every value a step returns before it counts the step."""
-    loop = training.TrainingLoop(tmp_path / "run", {"weight": tf.Variable(1.0)}, skip_step=2, progress=False)
-    loop.restore()
+    loop = loop_in(tmp_path / "run")
     batches = lambda start: iter([1.0, 2.0, float("inf"), 4.0][start:])  # noqa: E731
     with pytest.raises(training.TrainingError) as raised:
         loop.run(lambda batch: {"loss": batch, "scale": 2.0}, batches, 4)

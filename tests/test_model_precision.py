@@ -28,10 +28,14 @@ def reference_model(reference_dir, precision: str) -> DeepSUM:
     return model
 
 
-def dtypes_in_graph(model: DeepSUM, size: int = 16) -> set[tf.DType]:
+def forward_graph(model: DeepSUM, size: int = 16) -> tf.Graph:
+    """The graph of the model's forward pass on one scene of 9 size x size frames."""
     spec = tf.TensorSpec([1, 9, size, size, 1], tf.float32)
-    graph = tf.function(lambda x, m: model(x, m)["sr"]).get_concrete_function(spec, spec).graph
-    return {output.dtype for op in graph.get_operations() for output in op.outputs}
+    return tf.function(lambda x, m: model(x, m)["sr"]).get_concrete_function(spec, spec).graph
+
+
+def dtypes_in_graph(model: DeepSUM) -> set[tf.DType]:
+    return {output.dtype for op in forward_graph(model).get_operations() for output in op.outputs}
 
 
 def test_float32_is_unchanged_and_has_no_reduced_precision_op(reference_dir, reference_case):
@@ -56,11 +60,10 @@ def test_bfloat16_stays_within_its_measured_tolerance(reference_dir, reference_c
     assert np.max(np.abs(cpsnr - reference_cpsnr)) < BFLOAT16_CPSNR_DB
 
 
-def node_types(model: DeepSUM, size: int = 16) -> collections.Counter:
+def node_types(model: DeepSUM) -> collections.Counter:
     """(op type, dtype attribute `T`) of every node of the model's forward graph, those in the
     bodies of the functions it calls (the XLA-fused layers) included."""
-    spec = tf.TensorSpec([1, 9, size, size, 1], tf.float32)
-    graph_def = tf.function(lambda x, m: model(x, m)["sr"]).get_concrete_function(spec, spec).graph.as_graph_def()
+    graph_def = forward_graph(model).as_graph_def()
     nodes = [*graph_def.node, *(node for function in graph_def.library.function for node in function.node_def)]
     return collections.Counter((node.op, tf.as_dtype(node.attr["T"].type).name) for node in nodes
                                if node.attr["T"].type)  # a type, not a list of them
