@@ -19,7 +19,6 @@ its largest value) and writes `bench/results/conv_alternatives.json`
 
 from __future__ import annotations
 
-import argparse
 import sys
 
 import harness
@@ -127,16 +126,11 @@ def report(results: dict) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--repeats", type=int, default=5)
-    parser.add_argument("--quick", action="store_true", help="32x32 images, 8 features, 2 repeats (for tests)")
-    args = parser.parse_args(argv)
-    setup = {"size": 32, "features": 8} if args.quick else {"size": 384, "features": 64}
-    results = measure(**setup, repeats=2 if args.quick else args.repeats)
-    report(results)
-    path = harness.save_result("conv_alternatives_quick" if args.quick else "conv_alternatives", results)
-    print(f"\nwrote {path}")
-    return 0
+    def run(args):
+        setup = {"size": 32, "features": 8} if args.quick else {"size": 384, "features": 64}
+        return measure(**setup, repeats=args.repeats)
+    return harness.script_main(argv, __doc__, "conv_alternatives", run, report, repeats=5,
+                               quick="32x32 images, 8 features")
 
 
 if __name__ == "__main__":

@@ -9,7 +9,6 @@ compare with it. Writes `bench/results/conv_ceiling.json`.
 
 from __future__ import annotations
 
-import argparse
 import sys
 
 import harness
@@ -29,17 +28,18 @@ def measure_ceiling(repeats: int = 7, images: int = 9, size: int = 192, channels
             "gflops": flops / timing["median_s"] / 1e9, "best_gflops": flops / timing["min_s"] / 1e9}
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--repeats", type=int, default=7)
-    parser.add_argument("--quick", action="store_true", help="3 repeats on 9x64x64")
-    args = parser.parse_args(argv)
-    result = measure_ceiling(3, size=64) if args.quick else measure_ceiling(args.repeats)
-    result["machine"] = harness.machine()
+def report(result: dict) -> None:
     harness.print_table("3x3 conv2d ceiling (float32)", ["shape", "median s", "GFLOP/s", "best GFLOP/s"],
-                        [["x".join(map(str, result["shape"])), result["median_s"], result["gflops"], result["best_gflops"]]])
-    harness.save_result("conv_ceiling_quick" if args.quick else "conv_ceiling", result)
-    return 0
+                        [["x".join(map(str, result["shape"])), result["median_s"], result["gflops"],
+                          result["best_gflops"]]])
+
+
+def main(argv: list[str] | None = None) -> int:
+    def run(args):
+        result = measure_ceiling(args.repeats, size=64) if args.quick else measure_ceiling(args.repeats)
+        return {**result, "machine": harness.machine()}
+    return harness.script_main(argv, __doc__, "conv_ceiling", run, report, repeats=7, quick_repeats=3,
+                               quick="9x64x64")
 
 
 if __name__ == "__main__":

@@ -17,7 +17,6 @@ repeats after a warm-up; compare them only within one run (as ratios): the machi
 
 from __future__ import annotations
 
-import argparse
 import sys
 
 import conv_ceiling
@@ -192,17 +191,8 @@ def report(results: dict) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    if harness.child_main(runners.memory_child):
-        return 0
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--quick", action="store_true", help="tiny sizes, 8 features, 2 repeats (for tests)")
-    args = parser.parse_args(argv)
-    results = measure(QUICK if args.quick else FULL, 2 if args.quick else args.repeats)
-    report(results)
-    path = harness.save_result("forward_quick" if args.quick else "forward", results)
-    print(f"\nwrote {path}")
-    return 0
+    return harness.script_main(argv, __doc__, "forward", lambda args: measure(QUICK if args.quick else FULL, args.repeats),
+                               report, repeats=3, quick="tiny sizes, 8 features", child=runners.memory_child)
 
 
 if __name__ == "__main__":

@@ -7,6 +7,7 @@ median of interleaved repeats, and read absolute seconds as this machine's, at t
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import platform
@@ -21,7 +22,10 @@ from typing import Callable
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import libraries  # noqa: E402  (the project's TensorFlow defaults, before TensorFlow is imported)
-import tensorflow as tf  # noqa: E402
+from libraries.__main__ import without_import_noise  # noqa: E402
+
+with without_import_noise():  # TensorFlow's notices at import, hidden as the commands hide them
+    import tensorflow as tf  # noqa: E402
 from libraries import fileio, reports  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -177,6 +181,31 @@ def print_table(title: str, columns: list[str], rows: list[list]) -> None:
 def save_result(name: str, content: dict) -> Path:
     """Write `bench/results/<name>.json` atomically."""
     return fileio.save_json(RESULTS / f"{name}.json", content)
+
+
+def script_main(argv: list[str] | None, doc: str, name: str, measure: Callable[[argparse.Namespace], dict],
+                report: Callable[[dict], None], *, repeats: int, quick: str, quick_repeats: int = 2,
+                child: Callable[[dict], dict] | None = None,
+                arguments: Callable[[argparse.ArgumentParser], None] | None = None) -> int:
+    """The command line the measuring scripts share: the script's own `arguments`, `--repeats`
+    (default `repeats`) and `--quick` (tiny sizes for the tests, `quick` says which; `quick_repeats`
+    repeats). `measure(args)` runs; `report` prints its result, which is saved as
+    `results/<name>.json` (`<name>_quick.json` with `--quick`). A process started by `run_child`
+    runs `child(spec)` instead. Returns the exit status."""
+    if child is not None and child_main(child):
+        return 0
+    parser = argparse.ArgumentParser(description=" ".join(doc.strip().split("\n\n")[0].split()))  # its first paragraph
+    if arguments is not None:
+        arguments(parser)
+    parser.add_argument("--repeats", type=int, default=repeats, help=f"timed repeats (default {repeats})")
+    parser.add_argument("--quick", action="store_true", help=f"{quick}, {quick_repeats} repeat{'s' if quick_repeats != 1 else ''} (for tests)")
+    args = parser.parse_args(argv)
+    if args.quick:
+        args.repeats = quick_repeats
+    results = measure(args)
+    report(results)
+    print(f"\nwrote {save_result(f'{name}_quick' if args.quick else name, results)}")
+    return 0
 
 
 GIB = 2**30

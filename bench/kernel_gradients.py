@@ -11,7 +11,6 @@ with --quick: 2 scenes of 32x32).
 
 from __future__ import annotations
 
-import argparse
 import sys
 
 import harness
@@ -104,15 +103,9 @@ def report(results: dict) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--repeats", type=int, default=5)
-    parser.add_argument("--quick", action="store_true", help="2 scenes of 32x32, 2 repeats (for tests)")
-    args = parser.parse_args(argv)
-    results = measure(QUICK if args.quick else FULL, 2 if args.quick else args.repeats)
-    report(results)
-    path = harness.save_result("kernel_gradients_quick" if args.quick else "kernel_gradients", results)
-    print(f"\nwrote {path}")
-    return 0
+    return harness.script_main(argv, __doc__, "kernel_gradients",
+                               lambda args: measure(QUICK if args.quick else FULL, args.repeats), report,
+                               repeats=5, quick="2 scenes of 32x32")
 
 
 if __name__ == "__main__":

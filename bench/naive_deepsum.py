@@ -25,10 +25,8 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import numpy as np  # noqa: E402
 
-import libraries  # noqa: E402,F401  (sets the project's TensorFlow defaults before TF is imported)
+import harness  # noqa: E402  (first: the project's TensorFlow defaults, before TensorFlow is imported)
 import tensorflow as tf  # noqa: E402
-
-import harness  # noqa: E402
 from libraries import model as model_lib  # noqa: E402
 from libraries.config import default_config  # noqa: E402
 

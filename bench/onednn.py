@@ -11,7 +11,6 @@ Prints a table and writes `bench/results/onednn.json` (`onednn_quick.json` with 
 
 from __future__ import annotations
 
-import argparse
 import os
 import sys
 
@@ -29,31 +28,28 @@ def measure(size: int, repeats: int, n_features: int) -> dict:
             env["TF_ENABLE_ONEDNN_OPTS"] = value
         spec = {"batch": 1, "size": size, "n_features": n_features, "repeats": repeats}
         results[name] = harness.run_child(__file__, spec, env=env, replace_env=True)
-    return results
+    return {"size": size, "n_features": n_features, "settings": results, "machine": harness.machine()}
+
+
+def report(results: dict) -> None:
+    settings = results["settings"]
+    off = settings["off (0)"]["timing"]["ours"]["median_s"]
+    rows = [[name, str(result["onednn"]), result["timing"]["ours"]["median_s"], result["timing"]["naive"]["median_s"],
+             result["ceiling"]["gflops"], f"{off / result['timing']['ours']['median_s']:.2f}x"]
+            for name, result in settings.items()]
+    harness.print_table(f"oneDNN: forward pass, batch 1, 9x{results['size']}x{results['size']}, "
+                        f"{results['n_features']} features",
+                        ["TF_ENABLE_ONEDNN_OPTS", "oneDNN on", "ours s", "naive s", "ceiling GFLOP/s",
+                         "ours speed-up vs off"], rows)
 
 
 def main(argv: list[str] | None = None) -> int:
-    if harness.child_main(runners.speed_child):
-        return 0
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--size", type=int, default=192)
-    parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--quick", action="store_true", help="48x48, 16 features, 2 repeats (for tests)")
-    args = parser.parse_args(argv)
-    size, repeats, features = (48, 2, 16) if args.quick else (args.size, args.repeats, 64)
-    results = measure(size, repeats, features)
-    off = results["off (0)"]
-    rows = []
-    for name, result in results.items():
-        rows.append([name, str(result["onednn"]), result["timing"]["ours"]["median_s"], result["timing"]["naive"]["median_s"],
-                     result["ceiling"]["gflops"],
-                     f"{off['timing']['ours']['median_s'] / result['timing']['ours']['median_s']:.2f}x"])
-    harness.print_table(f"oneDNN: forward pass, batch 1, 9x{size}x{size}, {features} features",
-                        ["TF_ENABLE_ONEDNN_OPTS", "oneDNN on", "ours s", "naive s", "ceiling GFLOP/s", "ours speed-up vs off"], rows)
-    path = harness.save_result("onednn_quick" if args.quick else "onednn", {"size": size, "n_features": features,
-                                                                            "settings": results, "machine": harness.machine()})
-    print(f"\nwrote {path}")
-    return 0
+    def run(args):
+        size, features = (48, 16) if args.quick else (args.size, 64)
+        return measure(size, args.repeats, features)
+    return harness.script_main(argv, __doc__, "onednn", run, report, repeats=3, quick="48x48, 16 features",
+                               child=runners.speed_child,
+                               arguments=lambda parser: parser.add_argument("--size", type=int, default=192))
 
 
 if __name__ == "__main__":

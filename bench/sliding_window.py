@@ -9,7 +9,6 @@ writes `bench/results/sliding_window.json`. Both paths give the same images (che
 
 from __future__ import annotations
 
-import argparse
 import sys
 
 import harness
@@ -52,25 +51,25 @@ def measure(size: int, n_features: int, n_slide: int, repeats: int, windows_per_
             "max_relative_difference": difference, "machine": harness.machine()}
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--size", type=int, default=96)
-    parser.add_argument("--features", type=int, default=16)
-    parser.add_argument("--n-slide", type=int, default=2)
-    parser.add_argument("--repeats", type=int, default=5)
-    parser.add_argument("--quick", action="store_true", help="48 px, 8 features, 2 repeats (for tests)")
-    args = parser.parse_args(argv)
-    if args.quick:
-        args.size, args.features, args.repeats = 48, 8, 2
-    results = measure(args.size, args.features, args.n_slide, args.repeats)
-    harness.print_table(f"sliding window, n_slide {args.n_slide}, {args.size} px, {args.features} features",
-                        ["path", "median s", "windows/s"],
+def report(results: dict) -> None:
+    harness.print_table(f"sliding window, n_slide {results['n_slide']}, {results['size']} px, "
+                        f"{results['n_features']} features", ["path", "median s", "windows/s"],
                         [[name, results["timing"][name]["median_s"], results["windows_per_s"][name]]
                          for name in results["timing"]])
     print(f"speed-up {results['speedup']:.2f}x; max relative difference {results['max_relative_difference']:.1e}")
-    path = harness.save_result("sliding_window_quick" if args.quick else "sliding_window", results)
-    print(f"\nwrote {path}")
-    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    def arguments(parser):
+        parser.add_argument("--size", type=int, default=96)
+        parser.add_argument("--features", type=int, default=16)
+        parser.add_argument("--n-slide", type=int, default=2)
+
+    def run(args):
+        size, features = (48, 8) if args.quick else (args.size, args.features)
+        return measure(size, features, args.n_slide, args.repeats)
+    return harness.script_main(argv, __doc__, "sliding_window", run, report, repeats=5, quick="48 px, 8 features",
+                               arguments=arguments)
 
 
 if __name__ == "__main__":

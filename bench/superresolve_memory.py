@@ -15,7 +15,6 @@ frames, 8 features, for the test suite).
 
 from __future__ import annotations
 
-import argparse
 import statistics
 import sys
 import tempfile
@@ -111,21 +110,16 @@ def report(results: dict) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    if harness.child_main(command_child):
-        return 0
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--frames", type=int, default=21, help="frames of the scene (default 21)")
-    parser.add_argument("--n-slides", type=int, nargs="+", default=None,
-                        help="the n_slide values to run (default 0 2; 0 with --quick); the first is the one compared")
-    parser.add_argument("--repeats", type=int, default=2)
-    parser.add_argument("--quick", action="store_true", help="24x24 frames, 8 features, 1 repeat (for tests)")
-    args = parser.parse_args(argv)
-    n_slides = args.n_slides or ([0] if args.quick else [0, 2])
-    results = measure(QUICK if args.quick else FULL, args.frames, n_slides, 1 if args.quick else args.repeats)
-    report(results)
-    path = harness.save_result("superresolve_memory_quick" if args.quick else "superresolve_memory", results)
-    print(f"\nwrote {path}")
-    return 0
+    def arguments(parser):
+        parser.add_argument("--frames", type=int, default=21, help="frames of the scene (default 21)")
+        parser.add_argument("--n-slides", type=int, nargs="+", default=None,
+                            help="the n_slide values to run (default 0 2; 0 with --quick); the first is the one compared")
+
+    def run(args):
+        n_slides = args.n_slides or ([0] if args.quick else [0, 2])
+        return measure(QUICK if args.quick else FULL, args.frames, n_slides, args.repeats)
+    return harness.script_main(argv, __doc__, "superresolve_memory", run, report, repeats=2, quick_repeats=1,
+                               quick="24x24 frames, 8 features", child=command_child, arguments=arguments)
 
 
 if __name__ == "__main__":

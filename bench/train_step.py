@@ -17,7 +17,6 @@ Prints a table and writes `bench/results/train_step.json` (`train_step_quick.jso
 
 from __future__ import annotations
 
-import argparse
 import sys
 
 import conv_ceiling
@@ -88,22 +87,16 @@ def report(results: dict) -> None:
                         f"{results['features']} features (conv ceiling {ceiling:.1f} GFLOP/s)",
                         ["variant", "median s", "GFLOP/s", "of ceiling", "vs naive", "peak GiB", "run GiB",
                          "peak/naive"], rows)
+    choice = results["kernel_gradients"]
+    print(f"xla_kernel_gradients auto on this machine: {'XLA' if choice['xla'] else 'oneDNN'} "
+          f"(measured {choice['onednn_s']:.3f} s oneDNN, {choice['xla_s']:.3f} s XLA)")
 
 
 def main(argv: list[str] | None = None) -> int:
-    if harness.child_main(runners.memory_child):
-        return 0
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--quick", action="store_true", help="batch 2, 24x24, 8 features, ours only, no memory children, 2 repeats (for tests)")
-    args = parser.parse_args(argv)
-    results = measure(QUICK if args.quick else FULL, 2 if args.quick else args.repeats)
-    report(results)
-    print(f"xla_kernel_gradients auto on this machine: {'XLA' if results['kernel_gradients']['xla'] else 'oneDNN'} "
-          f"(measured {results['kernel_gradients']['onednn_s']:.3f} s oneDNN, {results['kernel_gradients']['xla_s']:.3f} s XLA)")
-    path = harness.save_result("train_step_quick" if args.quick else "train_step", results)
-    print(f"\nwrote {path}")
-    return 0
+    return harness.script_main(argv, __doc__, "train_step",
+                               lambda args: measure(QUICK if args.quick else FULL, args.repeats), report, repeats=3,
+                               quick="batch 2, 24x24, 8 features, ours only, no memory children",
+                               child=runners.memory_child)
 
 
 if __name__ == "__main__":

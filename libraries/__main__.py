@@ -48,7 +48,7 @@ IMPORT_NOISE = re.compile(r"All log messages before absl::InitializeLog\(\) is c
 
 
 @contextlib.contextmanager
-def _without_import_noise() -> Iterator[None]:
+def without_import_noise() -> Iterator[None]:
     """Capture what is written to the stderr file descriptor inside, and write it back without
     the `IMPORT_NOISE` lines (every other line, e.g. a real error, is kept, in order)."""
     sys.stderr.flush()
@@ -92,7 +92,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"unknown command {command!r}\n\n{_usage()}", file=sys.stderr)
         return 2
     module_name, text = COMMANDS[command]
-    with _without_import_noise():  # the command's module imports TensorFlow
+    with without_import_noise():  # the command's module imports TensorFlow
         module = importlib.import_module(module_name)
     snake = command.replace("-", "_")
     parser = argparse.ArgumentParser(prog=f"python -m libraries {command}", description=text)

@@ -23,7 +23,7 @@ def test_a_command_prints_no_tensorflow_import_lines():
 
 
 def test_only_the_known_import_lines_are_dropped(capfd):
-    with cli._without_import_noise():
+    with cli.without_import_noise():
         os.write(2, b"WARNING: All log messages before absl::InitializeLog() is called are written to STDERR\n")
         os.write(2, b"a real error line\n")
         os.write(2, b"I0000 00:00:1.0  1 port.cc:153] oneDNN custom operations are on. You may see ...\n")
