@@ -118,7 +118,7 @@ class DeepSUMConfig:
                                          "gradients are summed over passes (same update, less memory); 0: the "
                                          "whole batch at once; auto: 1 on CPUs, the whole batch on GPUs")
     frame_by_frame: bool | str = other(AUTO, "inference: run the network one frame at a time (less peak memory, "
-                                             "the same outputs); auto: on CPUs (1.04-1.15x the time of whole "
+                                             "the same outputs); auto: on CPUs (1.04-1.20x the time of whole "
                                              "scenes, measured), not on GPUs")
     frame_strips: int | str = other(AUTO, "frame-by-frame inference: each image's 2-D convolutions as this many "
                                           "horizontal strips batched together (1: whole images; the same sums); "
