@@ -7,6 +7,7 @@ imported instead of this checkout (PYTHONPATH and the working directory point at
 
     python bench/mutation_check.py                 # every mutation
     python bench/mutation_check.py --only score    # those whose name contains "score"
+    python bench/mutation_check.py --only score loss  # ... "score" or "loss"
 
 It takes a few minutes (one pytest run per mutation) and is meant to be run by hand.
 """
@@ -160,6 +161,55 @@ MUTATIONS = (
              'return 1 if getattr(self.model, "frame_by_frame", False) else WINDOWS_PER_CALL',
              "return WINDOWS_PER_CALL",
              ("tests/test_inference.py", "-k", "windows_per_call")),
+    # the data pipeline, the sliding window, the self-ensemble and the loop's bookkeeping
+    Mutation("best 9 are the cloudiest frames (data preparation)", "libraries/preprocessing.py",
+             'others = np.argsort(-clear_pixels[..., 1:], axis=-1, kind="stable")',
+             'others = np.argsort(clear_pixels[..., 1:], axis=-1, kind="stable")',
+             ("tests/test_preprocessing.py", "tests/test_dataset.py")),
+    Mutation("training patches kept whatever their clear frames (data preparation)", "libraries/preprocessing.py",
+             "return (clear_frames >= min_frames) &", "return (clear_frames >= 0) &",
+             ("tests/test_preprocessing.py", "tests/test_dataset.py")),
+    Mutation("pixels no frame sees filled with zero, not kept (network)", "libraries/model/deepsum.py",
+             "return clear & tf.equal(clear_so_far, 1), clear | tf.equal(clear_so_far[:, -1:], 0)",
+             "return clear & tf.equal(clear_so_far, 1), clear",
+             ("tests/test_model.py",)),
+    Mutation("every window reads the first frames (sliding window)", "libraries/inference/frames.py",
+             "index = np.arange(windows)[:, None] + np.arange(frames_per_window)[None, :]",
+             "index = np.zeros([windows, 1], int) + np.arange(frames_per_window)[None, :]",
+             ("tests/test_inference.py",)),
+    Mutation("windows shifted past max_shift kept (sliding window)", "libraries/inference/superresolve.py",
+             "kept.append(bool(np.all(np.abs(shift) <= max_shift)))", "kept.append(True)",
+             ("tests/test_inference.py",)),
+    Mutation("self-ensemble shifts rotated the wrong way", "libraries/inference/ensemble.py",
+             "dy, dx = -dx, dy", "dy, dx = dx, -dy",
+             ("tests/test_ensemble.py",)),
+    Mutation("self-ensemble outputs turned again instead of back", "libraries/inference/ensemble.py",
+             "image = np.rot90(np.asarray(image), -transform.turns, axes=IMAGE_AXES)",
+             "image = np.rot90(np.asarray(image), transform.turns, axes=IMAGE_AXES)",
+             ("tests/test_ensemble.py",)),
+    Mutation("submission images truncated, not rounded, to 16 bits (inference)", "libraries/inference/submission.py",
+             "pixels = np.clip(np.rint(image), 0, np.iinfo(np.uint16).max).astype(np.uint16)",
+             "pixels = np.clip(image, 0, np.iinfo(np.uint16).max).astype(np.uint16)",
+             ("tests/test_inference.py",)),
+    Mutation("the same patch order in every epoch (training data)", "libraries/training/data.py",
+             "patches = _permutation((self.seed, epoch, chunk), self.sizes[chunk])",
+             "patches = _permutation((self.seed, chunk), self.sizes[chunk])",
+             ("tests/test_training.py", "-k", "batch_plan")),
+    Mutation("targets normalised with sigma instead of sigma_rescaled (training data)", "libraries/training/data.py",
+             'y = domain.normalise(arrays["hr"][rows], config.mu, config.sigma_rescaled)',
+             'y = domain.normalise(arrays["hr"][rows], config.mu, config.sigma)',
+             ("tests/test_training.py",)),
+    Mutation("the loss sees the HR image's cloudy pixels (training data)", "libraries/training/data.py",
+             'y_mask = np.asarray(arrays["hr_clear"][rows], dtype=np.float32)',
+             'y_mask = np.ones_like(arrays["hr_clear"][rows], dtype=np.float32)',
+             ("tests/test_training.py",)),
+    Mutation("the best checkpoint keeps the worst validation (training)", "libraries/training/loop.py",
+             'better = value < float(self.best) if self.best_mode == "min" else value > float(self.best)',
+             'better = value > float(self.best) if self.best_mode == "min" else value > float(self.best)',
+             ("tests/test_loop.py", "tests/test_training.py")),
+    Mutation("Kelvins score over 25 offsets, not 49 (metrics)", "libraries/metrics.py",
+             "KELVINS_BORDER = 3", "KELVINS_BORDER = 2",
+             ("tests/test_metrics.py",)),
 )
 
 
@@ -183,9 +233,10 @@ def run_tests(copy: Path, tests: tuple[str, ...]) -> tuple[int, str]:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--only", default="", help="run the mutations whose name contains this text")
+    parser.add_argument("--only", nargs="+", default=[""], metavar="TEXT",
+                        help="run the mutations whose name contains one of these texts")
     args = parser.parse_args(argv)
-    chosen = [mutation for mutation in MUTATIONS if args.only in mutation.name]
+    chosen = [mutation for mutation in MUTATIONS if any(text in mutation.name for text in args.only)]
     rows, missed = [], 0
     with tempfile.TemporaryDirectory(prefix="deepsum-mutants-") as folder:
         copy = Path(folder)

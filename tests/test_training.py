@@ -60,14 +60,17 @@ def trained(tmp_path_factory, data_path):
 def test_batch_plan_visits_every_patch_once_per_epoch_in_a_seeded_order():
     plan = training.BatchPlan([7, 5], batch_size=2, seed=3)
     assert plan.steps_per_epoch == 3 + 2  # remainders dropped, as the authors' loop
-    seen = [plan.rows(step) for step in range(plan.steps_per_epoch)]
+    epochs = [[plan.rows(step) for step in range(epoch * plan.steps_per_epoch, (epoch + 1) * plan.steps_per_epoch)]
+              for epoch in range(2)]
+    orders = [{chunk: np.concatenate([rows for c, rows in epoch if c == chunk]) for chunk in range(2)}
+              for epoch in epochs]  # each chunk's patches in the order one epoch visits them
     for chunk, size in enumerate([7, 5]):
-        rows = np.concatenate([r for c, r in seen if c == chunk])
-        assert len(rows) == len(set(rows.tolist())) == 2 * (size // 2)
+        for order in orders:
+            assert len(order[chunk]) == len(set(order[chunk].tolist())) == 2 * (size // 2)
+        # each chunk's patches shuffled again each epoch, not only the order of the chunks
+        assert not np.array_equal(orders[0][chunk], orders[1][chunk]), chunk
     again = training.BatchPlan([7, 5], batch_size=2, seed=3)
     assert all(np.array_equal(plan.rows(s)[1], again.rows(s)[1]) for s in range(12))
-    next_epoch = [plan.rows(step) for step in range(plan.steps_per_epoch, 2 * plan.steps_per_epoch)]
-    assert any(not np.array_equal(a[1], b[1]) for a, b in zip(seen, next_epoch))
     other_seed = training.BatchPlan([7, 5], batch_size=2, seed=4)
     assert any(not np.array_equal(plan.rows(s)[1], other_seed.rows(s)[1]) for s in range(5))
 
