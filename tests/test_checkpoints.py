@@ -10,7 +10,7 @@ from libraries import checkpoints
 from libraries.__main__ import main
 from libraries.checkpoints import CheckpointError
 from libraries.config import default_config, load_config
-from libraries.model import DeepSUM, SISRNet
+from libraries.model import DeepSUM, RegNet, SISRNet
 
 SMALL = default_config(n_features=8)
 
@@ -78,6 +78,33 @@ def test_restore_weights_detects_the_kind_and_refuses_partial_checkpoints(case_c
         checkpoints.load_tf1_checkpoint(model, checkpoints.save_model_checkpoint(model, tmp_path / "ours"))
     with pytest.raises(CheckpointError, match="does not fit DeepSUM"):
         checkpoints.restore_weights(DeepSUM(SMALL), tmp_path / "ours")
+
+
+def test_a_tf2_checkpoint_of_another_network_is_refused(tmp_path):
+    """Our checkpoint of one network restored into another, or of one sub-network into the whole
+    of DeepSUM: TensorFlow would restore what matches (here nothing, or SISRNet alone) and leave
+    the rest at its initial values, a silently untrained network."""
+    regnet = checkpoints.save_model_checkpoint(RegNet(8), tmp_path / "regnet")
+    sisrnet = checkpoints.save_model_checkpoint(SISRNet(8, seed=4), tmp_path / "sisrnet")
+    for model, folder in ((SISRNet(8), regnet), (DeepSUM(SMALL), sisrnet)):
+        with pytest.raises(CheckpointError, match=rf"{folder.name}/model-1: does not fit {type(model).__name__} \("):
+            checkpoints.restore_weights(model, folder)
+    assert checkpoints.restore_weights(DeepSUM(SMALL).sisrnet, sisrnet) == "tf2"  # what it does fit
+
+
+def test_a_tf1_checkpoint_with_variables_deepsum_does_not_have_is_refused(tmp_path):
+    """A TF1 checkpoint of another network that shares some of DeepSUM's variable names (the
+    optimiser's slots and step counters are expected and skipped)."""
+    model = SISRNet(8)
+    variables = {**model.tf1_variables(), "conv_up_0/W/Adam": tf.Variable(tf.zeros([3, 3, 1, 8])),
+                 "global_step": tf.Variable(5, dtype=tf.int64), "decoder/conv_0/W": tf.Variable(tf.ones([3, 3, 8, 8]))}
+    path = tf.compat.v1.train.Saver(variables).save(None, str(tmp_path / "other" / "model.ckpt"))
+    with pytest.raises(CheckpointError, match=r"model.ckpt: not a DeepSUM checkpoint \(unexpected variables "
+                                              r"\['decoder/conv_0/W'\]\)"):
+        checkpoints.restore_weights(SISRNet(8), path)
+    del variables["decoder/conv_0/W"]
+    path = tf.compat.v1.train.Saver(variables).save(None, str(tmp_path / "ours" / "model.ckpt"))
+    assert checkpoints.restore_weights(SISRNet(8, seed=9), path) == "tf1"
 
 
 def test_convert_tf1_round_trips_to_identical_outputs(case_checkpoint, reference_case, tmp_path):
