@@ -4,7 +4,9 @@ batches that are a pure function of the step."""
 from __future__ import annotations
 
 import numpy as np
+import pytest
 import tensorflow as tf
+from scipy import stats
 
 from libraries import domain, model, preprocessing
 from libraries.config import RegNetPretrainConfig
@@ -38,6 +40,30 @@ def test_planted_copies_are_registered_by_the_filter_at_their_tap():
     assert domain.tap_index(np.array([-4, -4])) == 0 and domain.tap_index(np.array([0, 1])) == 41
 
 
+def test_planted_shifts_cover_every_tap_uniformly_and_follow_their_seed():
+    """RegNet learns the taps it is shown: every shift of [-4, 4]^2, the ends included, as often
+    as the others (a chi-square test of the 81 taps' counts, 8192 draws)."""
+    shifts = pretraining_data.random_shifts(512, 8, 4, tf.constant([3, 4])).numpy()  # [512, 8, 2]
+    assert shifts.shape == (512, 8, 2) and shifts.dtype == np.int32
+    assert np.unique(shifts).tolist() == list(range(-4, 5))
+    counts = np.bincount(domain.tap_index(shifts).ravel(), minlength=81)
+    assert len(counts) == 81 and stats.chisquare(counts).pvalue > 1e-3, counts
+    np.testing.assert_array_equal(pretraining_data.random_shifts(512, 8, 4, tf.constant([3, 4])), shifts)
+    assert not np.array_equal(pretraining_data.random_shifts(512, 8, 4, tf.constant([3, 5])), shifts)
+
+
+def test_held_out_patches_are_those_of_whole_scenes():
+    """A scene's patches are all held out or all trained on: no scene is seen by both."""
+    scene = np.repeat(np.array([7, 2, 9, 4, 11, 5, 3, 8, 6, 1]), 5)  # 10 scenes, 5 patches each
+    heldout = pretraining_data.split_scenes(scene, 0.3, seed=2)
+    held, kept = set(scene[heldout].tolist()), set(scene[~heldout].tolist())
+    assert len(held) == 3 and held.isdisjoint(kept) and held | kept == set(scene.tolist())
+    assert heldout.sum() == 15
+    np.testing.assert_array_equal(pretraining_data.split_scenes(scene, 0.3, seed=2), heldout)
+    assert pretraining_data.split_scenes(scene, 0.01, seed=2).sum() == 5  # at least one scene
+    assert pretraining_data.split_scenes(scene, 1.0, seed=2).sum() == 45  # at least one kept
+    with pytest.raises(pretraining_data.PretrainingError, match="at least 2 scenes, got 1"):
+        pretraining_data.split_scenes(np.zeros(6, int), 0.3, seed=2)
 
 
 def test_regnet_batches_are_a_pure_function_of_the_step(tmp_path):
