@@ -4,7 +4,8 @@ Each command lives in the module that owns its concept, as a pair of functions
 `add_<command>_arguments(parser)` and `run_<command>(args) -> int`; only the module of the
 command being run is imported, so `--help` of one command does not load the others. A user
 error (`USER_ERRORS`) of any command is one `error: ...` line on stderr and exit code 1;
-argparse's usage errors keep exit code 2.
+argparse's usage errors keep exit code 2. The project's INFO lines (what an `auto` setting chose
+and the measurement behind it, a resumed checkpoint) go to stderr.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import importlib
+import logging
 import os
 import re
 import sys
@@ -98,6 +100,10 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog=f"python -m libraries {command}", description=text)
     getattr(module, f"add_{snake}_arguments")(parser)
     args = parser.parse_args(argv[1:])
+    # the project's INFO lines on stderr: what each `auto` setting chose on this machine and the
+    # measurement behind it (`libraries.model.strips`, `fusion`, `kernel_gradients`), a resume
+    logging.basicConfig(format="%(levelname)s %(name)s: %(message)s")
+    logging.getLogger("libraries").setLevel(logging.INFO)
     try:
         return int(getattr(module, f"run_{snake}")(args) or 0)
     except USER_ERRORS as error:

@@ -68,13 +68,17 @@ def shared_data_dir() -> Path:
 
 # The longest files (they train or start processes) first, then the others in file order: files go
 # to the workers in this order (pyproject.toml turns off xdist's own reordering by test count), so
-# no long file starts last and keeps one worker busy while the other waits.
+# no long file starts last and keeps one worker busy while the other waits. A run in one process
+# (`-n 0`) keeps the order it was given (`bench/mutation_check.py` names the quickest file first).
 LONGEST_FIRST = ("test_training.py", "test_loop.py", "test_pretraining.py", "test_inference.py", "test_bench.py",
                  "test_demo.py", "test_inference_notebooks.py", "test_model.py", "test_optimization.py",
                  "test_training_notebook.py", "test_pretraining_notebook.py", "test_ensemble.py")
 
 
 def pytest_collection_modifyitems(items: list) -> None:
+    if "PYTEST_XDIST_WORKER" not in os.environ:
+        return
+
     def rank(item) -> int:
         name = item.path.name
         return LONGEST_FIRST.index(name) if name in LONGEST_FIRST else len(LONGEST_FIRST)

@@ -7,11 +7,13 @@ import re
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 
 from libraries import __main__ as cli
+from libraries import checkpoints, config, model, probav
 
-from helpers import REPOSITORY_ROOT
+from helpers import REPOSITORY_ROOT, subprocess_env
 
 
 def test_a_command_prints_no_tensorflow_import_lines():
@@ -20,6 +22,34 @@ def test_a_command_prints_no_tensorflow_import_lines():
                          capture_output=True, text=True, timeout=120)
     assert run.returncode == 0 and run.stdout.startswith("usage: python -m libraries pretrain-regnet")
     assert run.stderr == ""
+
+
+def test_a_command_says_what_the_auto_settings_chose_and_the_measurement_behind_it(tmp_path):
+    """`superresolve --frames` of a user on a 2-thread CPU: frame by frame, each image's
+    convolutions in strips or whole, the element-wise work fused by XLA or not, each choice one
+    INFO line on stderr with the probe's timings (here of whatever this machine measures)."""
+    cfg = config.default_config(n_features=4)  # every hardware choice `auto`, as shipped
+    weights = checkpoints.save_model_checkpoint(model.DeepSUM(cfg), tmp_path / "weights", cfg)
+    rng = np.random.default_rng(0)
+    (tmp_path / "frames").mkdir()
+    for index in range(9):
+        probav.write_png(tmp_path / "frames" / f"LR{index:03d}.png", rng.integers(7000, 9000, (16, 16), dtype=np.uint16))
+    run = subprocess.run([sys.executable, "-m", "libraries", "superresolve", "--config", str(weights / "config.json"),
+                          "--checkpoint", str(weights), "--frames", str(tmp_path / "frames"),
+                          "--out", str(tmp_path / "sr.tif")], cwd=tmp_path,
+                         env={**subprocess_env(), "TF_NUM_INTRAOP_THREADS": "2"}, capture_output=True, text=True,
+                         timeout=300)
+    assert run.returncode == 0, run.stderr[-3000:]
+    number = r"\d+\.\d+ s"
+    lines = run.stderr.splitlines()
+    strips = [line for line in lines if line.startswith("INFO libraries.model.strips: ")]
+    assert len(strips) == 1 and re.fullmatch(rf"INFO libraries.model.strips: frame_strips auto: whole image {number}, "
+                                             rf"2 strips {number} on \(1, 386, 386, 64\) -> (2 strips|whole images)",
+                                             strips[0]), run.stderr
+    fused = [line for line in lines if line.startswith("INFO libraries.model.fusion: ")]
+    assert len(fused) == 1 and re.fullmatch(rf"INFO libraries.model.fusion: xla_elementwise auto, element-wise work in "
+                                            rf"float32: separate ops {number}, XLA {number} on \(1, 384, 384, 64\) "
+                                            rf"-> (XLA|separate ops)", fused[0]), run.stderr
 
 
 def test_only_the_known_import_lines_are_dropped(capfd):

@@ -49,7 +49,7 @@ def xla_is_faster(dtype_name: str) -> bool:
     machine in compute dtype `dtype_name` (measured once per process and dtype)."""
     timings = measure(dtype=tf.as_dtype(dtype_name))
     faster = xla_wins(timings)
-    LOG.info("element-wise work (%s): separate ops %.4f s, XLA %.4f s on %s -> %s", dtype_name,
+    LOG.info("xla_elementwise auto, element-wise work in %s: separate ops %.4f s, XLA %.4f s on %s -> %s", dtype_name,
              timings["separate_s"], timings["xla_s"], PROBE_SHAPE, "XLA" if faster else "separate ops")
     return faster
 

@@ -56,11 +56,11 @@ def xla_is_faster() -> bool:
     """Whether XLA's float32 kernel gradient beats TensorFlow's on this machine (measured once
     per process; False on GPUs, where cuDNN's is used)."""
     if tf.config.list_logical_devices("GPU"):
-        LOG.info("kernel gradients: a GPU is visible, TensorFlow's own (cuDNN) kernels are used")
+        LOG.info("xla_kernel_gradients auto: a GPU is visible, TensorFlow's own (cuDNN) kernels are used")
         return False
     timings = measure()
     faster = xla_wins(timings)
-    LOG.info("kernel gradients: oneDNN %.3f s, XLA %.3f s on %s -> %s", timings["onednn_s"], timings["xla_s"],
+    LOG.info("xla_kernel_gradients auto: oneDNN %.3f s, XLA %.3f s on %s -> %s", timings["onednn_s"], timings["xla_s"],
              PROBE_SHAPE, "XLA" if faster else "oneDNN")
     return faster
 

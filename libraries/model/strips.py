@@ -56,7 +56,7 @@ def strips_are_faster(count: int) -> bool:
     machine (measured once per process and count)."""
     timings = measure(count)
     faster = strips_win(timings)
-    LOG.info("frame strips: whole image %.4f s, %d strips %.4f s on %s -> %s", timings["whole_s"], count,
+    LOG.info("frame_strips auto: whole image %.4f s, %d strips %.4f s on %s -> %s", timings["whole_s"], count,
              timings["strips_s"], PROBE_SHAPE, f"{count} strips" if faster else "whole images")
     return faster
 

@@ -268,8 +268,6 @@ def config_from_arguments(args: argparse.Namespace) -> config_module.DeepSUMConf
 
 
 def run_train(args: argparse.Namespace) -> int:
-    logging.basicConfig(format="%(levelname)s %(name)s: %(message)s")
-    logging.getLogger("libraries").setLevel(logging.INFO)
     config = config_from_arguments(args)
     trainer = Trainer(config, require_pretrained=args.require_pretrained, init_from=args.init_from,
                       progress=not args.no_progress)
