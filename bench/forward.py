@@ -191,8 +191,9 @@ def report(results: dict) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    return harness.script_main(argv, __doc__, "forward", lambda args: measure(QUICK if args.quick else FULL, args.repeats),
-                               report, repeats=3, quick="tiny sizes, 8 features", child=runners.memory_child)
+    return harness.script_main(argv, __doc__, "forward",
+                               lambda args: measure(QUICK if args.quick else FULL, args.repeats), report, repeats=3,
+                               quick="tiny sizes, 8 features", child=runners.memory_child)
 
 
 if __name__ == "__main__":

@@ -198,7 +198,8 @@ def script_main(argv: list[str] | None, doc: str, name: str, measure: Callable[[
     if arguments is not None:
         arguments(parser)
     parser.add_argument("--repeats", type=int, default=repeats, help=f"timed repeats (default {repeats})")
-    parser.add_argument("--quick", action="store_true", help=f"{quick}, {quick_repeats} repeat{'s' if quick_repeats != 1 else ''} (for tests)")
+    plural = "s" if quick_repeats != 1 else ""
+    parser.add_argument("--quick", action="store_true", help=f"{quick}, {quick_repeats} repeat{plural} (for tests)")
     args = parser.parse_args(argv)
     if args.quick:
         args.repeats = quick_repeats
