@@ -132,17 +132,25 @@ def restore_weights(model: tf.Module, path: str | os.PathLike, extra: Mapping[st
                 raise CheckpointError(f"{prefix}: TF1 checkpoint lacks {len(missing)} variable(s) of "
                                       f"{type(module).__name__}: {missing[:6]}")
         return "tf1"
+    # TensorFlow assigns what it can before a check fails (a shape that does not fit, weights found
+    # holding NaN): a refused checkpoint leaves the weights as they were, as the TF1 path does
+    # (it checks every tensor before assigning any)
+    before = [(variable, variable.numpy()) for module in [model, *extra.values()] for variable in module.variables]
     try:
         status = tf.train.Checkpoint(model=model, **extra).restore(prefix)
         status.assert_existing_objects_matched()
-    except (AssertionError, ValueError, tf.errors.OpError) as error:
+        status.expect_partial()  # optimiser state, step counters and the like are not needed here
+        for module in [model, *extra.values()]:
+            for name, variable in module.tf1_variables().items():
+                _check_finite(prefix, name, variable.numpy())
+    except (AssertionError, ValueError, tf.errors.OpError, CheckpointError) as error:
+        for variable, value in before:
+            variable.assign(value)
+        if isinstance(error, CheckpointError):
+            raise
         message = str(error).splitlines()[0]
         message = message if len(message) < 240 else message[:240] + "..."
         raise CheckpointError(f"{prefix}: does not fit {type(model).__name__} ({message})") from None
-    status.expect_partial()  # optimiser state, step counters and the like are not needed here
-    for module in [model, *extra.values()]:
-        for name, variable in module.tf1_variables().items():
-            _check_finite(prefix, name, variable.numpy())
     return "tf2"
 
 

@@ -80,15 +80,19 @@ def test_restore_weights_detects_the_kind_and_refuses_partial_checkpoints(case_c
         checkpoints.restore_weights(DeepSUM(SMALL), tmp_path / "ours")
 
 
-def test_a_tf2_checkpoint_of_another_network_is_refused(tmp_path):
+def test_a_tf2_checkpoint_of_another_network_is_refused_and_changes_no_weight(tmp_path):
     """Our checkpoint of one network restored into another, or of one sub-network into the whole
-    of DeepSUM: TensorFlow would restore what matches (here nothing, or SISRNet alone) and leave
-    the rest at its initial values, a silently untrained network."""
+    of DeepSUM: TensorFlow would restore what matches (here nothing) and leave the rest at its
+    initial values, a silently untrained network. Refused, the weights are the ones the model had
+    (a checkpoint refused after TensorFlow assigned it, one holding NaN, is put back: below)."""
     regnet = checkpoints.save_model_checkpoint(RegNet(8), tmp_path / "regnet")
     sisrnet = checkpoints.save_model_checkpoint(SISRNet(8, seed=4), tmp_path / "sisrnet")
     for model, folder in ((SISRNet(8), regnet), (DeepSUM(SMALL), sisrnet)):
+        before = {name: variable.numpy() for name, variable in model.tf1_variables().items()}
         with pytest.raises(CheckpointError, match=rf"{folder.name}/model-1: does not fit {type(model).__name__} \("):
             checkpoints.restore_weights(model, folder)
+        for name, variable in model.tf1_variables().items():
+            np.testing.assert_array_equal(variable.numpy(), before[name], err_msg=name)
     assert checkpoints.restore_weights(DeepSUM(SMALL).sisrnet, sisrnet) == "tf2"  # what it does fit
 
 
@@ -146,9 +150,8 @@ def test_weights_holding_nan_or_inf_are_one_error_naming_the_variable(tmp_path, 
     with pytest.raises(CheckpointError, match=r"variable conv_fuse_2/W holds 2 NaN or infinite value\(s\); "
                                               r"expected finite weights"):
         checkpoints.restore_weights(other, path)
-    if kind == "tf1":  # every tensor is checked before any is assigned
-        for name, variable in other.tf1_variables().items():
-            np.testing.assert_array_equal(variable.numpy(), before[name])
+    for name, variable in other.tf1_variables().items():  # TF1: checked before any is assigned; TF2: put back
+        np.testing.assert_array_equal(variable.numpy(), before[name])
 
 
 def test_save_model_checkpoint_writes_config_and_restores(tmp_path):
