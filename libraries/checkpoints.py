@@ -123,9 +123,10 @@ def restore_weights(model: tf.Module, path: str | os.PathLike, extra: Mapping[st
     missing ones.
     """
     extra = dict(extra or {})
+    modules = [model, *extra.values()]
     prefix, reader = open_checkpoint(path)
     if not is_object_based(reader):
-        for module in [model, *extra.values()]:
+        for module in modules:
             loaded = load_tf1_checkpoint(module, prefix)
             missing = sorted(set(module.tf1_variables()) - set(loaded))
             if missing:
@@ -135,12 +136,12 @@ def restore_weights(model: tf.Module, path: str | os.PathLike, extra: Mapping[st
     # TensorFlow assigns what it can before a check fails (a shape that does not fit, weights found
     # holding NaN): a refused checkpoint leaves the weights as they were, as the TF1 path does
     # (it checks every tensor before assigning any)
-    before = [(variable, variable.numpy()) for module in [model, *extra.values()] for variable in module.variables]
+    before = [(variable, variable.numpy()) for module in modules for variable in module.variables]
     try:
         status = tf.train.Checkpoint(model=model, **extra).restore(prefix)
         status.assert_existing_objects_matched()
         status.expect_partial()  # optimiser state, step counters and the like are not needed here
-        for module in [model, *extra.values()]:
+        for module in modules:
             for name, variable in module.tf1_variables().items():
                 _check_finite(prefix, name, variable.numpy())
     except (AssertionError, ValueError, tf.errors.OpError, CheckpointError) as error:
