@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import os
 import types
 import typing
@@ -67,6 +68,20 @@ def add_precision_argument(parser: Any) -> None:
     parser.add_argument("--precision", choices=PRECISIONS,
                         help="override the config's precision: float32 (the authors' numbers), mixed_bfloat16 "
                              "(CPUs with AMX or AVX512-BF16, recent GPUs) or mixed_float16 (GPUs)")
+
+
+def check_numbers(config: Any, non_negative: tuple[str, ...]) -> None:
+    """Raise `ConfigError` for a number field that is NaN or infinite (JSON files may spell them
+    `NaN` and `Infinity`; an infinite sigma would turn every frame into zeros, silently) or for one
+    of the `non_negative` integer fields below zero (NumPy's generators refuse a negative seed,
+    deep inside a run)."""
+    for field in dataclasses.fields(config):
+        value = getattr(config, field.name)
+        if isinstance(value, float) and not math.isfinite(value):
+            raise ConfigError(f"{field.name}: expected a finite number, got {value!r}")
+    for name in non_negative:
+        if getattr(config, name) < 0:
+            raise ConfigError(f"{name}: expected an integer >= 0, got {getattr(config, name)!r}")
 
 
 def with_precision(config: ConfigT, precision: str | None) -> ConfigT:
@@ -147,6 +162,7 @@ class DeepSUMConfig:
         if unknown:
             raise ConfigError(f"freeze: unknown sub-network(s) {sorted(unknown)}; expected any of {SUB_NETWORKS}")
         check_precision(self.precision)
+        check_numbers(self, ("seed", "n_slide", "max_steps", "validation_images", "border"))
         for name in ("frame_by_frame", "xla_kernel_gradients", "xla_elementwise", "reduced_precision_kernels"):
             value = getattr(self, name)
             if isinstance(value, str) and value != AUTO:
@@ -172,6 +188,10 @@ class DeepSUMConfig:
         if tuple(size * self.R for size in self.patch_size_LR) != tuple(self.patch_size_HR):
             raise ConfigError(f"patch_size_LR: expected patch_size_HR / R = "
                               f"{[size // self.R for size in self.patch_size_HR]}, got {list(self.patch_size_LR)}")
+        # the loss compares the patches cropped by `border` pixels on each side
+        if min(self.patch_size_HR) <= 2 * self.border:
+            raise ConfigError(f"patch_size_HR: expected sides larger than 2*border = {2 * self.border}, "
+                              f"got {list(self.patch_size_HR)}")
 
     def replace(self, **changes: Any) -> "DeepSUMConfig":
         """A copy with some fields changed (e.g. from command-line flags), validated again."""
@@ -209,6 +229,7 @@ class PretrainConfig:
 
     def __post_init__(self) -> None:
         check_precision(self.precision)
+        check_numbers(self, ("seed",))
         if self.spectral_band not in ("NIR", "RED"):
             raise ConfigError(f"spectral_band: expected 'NIR' or 'RED', got {self.spectral_band!r}")
         for name in ("lr", "sigma", "sigma_rescaled"):

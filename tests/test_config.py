@@ -75,6 +75,18 @@ def test_round_trip_through_json(tmp_path):
          "reduced_precision_kernels: expected true, false or 'auto', got 'native'"),
         (lambda c: c["others"].update(patch_size_LR=[30, 32]),
          "patch_size_LR: expected patch_size_HR / R = [32, 32], got [30, 32]"),
+        # JSON files may hold NaN and Infinity (Python's json reads them): an infinite sigma would
+        # make every normalised frame zero
+        (lambda c: c["others"].update(mu=float("nan")), "mu: expected a finite number, got nan"),
+        (lambda c: c["others"].update(sigma=float("inf")), "sigma: expected a finite number, got inf"),
+        (lambda c: c["hyperparameters"].update(lr=float("-inf")), "lr: expected a finite number, got -inf"),
+        (lambda c: c["others"].update(seed=-1), "seed: expected an integer >= 0, got -1"),
+        (lambda c: c["others"].update(n_slide=-2), "n_slide: expected an integer >= 0, got -2"),
+        (lambda c: c["others"].update(max_steps=-5), "max_steps: expected an integer >= 0, got -5"),
+        (lambda c: c["others"].update(validation_images=-1), "validation_images: expected an integer >= 0, got -1"),
+        (lambda c: c["others"].update(border=-1), "border: expected an integer >= 0, got -1"),
+        (lambda c: c["others"].update(border=48), "patch_size_HR: expected sides larger than 2*border = 96, "
+                                                  "got [96, 96]"),
     ],
 )
 def test_bad_config_names_key_and_file(tmp_path, edit, expected):
@@ -120,3 +132,9 @@ def test_config_errors_name_the_key(tmp_path):
         SISRNetPretrainConfig(**{**PRETRAIN, "patch_size": 6}, dataset_path=tmp_path)
     with pytest.raises(config.ConfigError, match="eval_size"):
         RegNetPretrainConfig(**PRETRAIN, dataset_path=tmp_path, eval_size=10)  # windows cut 4 px on each side
+    with pytest.raises(config.ConfigError, match="sigma_rescaled: expected a finite number, got inf"):
+        SISRNetPretrainConfig(**{**PRETRAIN, "sigma_rescaled": float("inf")}, dataset_path=tmp_path)
+    with pytest.raises(config.ConfigError, match="heldout_fraction: expected a finite number, got nan"):
+        SISRNetPretrainConfig(**PRETRAIN, dataset_path=tmp_path, heldout_fraction=float("nan"))
+    with pytest.raises(config.ConfigError, match="seed: expected an integer >= 0, got -3"):
+        RegNetPretrainConfig(**{**PRETRAIN, "seed": -3}, dataset_path=tmp_path)
