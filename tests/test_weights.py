@@ -175,9 +175,15 @@ def test_rerun_skips_verified_files_and_replaces_a_corrupt_one(authors_tree, tmp
 
         corrupt = dest / "pretraining_checkpoints/RegNet/model.ckpt-5999.index"
         corrupt.write_bytes(b"not a checkpoint index")
+        # of the right size, one byte changed: only the checksums tell
+        flipped = dest / "pretraining_checkpoints/SISRNet/model.ckpt-11399.data-00000-of-00001"
+        content = bytearray(flipped.read_bytes())
+        content[12345] ^= 0x01
+        flipped.write_bytes(bytes(content))
         repaired = weights.fetch_weights(dest, url, which=("pretraining",))
-    assert repaired["RegNet"].downloaded == ("model.ckpt-5999.index",) and len(requested) == 1
-    assert weights._file_matches(corrupt, PRETRAINING[1].index)
+    assert repaired["RegNet"].downloaded == ("model.ckpt-5999.index",)
+    assert repaired["SISRNet"].downloaded == ("model.ckpt-11399.data-00000-of-00001",) and len(requested) == 2
+    assert weights._file_matches(corrupt, PRETRAINING[1].index) and weights._file_matches(flipped, PRETRAINING[0].data)
 
 
 @pytest.mark.parametrize("tamper", ["flip_one_byte", "other_file"])
@@ -291,10 +297,15 @@ def test_challenge_conversion_path_calls_converter_once(reference_dir, tmp_path,
     with _serve(root) as (url, _):
         first = weights.fetch_weights(dest, url, which=("challenge",))
         second = weights.fetch_weights(dest, url, which=("challenge",))
+        tf1_folder = dest / "checkpoints/authors_tf1/DeepSUM_NIR_lr_5e-06_bsize_8"
+        assert len(calls) == 1  # not again on a re-run
+        # a TF1 file found damaged is fetched again, and the conversion made from it is redone
+        (tf1_folder / "model.ckpt.index").write_bytes(b"damaged")
+        third = weights.fetch_weights(dest, url, which=("challenge",))
+        assert third["DeepSUM_NIR"].downloaded == ("model.ckpt.index",)
         assert cli.main(["fetch-weights", "--dest", str(tmp_path / "other"), "--url-base", url, "--only", "challenge",
                          "--no-convert"]) == 0
-    tf1_folder = dest / "checkpoints/authors_tf1/DeepSUM_NIR_lr_5e-06_bsize_8"
-    assert calls == [(tf1_folder, dest / "checkpoints/DeepSUM_NIR_challenge", None)]  # not again on re-run
+    assert calls == [(tf1_folder, dest / "checkpoints/DeepSUM_NIR_challenge", None)] * 2
     assert first["DeepSUM_NIR"].converted == second["DeepSUM_NIR"].converted == dest / "checkpoints/DeepSUM_NIR_challenge"
     other = tmp_path / "other" / "checkpoints"
     assert sorted(path.name for path in other.iterdir()) == ["authors_tf1"]  # --no-convert: no TF2 folder
