@@ -132,6 +132,17 @@ def test_regnet_pretraining_learns_planted_shifts(sisrnet_run, prepared_96, tmp_
     last = history["validation"][-1]
     assert last["heldout_accuracy"] > SHORT_ACCURACY, history["validation"]
     assert last["heldout_opposite_sign_accuracy"] < 0.05  # the sign convention is the model's
+    # that accuracy is the last weights' on the frames of the held-out scenes, every one of them
+    patches = dataset.load_training_chunk(prepared_96, "NIR", 0)
+    heldout = pretraining_data.split_scenes(patches["scene"], cfg.heldout_fraction, cfg.seed)
+    frames = (np.asarray(patches["frames"][heldout], np.float32) - cfg.mu) / cfg.sigma  # [n, 9, 96, 96]
+    frames = frames.reshape(-1, 96, 96, 1)
+    assert 0 < len(frames) <= cfg.eval_frames
+    regnet = RegNet(cfg.n_features, cfg.filter_size)
+    checkpoints.restore_weights(regnet, cfg.checkpoint_dir)
+    expected = P.evaluate_regnet_accuracy(P.frozen_sisrnet(cfg), regnet, frames, cfg.max_shift, cfg.seed,
+                                          cfg.batch_size, 9)
+    assert expected["shifts"] == 8 * len(frames) and last["heldout_accuracy"] == expected["accuracy"]
 
 
 def test_pretraining_checkpoints_initialise_deepsum(sisrnet_run, prepared, tmp_path):
