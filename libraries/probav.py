@@ -372,8 +372,8 @@ def write_scene(
 def read_norm(path: str | os.PathLike) -> dict[str, float]:
     """Read norm.csv ("imgsetNNNN <float>" per line, space separated) -> {name: baseline cPSNR}.
 
-    Blank lines are skipped; a malformed line, a non-finite value or a repeated scene name
-    is an error naming the file and the line number.
+    Blank lines are skipped; a malformed line, a value that is not a positive finite number or a
+    repeated scene name is an error naming the file and the line number.
     """
     path = Path(path)
     if not path.is_file():
@@ -389,8 +389,9 @@ def read_norm(path: str | os.PathLike) -> dict[str, float]:
             value = float(fields[1])
         except ValueError:
             value = math.nan
-        if not math.isfinite(value):
-            raise ProbaVError(f"{path}, line {number}: {line!r}; expected 'imgsetNNNN <finite float>'")
+        if not (math.isfinite(value) and value > 0):  # a score divides by it: 0 or less would be garbage
+            raise ProbaVError(f"{path}, line {number}: {line!r}; expected 'imgsetNNNN <cPSNR>', a positive "
+                              f"finite number of dB")
         if fields[0] in baselines:
             raise ProbaVError(f"{path}, line {number}: scene {fields[0]} listed twice")
         baselines[fields[0]] = value

@@ -193,10 +193,14 @@ def test_missing_or_empty_split_folder(tmp_path):
 
 
 @pytest.mark.parametrize(
-    "line", ["imgset0002 abc", "imgset0002", "imgset0002 45.1 7", "imgset0002 nan", "imgset0000 40.0"]
+    "line", ["imgset0002 abc", "imgset0002", "imgset0002 45.1 7", "imgset0002 nan", "imgset0002 0",
+             "imgset0002 -41.5", "imgset0000 40.0"]
 )
 def test_norm_malformed_line(tmp_path, line):
     path = tmp_path / "norm.csv"
     path.write_text(f"imgset0000 50.5\nimgset0001 40.25\n{line}\n")
-    with pytest.raises(probav.ProbaVError, match=r"norm\.csv, line 3"):
+    with pytest.raises(probav.ProbaVError) as error:
         probav.read_norm(path)
+    expected = ("scene imgset0000 listed twice" if line.startswith("imgset0000") else
+                f"{line!r}; expected 'imgsetNNNN <cPSNR>', a positive finite number of dB")
+    assert str(error.value) == f"{path}, line 3: {expected}"
