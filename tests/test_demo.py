@@ -14,8 +14,9 @@ from libraries.model.deepsum import fill_masked
 from libraries.training import loop
 
 
-def test_demo_runs_end_to_end_and_reruns_from_its_outputs(tmp_path, capsys):
+def test_demo_runs_end_to_end_and_reruns_from_its_outputs(tmp_path, capsys, caplog):
     matplotlib.use("Agg")
+    caplog.set_level("INFO", logger="libraries")
     arguments = ["demo", "--out", str(tmp_path / "demo"), "--scenes", "6", "--test-scenes", "2", "--lr-size", "48",
                  "--steps", "6", "--pretrain-steps", "6", "--patch-size", "48", "--features", "8", "--n-slide", "0",
                  "--no-progress"]
@@ -64,7 +65,10 @@ def test_demo_runs_end_to_end_and_reruns_from_its_outputs(tmp_path, capsys):
         "RED: training loss (cL2) of each batch of patches", "RED: validation loss (cL2) on whole scenes"]
     np.testing.assert_allclose(figure.axes[1].get_lines()[0].get_xydata(),
                                [[entry["step"], entry["loss"]] for entry in trained["NIR"]["history"]["validation"]])
-    # RED was fine-tuned from NIR and both bands' checkpoints exist
+    # RED was fine-tuned from NIR (every weight of NIR's last checkpoint) and both bands' checkpoints exist
+    assert [record.getMessage() for record in caplog.records if record.name == "libraries.training.deepsum" and
+            record.getMessage().startswith("initialised every weight")] == [
+        f"initialised every weight from {plan.deepsum['NIR'].checkpoint_dir}"]
     for band in domain.BANDS:
         assert (tmp_path / "demo" / "checkpoints" / f"DeepSUM_{band}" / "checkpoint").is_file()
 
