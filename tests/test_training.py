@@ -239,6 +239,32 @@ def test_validation_numbers_equal_the_kelvins_rule_and_taps_counted_by_hand(trai
     assert results["score"] == pytest.approx(np.mean(np.asarray(arrays["baseline"]) / np.asarray(cpsnrs)), rel=2e-6)
 
 
+class _FixedTaps(tf.Module):
+    """A stand-in network: SR all zeros, every frame's registration filter peaked at one flat tap."""
+
+    def __init__(self, tap: int, filter_size: int):
+        super().__init__()
+        self.tap, self.filter_size = tap, filter_size
+
+    def __call__(self, x, masks, training=False):  # x: [1, 9, H, W, 1]
+        logits = tf.one_hot(tf.fill([1, 8], self.tap), self.filter_size**2)  # [1, 8, k*k]
+        return {"sr": tf.zeros_like(x[:, :1]), "filter_logits": logits,
+                "filters": tf.reshape(logits, [1, 8, self.filter_size, self.filter_size])}
+
+
+def test_regnet_accuracy_counts_a_shift_beyond_smaller_filters_as_a_miss():
+    """7x7 filters reach shifts of 3; a frame shifted (4, -4) has the flat index 7*7 - 1 = 48,
+    which is the tap of (3, 3). Every filter peaks there: 3 of the 8 frames, those shifted
+    (3, 3), are registered, not 4."""
+    config = config_module.default_config(filter_size=7, n_features=8)
+    shifts = np.array([[0, 0], [4, -4], [3, 3], [0, 0], [-4, 4], [3, 3], [1, 1], [3, 3], [2, -3]], np.int32)
+    y = np.random.default_rng(0).standard_normal((1, 1, 48, 48, 1)).astype(np.float32)
+    scene = (np.zeros((1, 9, 48, 48, 1), np.float32), np.ones((1, 9, 48, 48, 1), np.float32), y, np.ones_like(y),
+             np.array([40.0], np.float32), shifts[None])
+    results = training.Evaluator(_FixedTaps(7 * 6 + 6, 7), config)(tf.data.Dataset.from_tensors(scene), progress=False)
+    assert results["regnet_accuracy"] == 3 / 8
+
+
 def test_train_command_init_from_starts_from_the_given_weights(tmp_path, data_path, trained):
     source = trained[0].config.checkpoint_dir
     config_file = write_config(tiny_config(tmp_path, data_path), tmp_path / "config.json")

@@ -49,8 +49,13 @@ class Evaluator:
         psnr = metrics.cpsnr(y, outputs["sr"], y_mask, border=config.border, mu=config.mu,
                              sigma_rescaled=config.sigma_rescaled)  # [1]
         score = metrics.normalized_score(psnr, baseline)  # [1]
-        taps = domain.tap_index(tf.cast(shifts[:, 1:], tf.int32), config.filter_size)  # [1,T-1]
-        correct = tf.equal(tf.argmax(outputs["filter_logits"], axis=-1, output_type=tf.int32), taps)  # [1,T-1]
+        shifts = tf.cast(shifts[:, 1:], tf.int32)  # [1,T-1,2]: frame 0 is the reference
+        taps = domain.tap_index(shifts, config.filter_size)  # [1,T-1]
+        # filters smaller than the data's shifts (filter_size < 9) cannot undo the largest ones:
+        # those are misses, and their flat index (the tap of another shift) must not count as a hit
+        reachable = tf.reduce_all(tf.abs(shifts) <= config.filter_size // 2, axis=-1)  # [1,T-1]
+        predicted = tf.argmax(outputs["filter_logits"], axis=-1, output_type=tf.int32)  # [1,T-1]
+        correct = tf.logical_and(tf.equal(predicted, taps), reachable)  # [1,T-1]
         return loss, psnr, score, correct, outputs["sr"], outputs["filters"]
 
     def __call__(self, dataset: tf.data.Dataset, writer: tf.summary.SummaryWriter | None = None, step: int = 0,
