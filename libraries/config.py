@@ -70,7 +70,7 @@ def add_precision_argument(parser: Any) -> None:
                              "(CPUs with AMX or AVX512-BF16, recent GPUs) or mixed_float16 (GPUs)")
 
 
-def check_numbers(config: Any, non_negative: tuple[str, ...]) -> None:
+def _check_numbers(config: Any, non_negative: tuple[str, ...]) -> None:
     """Raise `ConfigError` for a number field that is NaN or infinite (JSON files may spell them
     `NaN` and `Infinity`; an infinite sigma would turn every frame into zeros, silently) or for one
     of the `non_negative` integer fields below zero (NumPy's generators refuse a negative seed,
@@ -162,7 +162,7 @@ class DeepSUMConfig:
         if unknown:
             raise ConfigError(f"freeze: unknown sub-network(s) {sorted(unknown)}; expected any of {SUB_NETWORKS}")
         check_precision(self.precision)
-        check_numbers(self, ("seed", "n_slide", "max_steps", "validation_images", "border"))
+        _check_numbers(self, ("seed", "n_slide", "max_steps", "validation_images", "border"))
         for name in ("frame_by_frame", "xla_kernel_gradients", "xla_elementwise", "reduced_precision_kernels"):
             value = getattr(self, name)
             if isinstance(value, str) and value != AUTO:
@@ -229,7 +229,7 @@ class PretrainConfig:
 
     def __post_init__(self) -> None:
         check_precision(self.precision)
-        check_numbers(self, ("seed",))
+        _check_numbers(self, ("seed",))
         if self.spectral_band not in ("NIR", "RED"):
             raise ConfigError(f"spectral_band: expected 'NIR' or 'RED', got {self.spectral_band!r}")
         for name in ("lr", "sigma", "sigma_rescaled"):
