@@ -245,3 +245,81 @@ def test_logged_history_reads_every_run_of_a_folder_and_a_redone_step_keeps_its_
     assert logged["loss"] == [1.0, 2.0, 3.0, 4.0, 5.5, 6.5]
     assert logged["scale"] == [2.0, 4.0, 6.0, 8.0, 10.0, 12.0]
     assert [(entry["step"], entry["loss"]) for entry in logged["validation"]] == [(2, 20.0), (4, 40.0), (6, 60.5)]
+
+
+@pytest.mark.parametrize("number", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
+def test_a_stop_signal_lets_the_step_finish_saves_it_and_ends_the_run_with_one_error(tmp_path, number, request):
+    """The signal arrives during step 4 (the step sends it to its own process): the loop finishes
+    that step, saves it although no checkpoint is due, and stops; its handlers are then gone."""
+    weight = tf.Variable(0.0)
+    loop = training.TrainingLoop(tmp_path / "run", {"weight": weight}, skip_step=3, title="toy", progress=False)
+
+    def reached_the_test(*_):  # without the loop's handler the signal would end pytest itself
+        raise AssertionError(f"{signal.Signals(number).name} reached the test: the loop caught no signal")
+
+    before = signal.signal(number, reached_the_test)
+    request.addfinalizer(lambda: signal.signal(number, before))
+
+    def step(batch):
+        weight.assign_add(batch)
+        if float(batch) == 4.0:
+            os.kill(os.getpid(), number)
+        return {"loss": weight.read_value()}
+
+    batches = lambda start: (tf.constant(float(step)) for step in range(start + 1, 1000))  # noqa: E731
+    with pytest.raises(training.TrainingError) as raised:
+        loop.run(step, batches, 0)  # 0: until interrupted
+    saved = tmp_path / "run" / "ckpt-4"
+    assert str(raised.value) == (f"toy stopped by {signal.Signals(number).name} after step 4: saved as {saved}; "
+                                 f"the same command resumes from there")
+    assert tf.train.latest_checkpoint(str(tmp_path / "run")) == str(saved)
+    reader = tf.train.load_checkpoint(str(saved))
+    assert int(reader.get_tensor("step/.ATTRIBUTES/VARIABLE_VALUE")) == 4
+    assert float(reader.get_tensor("weight/.ATTRIBUTES/VARIABLE_VALUE")) == 1 + 2 + 3 + 4
+    assert signal.getsignal(number) is reached_the_test
+    # a second signal stops at once, as Python's own Ctrl-C: the step is neither finished nor saved
+    resumed = training.TrainingLoop(tmp_path / "run", {"weight": weight}, skip_step=3, progress=False)
+    assert resumed.restore() == str(saved)
+
+    def stuck(batch):
+        os.kill(os.getpid(), number)
+        os.kill(os.getpid(), number)
+        return {"loss": weight.read_value()}
+
+    with pytest.raises(KeyboardInterrupt):
+        resumed.run(stuck, batches, 0)
+    assert tf.train.latest_checkpoint(str(tmp_path / "run")) == str(saved)
+    assert signal.getsignal(number) is reached_the_test
+
+
+def test_a_command_stopped_by_sigint_saves_the_step_it_was_on_and_resumes_from_it(tmp_path, data_path):
+    """`pretrain-sisrnet` gets SIGINT once its first checkpoint (step 3) is written (the observed
+    event): it ends with one error line naming the checkpoint of the step it finished, whose
+    state is an uninterrupted run's at that step, and the same command goes on from there."""
+    arguments, _ = command_for("pretrain-sisrnet", tmp_path, data_path, None)
+    stopped, uninterrupted = tmp_path / "stopped", tmp_path / "uninterrupted"
+    process = subprocess.Popen([sys.executable, "-m", "libraries", *arguments(1000, stopped)], cwd=tmp_path,
+                               env=subprocess_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        deadline = time.monotonic() + 240
+        while not (stopped / "checkpoint").exists():
+            assert process.poll() is None, process.stdout.read()[-3000:]
+            assert time.monotonic() < deadline, "no checkpoint written in time"
+            time.sleep(0.05)
+        process.send_signal(signal.SIGINT)
+        output = process.communicate(timeout=120)[0]
+    finally:
+        process.kill()
+        process.wait()
+    assert process.returncode == 1, output[-3000:]
+    last = output.strip().splitlines()[-1]
+    latest = tf.train.latest_checkpoint(str(stopped))
+    step = int(latest.rsplit("-", 1)[1])
+    assert last == (f"error: SISRNet pretraining stopped by SIGINT after step {step}: saved as {latest}; "
+                    "the same command resumes from there")
+    assert SKIP_STEP <= step < 1000
+    assert int(tf.train.load_checkpoint(latest).get_tensor("step/.ATTRIBUTES/VARIABLE_VALUE")) == step
+    assert cli.main(arguments(step, uninterrupted)) == 0  # saves at its last step
+    assert_same_state(checkpoint_tensors(latest), checkpoint_tensors(str(uninterrupted / f"ckpt-{step}")))
+    assert cli.main(arguments(step + 2, stopped)) == 0
+    assert tf.train.latest_checkpoint(str(stopped)).endswith(f"ckpt-{step + 2}")

@@ -110,9 +110,11 @@ class Trainer:
             self.applier, loss_scale_state = optimization.with_loss_scaling(self.optimizer, config.precision,
                                                                             self.variables)
         worker = None if self.is_chief else self.strategy.cluster_resolver.task_id
+        cluster = isinstance(self.strategy, tf.distribute.MultiWorkerMirroredStrategy)
         self.loop = TrainingLoop(config.checkpoint_dir, {"model": self.model, "optimizer": self.optimizer},
                                  config.skip_step, title=f"train {config.spectral_band}", optional=loss_scale_state,
-                                 best_key="score", best_mode="min", config=config, worker=worker, progress=progress)
+                                 best_key="score", best_mode="min", config=config, worker=worker, progress=progress,
+                                 cluster=cluster)
         self.step, self.best_score = self.loop.step, self.loop.best
         self.pretrained: dict[str, list[str]] = {}
         self.resumed_from = self.loop.restore()

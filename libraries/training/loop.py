@@ -12,22 +12,30 @@ A `TrainingLoop` owns what every training needs and nothing a particular one doe
   project yields the batch of step s as a pure function of (seed, s), so the resumed run sees
   the batches the uninterrupted one would have seen;
 - logs through `tf.summary` in `logs/train` (every step's values) and `logs/validation`;
-- a tqdm bar, a finite check of every step's values, and the validation every `skip_step`.
+- a tqdm bar, a finite check of every step's values, and the validation every `skip_step`;
+- a stop on request: SIGINT (Ctrl-C, a notebook's "interrupt") or SIGTERM (a job scheduler)
+  lets the step under way finish, saves it, and ends the run with one `TrainingError` naming
+  the checkpoint, so `max_steps: 0` ("until interrupted") loses no step. A second signal stops
+  at once, as Python would (a stuck step can still be interrupted).
 
 Several workers (`tf.distribute.MultiWorkerMirroredStrategy`): every worker saves (a save is
 collective), the non-chief ones into a scratch folder `.worker_<id>` inside the chief's; all
 restore from the chief's folder; only the chief writes logs and the config. A worker that dies
 makes the others' next collective fail (UNAVAILABLE: at once when its process is gone, as its
 socket closes or its port refuses); `run` turns that into one `TrainingError`, and the cluster
-resumes when every worker is started again with the same command.
+resumes when every worker is started again with the same command. A cluster keeps the default
+signals (a save is collective: one worker cannot save alone); it resumes from the last checkpoint.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import os
 import re
+import signal
+import threading
 import time
 from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping
@@ -56,6 +64,35 @@ class TrainingError(domain.DeepSUMError):
 # with its message and what it found: "<message> : Tensor had NaN values", after a graph
 # traceback of many lines.
 NUMERICS_CHECK = re.compile(r"([^\n]+) : Tensor had (NaN|Inf|NaN and Inf) values")
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+
+@contextlib.contextmanager
+def stop_requests(enabled: bool = True):
+    """Catch SIGINT and SIGTERM while the block runs; yields the list of those received.
+
+    The first signal is only recorded, for the loop to stop after its step; a second one raises
+    `KeyboardInterrupt` at once. The previous handlers come back when the block ends. Signal
+    handlers can only be set in the main thread: elsewhere, or when not `enabled`, nothing changes.
+    """
+    received: list[int] = []
+    if not enabled or threading.current_thread() is not threading.main_thread():
+        yield received
+        return
+
+    def record(number, frame):
+        if received:
+            raise KeyboardInterrupt
+        received.append(number)
+
+    previous = {number: signal.getsignal(number) for number in STOP_SIGNALS}
+    for number in STOP_SIGNALS:
+        signal.signal(number, record)
+    try:
+        yield received
+    finally:
+        for number, handler in previous.items():
+            signal.signal(number, signal.SIG_DFL if handler is None else handler)  # None: set outside Python
 
 
 class TrainingLoop:
@@ -69,11 +106,13 @@ class TrainingLoop:
     best_key: the validation value whose best is kept (`best_mode` "min" or "max").
     config: saved as JSON to `folder/config.json` (chief only) at the first step or validation.
     worker: None for the chief (or a single process), else the task id of a non-chief worker.
+    cluster: one of several workers (its saves are collective: SIGINT and SIGTERM keep their
+    default effect).
     """
 
     def __init__(self, folder: str | Path, objects: Mapping[str, Any], skip_step: int, title: str = "train",
                  optional: Mapping[str, Any] | None = None, best_key: str | None = None, best_mode: str = "min",
-                 config: Any = None, worker: int | None = None, progress: bool = True):
+                 config: Any = None, worker: int | None = None, progress: bool = True, cluster: bool = False):
         if best_mode not in ("min", "max"):
             raise ValueError(f"best_mode: expected 'min' or 'max', got {best_mode!r}")
         self.folder = Path(folder)
@@ -81,6 +120,7 @@ class TrainingLoop:
         self.title = title
         self.best_key, self.best_mode = best_key, best_mode
         self.is_chief = worker is None
+        self.cluster = cluster or worker is not None
         self.progress = progress
         self.step = tf.Variable(0, dtype=tf.int64, trainable=False, name="step")
         self.best = tf.Variable(np.inf if best_mode == "min" else -np.inf, dtype=tf.float32, trainable=False,
@@ -179,7 +219,8 @@ class TrainingLoop:
         validate: `validate(step)` -> validation values (chief only), every `skip_step` steps
         and at the last step.
         Returns the history of this call: {"step": [...], each scalar: [...], "seconds": [...],
-        "validation": [{"step": s, ...}, ...]}.
+        "validation": [{"step": s, ...}, ...]}. A SIGINT or SIGTERM ends the run after its step
+        is saved, with a `TrainingError` naming the checkpoint (see the module docstring).
         """
         start = int(self.step)
         history: dict[str, list] = {"step": [], "seconds": [], "validation": []}
@@ -192,27 +233,33 @@ class TrainingLoop:
         doing = f"step {start + 1}"  # what a failed numerics check names
         try:
             iterator = iter(batches(start))
-            while not steps or int(self.step) < steps:
-                doing = f"step {int(self.step) + 1}"
-                began = time.perf_counter()
-                with without_remapper():
-                    values = {name: float(value) for name, value in train_step(next(iterator)).items()}
-                step = int(self.step) + 1
-                if not all(math.isfinite(value) for value in values.values()):
-                    raise TrainingError(f"{self.title} step {step}: non-finite values {values} (lower the "
-                                        f"learning rate, or check the data)")
-                self.step.assign(step)
-                history["step"].append(step)
-                history["seconds"].append(time.perf_counter() - began)
-                with self.train_writer.as_default(step=step):
-                    for name, value in values.items():
-                        history.setdefault(name, []).append(value)
-                        tf.summary.scalar(name, value)
-                bar.set_postfix({name: f"{value:.4g}" for name, value in values.items()})
-                bar.update()
-                if step % self.skip_step == 0 or step == steps:
-                    doing = f"validation at step {step}"
-                    self._validate_and_save(validate, history)
+            with stop_requests(not self.cluster) as stop:
+                while not steps or int(self.step) < steps:
+                    doing = f"step {int(self.step) + 1}"
+                    began = time.perf_counter()
+                    with without_remapper():
+                        values = {name: float(value) for name, value in train_step(next(iterator)).items()}
+                    step = int(self.step) + 1
+                    if not all(math.isfinite(value) for value in values.values()):
+                        raise TrainingError(f"{self.title} step {step}: non-finite values {values} (lower the "
+                                            f"learning rate, or check the data)")
+                    self.step.assign(step)
+                    history["step"].append(step)
+                    history["seconds"].append(time.perf_counter() - began)
+                    with self.train_writer.as_default(step=step):
+                        for name, value in values.items():
+                            history.setdefault(name, []).append(value)
+                            tf.summary.scalar(name, value)
+                    bar.set_postfix({name: f"{value:.4g}" for name, value in values.items()})
+                    bar.update()
+                    if step % self.skip_step == 0 or step == steps:
+                        doing = f"validation at step {step}"
+                        self._validate_and_save(validate, history)
+                    elif stop:
+                        self.save()  # no validation: a stop is asked to be quick
+                    if stop:
+                        raise TrainingError(f"{self.title} stopped by {signal.Signals(stop[0]).name} after step {step}: "
+                                            f"saved as {self.latest()}; the same command resumes from there")
         except tf.errors.UnavailableError as error:  # only collectives of a multi-worker cluster raise it
             raise self._cluster_error(error) from None
         except tf.errors.InvalidArgumentError as error:
