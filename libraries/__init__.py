@@ -18,7 +18,7 @@ package has no import cycle and no import inside a function (`tests/test_package
 | 3 | `synthetic` | a realistic synthetic PROBA-V data set (`synth`) |
 | 4 | `weights` | download and verification of the authors' published checkpoints (`fetch-weights`) |
 | 4 | `training` | `loop` (the one training loop), `data`, `evaluation`, `optimization`, `deepsum` (`train`), `pretraining_data`, `pretraining` (`pretrain-*`) |
-| 4 | `inference` | `frames`, `ensemble` (flips and rotations of the self-ensemble), `superresolve` (the sliding window, `Superresolver`), `frame_stack` (any stack of PNG/TIFF frames, `superresolve --frames`), `submission` (`superresolve`, `score`) |
+| 4 | `inference` | `frames`, `ensemble` (flips and rotations of the self-ensemble), `superresolve` (the sliding window, `Superresolver`), `frame_stack` (any stack of PNG/TIFF frames, `superresolve --frames`), `parts` (scenes saved as computed: a rerun resumes), `submission` (`superresolve`, `score`) |
 | 5 | `demo` | the whole pipeline on the synthetic set (`demo`) |
 
 `python -m libraries COMMAND` (see `__main__`) runs the commands named in parentheses.

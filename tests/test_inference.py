@@ -426,10 +426,61 @@ def test_superresolve_command_writes_a_valid_submission(tmp_path, synthetic_dir,
                  "--n-slide", "1"]) == 0
     names = inference.validate_submission(zip_path, synthetic_dir / "test")
     assert len(names) == 4  # both bands, including the scenes with fewer than 9 usable frames
+    assert not inference.parts_folder(zip_path).exists()  # the scenes kept while it ran: in the zip now
     images = inference.read_submission(zip_path)
     folder = synthetic_dir / "test" / "NIR" / names[-1]
     expected = separate_superresolver.scene(dataset.prepare_test_scene(probav.read_scene(folder)), n_slide=1)
     np.testing.assert_array_equal(images[names[-1]], np.clip(np.rint(expected), 0, 65535).astype(np.uint16))
+
+
+def test_an_interrupted_split_resumes_from_the_scenes_it_saved(tmp_path, synthetic_dir, separate_superresolver,
+                                                               monkeypatch, caplog):
+    """Interrupted at its third scene, a run has saved the first two; the rerun computes the third
+    alone and returns the images of an uninterrupted run. Saved images of other settings, or
+    damaged, are computed again; one run at a time holds a band's folder."""
+    superresolver = separate_superresolver
+    expected = superresolver.folder(synthetic_dir, "train", ["NIR"], progress=False)
+    names = sorted(expected)
+    assert len(names) == 3
+    computed, scene = [], superresolver.scene
+
+    def counted(one, *args):
+        if len(computed) == stop_after:
+            raise KeyboardInterrupt
+        computed.append(one["name"])
+        return scene(one, *args)
+
+    monkeypatch.setattr(superresolver, "scene", counted)
+    parts = inference.parts_folder(tmp_path / "submission.zip")
+    stop_after = 2
+    with pytest.raises(KeyboardInterrupt):
+        superresolver.folder(synthetic_dir, "train", ["NIR"], progress=False, parts=parts)
+    assert sorted(path.name for path in (parts / "NIR").iterdir()) == sorted(
+        [f"{name}.npy" for name in names[:2]] + ["settings.json"])
+    computed, stop_after = [], None
+    with caplog.at_level("INFO", logger="libraries.inference"):
+        resumed = superresolver.folder(synthetic_dir, "train", ["NIR"], progress=False, parts=parts)
+    assert computed == names[2:] and f"NIR: 2 of 3 scenes read back from {parts / 'NIR'}" in caplog.text
+    assert sorted(resumed) == names
+    for name in names:
+        np.testing.assert_array_equal(resumed[name], expected[name])
+    # another n_slide: other images, every scene computed again
+    computed = []
+    with caplog.at_level("WARNING", logger="libraries.inference"):
+        superresolver.folder(synthetic_dir, "train", ["NIR"], 1, progress=False, parts=parts)
+    assert computed == names and "3 saved scene images were made by another model or other settings" in caplog.text
+    # a saved image cut off is computed again
+    superresolver.folder(synthetic_dir, "train", ["NIR"], progress=False, parts=parts)
+    damaged = parts / "NIR" / f"{names[1]}.npy"
+    damaged.write_bytes(damaged.read_bytes()[:200])
+    computed = []
+    again = superresolver.folder(synthetic_dir, "train", ["NIR"], progress=False, parts=parts)
+    assert computed == [names[1]] and f"{damaged}: not a saved scene image" in caplog.text
+    np.testing.assert_array_equal(again[names[1]], expected[names[1]])
+    settings = inference.parts.scene_settings(superresolver.model, superresolver.config, 0, False, synthetic_dir, "train")
+    with inference.SceneParts(parts / "NIR", settings):
+        with pytest.raises(domain.DeepSUMError, match=f"{parts / 'NIR'}: this parts folder is in use by another run"):
+            superresolver.folder(synthetic_dir, "train", ["NIR"], progress=False, parts=parts)
 
 
 def test_superresolve_command_precision_runs_the_network_in_mixed_bfloat16(tmp_path, synthetic_dir, tiny_files,

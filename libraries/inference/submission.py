@@ -25,6 +25,7 @@ import numpy as np
 from libraries import config as config_module
 from libraries import domain, fileio, metrics, probav
 from libraries.inference import frame_stack
+from libraries.inference.parts import parts_folder, remove_parts
 from libraries.inference.superresolve import Superresolver, load_model
 
 SCENE_NAME = re.compile(r"imgset\d{4}")
@@ -260,17 +261,19 @@ def _superresolve(args: argparse.Namespace) -> None:
     split = "test" if args.split is None else args.split
     config_paths = paths_per_band(args.config, bands, "--config")
     checkpoint_paths = paths_per_band(args.checkpoint, bands, "--checkpoint")
+    parts = parts_folder(args.out)  # each scene kept as computed: a rerun of an interrupted run goes on
     images = {}
     for band in bands:  # the authors trained one model per band (RED fine-tuned from NIR)
         config = _config_of_arguments(config_paths[band], args)
         n_slide = config.n_slide if args.n_slide is None else args.n_slide
         superresolver = Superresolver(load_model(config, checkpoint_paths[band]), config)
         data = Path(args.data) if args.data is not None else config.base_dir
-        images.update(superresolver.folder(data, split, [band], n_slide, args.windows_per_call))
+        images.update(superresolver.folder(data, split, [band], n_slide, args.windows_per_call, parts=parts))
         print(f"{band}: {checkpoint_paths[band]}, n_slide {n_slide}"
               + (", self-ensemble" if config.self_ensemble else ""), file=sys.stderr)
     write_submission(images, args.out)
     validate_submission(args.out, data / split, bands)
+    remove_parts(parts)
     print(f"wrote {args.out}: {len(images)} scenes ({', '.join(bands)}), validated")
 
 

@@ -17,6 +17,8 @@ cross-correlations and a chance to drop a transform's image for a spurious shift
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import time
 from pathlib import Path
 from typing import Any, Iterable, Mapping
@@ -31,8 +33,10 @@ from libraries import config as config_module
 from libraries.dataset.scenes import prepare_test_scene
 from libraries.inference import ensemble
 from libraries.inference.frames import bicubic_baseline, iterate_scenes, scene_count, scene_frames
+from libraries.inference.parts import SceneParts, scene_settings
 from libraries.model import DeepSUM, fusion, hardware, strips
 
+LOG = logging.getLogger(__name__)
 MAX_SR_SHIFT = 4  # window outputs shifted further than this from the first are dropped
 WINDOWS_PER_CALL = 3  # windows per network call of a model that runs whole frames (GPUs)
 
@@ -192,17 +196,29 @@ class Superresolver:
 
     def folder(self, data_dir: str | Path, split: str, bands: Iterable[str], n_slide: int = 0,
                windows_per_call: int | None = None, progress: bool = True,
-               self_ensemble: bool | None = None) -> dict[str, np.ndarray]:
+               self_ensemble: bool | None = None, parts: str | Path | None = None) -> dict[str, np.ndarray]:
         """Super-resolve the scenes of a PROBA-V folder (`data_dir/split/band/imgset*`), doing the
         test-time preprocessing (`dataset.prepare_test_scene`) per scene: name -> `[H, W]` DN.
-        `self_ensemble` as in `scene` (None: the config's)."""
-        self.transforms(self_ensemble)  # a bad value is refused before the first scene
+        `self_ensemble` as in `scene` (None: the config's). parts: a folder where each scene's
+        image is saved as soon as it is computed, and read back instead of computed again by a
+        rerun (`inference.parts`): an interrupted run loses no finished scene."""
+        on = len(self.transforms(self_ensemble)) > 1  # a bad value is refused before the first scene
         images = {}
         for band in bands:
-            for folder in tqdm(probav.list_scenes(data_dir, split, band), desc=f"super-resolving {split}/{band}",
-                               unit="scene", disable=not progress):
-                scene = prepare_test_scene(probav.read_scene(folder, band=band, split=split))
-                images[folder.name] = self.scene(scene, n_slide, windows_per_call, self_ensemble)
+            scenes = probav.list_scenes(data_dir, split, band)
+            with contextlib.ExitStack() as stack:
+                saved = None if parts is None else stack.enter_context(SceneParts(
+                    Path(parts) / band, scene_settings(self.model, self.config, n_slide, on, data_dir, split)))
+                for folder in tqdm(scenes, desc=f"super-resolving {split}/{band}", unit="scene", disable=not progress):
+                    image = None if saved is None else saved.get(folder.name)
+                    if image is None:
+                        scene = prepare_test_scene(probav.read_scene(folder, band=band, split=split))
+                        image = self.scene(scene, n_slide, windows_per_call, self_ensemble)
+                        if saved is not None:
+                            saved.put(folder.name, image)
+                    images[folder.name] = image
+                if saved is not None and saved.reused:
+                    LOG.info("%s: %d of %d scenes read back from %s", band, saved.reused, len(scenes), saved.folder)
         return images
 
 
