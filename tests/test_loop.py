@@ -1,8 +1,9 @@
 """`libraries.training.loop`: the one training loop, through the three commands that run it.
 
-A run killed with SIGKILL (at an observed event: its first checkpoint file appears) and
-restarted continues exactly as the uninterrupted run: the same checkpointed state at the step
-it was killed after, the same next losses, the same final weights. The killed run is a
+A run killed with SIGKILL, or stopped with SIGINT (at an observed event: its first checkpoint
+file appears), and restarted continues exactly as the uninterrupted run: the same checkpointed
+state at the step it was killed or stopped after, the same next losses, the same final weights.
+The killed run is a
 `python -m libraries ...` process; the uninterrupted and the restarted runs are the same command
 run in the test's process (`__main__.main`, what `python -m libraries` calls), which saves two
 TensorFlow start-ups a test. oneDNN's float32 round-off depends on a process's memory layout
@@ -68,28 +69,41 @@ def command_for(kind: str, tmp_path: Path, data_path: Path, sisrnet: Path | None
     return arguments, config
 
 
-@pytest.mark.parametrize("kind", ["train", "pretrain-sisrnet", "pretrain-regnet"])
-def test_a_run_killed_by_sigkill_resumes_from_its_last_checkpoint(kind, tmp_path, data_path, frozen_sisrnet):
+@pytest.mark.parametrize("kind, stop", [("train", signal.SIGKILL), ("pretrain-sisrnet", signal.SIGINT),
+                                        ("pretrain-regnet", signal.SIGKILL)], ids=["train", "pretrain-sisrnet", "pretrain-regnet"])
+def test_a_run_killed_or_stopped_resumes_from_its_last_checkpoint(kind, stop, tmp_path, data_path, frozen_sisrnet):
+    """SIGKILL: the run ends at once, its last checkpoint is the last one due (step 3 or 6).
+    SIGINT (Ctrl-C; the loop is the same for all three commands): the step under way finishes and
+    is saved, and the command ends with one error line naming that checkpoint."""
     arguments, config = command_for(kind, tmp_path, data_path, frozen_sisrnet)
     killed, uninterrupted = tmp_path / "killed", tmp_path / "uninterrupted"
 
-    process = subprocess.Popen([sys.executable, "-m", "libraries", *arguments(1000, killed)], cwd=tmp_path, env=subprocess_env(), stdout=subprocess.PIPE,
-                               stderr=subprocess.STDOUT)
+    process = subprocess.Popen([sys.executable, "-m", "libraries", *arguments(1000, killed)], cwd=tmp_path,
+                               env=subprocess_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
         deadline = time.monotonic() + 240
         while not (killed / "checkpoint").exists():  # the event: the manager's state file appears
-            assert process.poll() is None, process.stdout.read().decode()[-3000:]
+            assert process.poll() is None, process.stdout.read()[-3000:]
             assert time.monotonic() < deadline, "no checkpoint written in time"
             time.sleep(0.05)
-        process.send_signal(signal.SIGKILL)
+        process.send_signal(stop)
+        output = process.communicate(timeout=120)[0]
     finally:
         process.kill()
         process.wait()
-    assert cli.main(arguments(FINAL, uninterrupted)) == 0
-    assert process.returncode == -signal.SIGKILL
     killed_at = tf.train.latest_checkpoint(str(killed))
     step = int(killed_at.rsplit("-", 1)[1])
-    assert step in (SKIP_STEP, 2 * SKIP_STEP), killed_at
+    if stop == signal.SIGKILL:
+        assert process.returncode == -signal.SIGKILL
+        assert step in (SKIP_STEP, 2 * SKIP_STEP), killed_at
+    else:
+        assert process.returncode == 1, output[-3000:]
+        assert output.strip().splitlines()[-1] == (f"error: SISRNet pretraining stopped by SIGINT after step {step}: "
+                                                   f"saved as {killed_at}; the same command resumes from there")
+        assert SKIP_STEP <= step < 1000
+        assert cli.main(arguments(step, uninterrupted)) == 0  # a checkpoint at that step (ends its run) to compare
+    final = max(FINAL, step + 2)
+    assert cli.main(arguments(final, uninterrupted)) == 0
     assert int(tf.train.load_checkpoint(killed_at).get_tensor("step/.ATTRIBUTES/VARIABLE_VALUE")) == step
     if kind == "train":  # a restart restores exactly the killed run's weights, Adam state and step
         resumed = training.Trainer(config.replace(checkpoint_dir=killed), progress=False)
@@ -107,13 +121,13 @@ def test_a_run_killed_by_sigkill_resumes_from_its_last_checkpoint(kind, tmp_path
     # up to 2.5e-6 apart in an Adam moment after 3 steps, the round-off named in the docstring)...
     assert_same_state(checkpoint_tensors(killed_at), checkpoint_tensors(str(uninterrupted / f"ckpt-{step}")))
     # ...and the restarted command computes the uninterrupted run's next losses and weights.
-    assert cli.main(arguments(FINAL, killed)) == 0
+    assert cli.main(arguments(final, killed)) == 0
     resumed_losses, uninterrupted_losses = logged_losses(killed), logged_losses(uninterrupted)
-    assert set(range(step + 1, FINAL + 1)) <= set(resumed_losses)
-    for later in range(step + 1, FINAL + 1):
+    assert set(range(step + 1, final + 1)) <= set(resumed_losses)
+    for later in range(step + 1, final + 1):
         assert resumed_losses[later] == pytest.approx(uninterrupted_losses[later], rel=1e-5), later
-    assert_same_state(checkpoint_tensors(str(killed / f"ckpt-{FINAL}")),
-                      checkpoint_tensors(str(uninterrupted / f"ckpt-{FINAL}")))
+    assert_same_state(checkpoint_tensors(str(killed / f"ckpt-{final}")),
+                      checkpoint_tensors(str(uninterrupted / f"ckpt-{final}")))
 
 
 def test_a_second_run_on_the_same_checkpoint_folder_stops_at_once_and_touches_nothing(tmp_path, data_path):
@@ -290,36 +304,3 @@ def test_a_stop_signal_lets_the_step_finish_saves_it_and_ends_the_run_with_one_e
         resumed.run(stuck, batches, 0)
     assert tf.train.latest_checkpoint(str(tmp_path / "run")) == str(saved)
     assert signal.getsignal(number) is reached_the_test
-
-
-def test_a_command_stopped_by_sigint_saves_the_step_it_was_on_and_resumes_from_it(tmp_path, data_path):
-    """`pretrain-sisrnet` gets SIGINT once its first checkpoint (step 3) is written (the observed
-    event): it ends with one error line naming the checkpoint of the step it finished, whose
-    state is an uninterrupted run's at that step, and the same command goes on from there."""
-    arguments, _ = command_for("pretrain-sisrnet", tmp_path, data_path, None)
-    stopped, uninterrupted = tmp_path / "stopped", tmp_path / "uninterrupted"
-    process = subprocess.Popen([sys.executable, "-m", "libraries", *arguments(1000, stopped)], cwd=tmp_path,
-                               env=subprocess_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    try:
-        deadline = time.monotonic() + 240
-        while not (stopped / "checkpoint").exists():
-            assert process.poll() is None, process.stdout.read()[-3000:]
-            assert time.monotonic() < deadline, "no checkpoint written in time"
-            time.sleep(0.05)
-        process.send_signal(signal.SIGINT)
-        output = process.communicate(timeout=120)[0]
-    finally:
-        process.kill()
-        process.wait()
-    assert process.returncode == 1, output[-3000:]
-    last = output.strip().splitlines()[-1]
-    latest = tf.train.latest_checkpoint(str(stopped))
-    step = int(latest.rsplit("-", 1)[1])
-    assert last == (f"error: SISRNet pretraining stopped by SIGINT after step {step}: saved as {latest}; "
-                    "the same command resumes from there")
-    assert SKIP_STEP <= step < 1000
-    assert int(tf.train.load_checkpoint(latest).get_tensor("step/.ATTRIBUTES/VARIABLE_VALUE")) == step
-    assert cli.main(arguments(step, uninterrupted)) == 0  # saves at its last step
-    assert_same_state(checkpoint_tensors(latest), checkpoint_tensors(str(uninterrupted / f"ckpt-{step}")))
-    assert cli.main(arguments(step + 2, stopped)) == 0
-    assert tf.train.latest_checkpoint(str(stopped)).endswith(f"ckpt-{step + 2}")

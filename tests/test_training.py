@@ -547,15 +547,15 @@ def test_checkpoints_are_interchangeable_between_precisions(tmp_path, data_path)
     """mixed_bfloat16 trains float32 variables, a mixed_float16 run resumes from its checkpoint
     (and adds its loss scale), and a float32 run resumes from that one: every run starts from
     the weights and Adam state the previous one saved."""
-    config = tiny_config(tmp_path, data_path, precision="mixed_bfloat16")
+    config = tiny_config(tmp_path, data_path, precision="mixed_bfloat16", skip_step=1)
     trainer = training.Trainer(config, progress=False)
-    history = trainer.train(SKIP_STEP)
+    history = trainer.train(1)
     assert all(math.isfinite(loss) for loss in history["loss"]) and len(history["validation"]) == 1
     assert all(variable.dtype == tf.float32 for variable in trainer.model.variables)
     saved, iterations = weights(trainer.model), int(trainer.optimizer.iterations)
-    assert iterations == SKIP_STEP
-    for precision, step in (("mixed_float16", SKIP_STEP + 1), ("float32", SKIP_STEP + 2)):
-        resumed = training.Trainer(config.replace(precision=precision, skip_step=1), progress=False)
+    assert iterations == 1
+    for precision, step in (("mixed_float16", 2), ("float32", 3)):
+        resumed = training.Trainer(config.replace(precision=precision), progress=False)
         assert int(resumed.step) == step - 1 and int(resumed.optimizer.iterations) == iterations
         for name, value in weights(resumed.model).items():
             np.testing.assert_array_equal(value, saved[name], err_msg=f"{precision}: {name}")
