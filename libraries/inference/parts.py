@@ -70,6 +70,15 @@ class SceneParts:
         self.folder = Path(folder)
         self.lock = fileio.FolderLock(self.folder, "parts folder")
         try:
+            self._keep_only(settings)
+        except BaseException:
+            self.lock.release()  # a notebook's process lives on: the folder must not stay locked
+            raise
+        self.reused = 0
+
+    def _keep_only(self, settings: dict[str, Any]) -> None:
+        """Delete the saved images unless the folder's settings are `settings`; record them."""
+        try:
             previous = json.loads((self.folder / SETTINGS).read_text())
         except (OSError, ValueError):  # none yet, or cut off
             previous = None
@@ -81,7 +90,6 @@ class SceneParts:
             for path in stale:
                 path.unlink()
             fileio.save_json(self.folder / SETTINGS, settings)
-        self.reused = 0
 
     def __enter__(self) -> "SceneParts":
         return self
