@@ -483,6 +483,29 @@ def test_an_interrupted_split_resumes_from_the_scenes_it_saved(tmp_path, synthet
             superresolver.folder(synthetic_dir, "train", ["NIR"], progress=False, parts=parts)
 
 
+def test_an_interrupted_superresolve_command_says_what_it_kept(tmp_path, synthetic_dir, tiny_files, monkeypatch, capsys):
+    """Ctrl-C during the second scene: one error line naming the parts folder and the one scene it
+    holds, exit code 1, no zip."""
+    config_path, checkpoint = tiny_files
+    scene, calls = inference.Superresolver.scene, []
+
+    def interrupted(self, *args, **kwargs):
+        calls.append(1)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return scene(self, *args, **kwargs)
+
+    monkeypatch.setattr(inference.Superresolver, "scene", interrupted)
+    zip_path = tmp_path / "submission.zip"
+    assert main(["superresolve", "--config", str(config_path), "--checkpoint", str(checkpoint), "--data",
+                 str(synthetic_dir), "--split", "test", "--band", "NIR", "--out", str(zip_path), "--n-slide", "0"]) == 1
+    parts = inference.parts_folder(zip_path)
+    assert capsys.readouterr().err.strip().splitlines()[-1] == (
+        f"error: superresolve interrupted: scenes computed so far: 1, kept in {parts}; the same command computes "
+        "the others")
+    assert len(list((parts / "NIR").glob("imgset*.npy"))) == 1 and not zip_path.exists()
+
+
 def test_superresolve_command_precision_runs_the_network_in_mixed_bfloat16(tmp_path, synthetic_dir, tiny_files,
                                                                           tiny_config, separate_superresolver):
     """`superresolve --precision mixed_bfloat16`: the images of the same weights computed in

@@ -263,14 +263,19 @@ def _superresolve(args: argparse.Namespace) -> None:
     checkpoint_paths = paths_per_band(args.checkpoint, bands, "--checkpoint")
     parts = parts_folder(args.out)  # each scene kept as computed: a rerun of an interrupted run goes on
     images = {}
-    for band in bands:  # the authors trained one model per band (RED fine-tuned from NIR)
-        config = _config_of_arguments(config_paths[band], args)
-        n_slide = config.n_slide if args.n_slide is None else args.n_slide
-        superresolver = Superresolver(load_model(config, checkpoint_paths[band]), config)
-        data = Path(args.data) if args.data is not None else config.base_dir
-        images.update(superresolver.folder(data, split, [band], n_slide, args.windows_per_call, parts=parts))
-        print(f"{band}: {checkpoint_paths[band]}, n_slide {n_slide}"
-              + (", self-ensemble" if config.self_ensemble else ""), file=sys.stderr)
+    try:
+        for band in bands:  # the authors trained one model per band (RED fine-tuned from NIR)
+            config = _config_of_arguments(config_paths[band], args)
+            n_slide = config.n_slide if args.n_slide is None else args.n_slide
+            superresolver = Superresolver(load_model(config, checkpoint_paths[band]), config)
+            data = Path(args.data) if args.data is not None else config.base_dir
+            images.update(superresolver.folder(data, split, [band], n_slide, args.windows_per_call, parts=parts))
+            print(f"{band}: {checkpoint_paths[band]}, n_slide {n_slide}"
+                  + (", self-ensemble" if config.self_ensemble else ""), file=sys.stderr)
+    except KeyboardInterrupt:  # Ctrl-C: one line saying what is kept, not a traceback
+        kept = len(list(parts.glob("*/imgset*.npy")))
+        raise domain.DeepSUMError(f"superresolve interrupted: scenes computed so far: {kept}, kept in {parts}; "
+                                  "the same command computes the others") from None
     write_submission(images, args.out)
     validate_submission(args.out, data / split, bands)
     remove_parts(parts)
