@@ -29,6 +29,7 @@ from libraries import fileio
 
 LOG = logging.getLogger(__name__)
 SETTINGS = "settings.json"
+IMAGES = "imgset*.npy"  # a band folder's saved scene images
 # How the images are computed, not what they are: two runs that differ only here give the same
 # images up to float32 round-off (the project's tests hold each of them to that)
 SPEED_KEYS = ("frame_by_frame", "frame_strips", "xla_elementwise", "xla_kernel_gradients", "jit_compile",
@@ -38,6 +39,11 @@ SPEED_KEYS = ("frame_by_frame", "frame_strips", "xla_elementwise", "xla_kernel_g
 def parts_folder(out: str | os.PathLike) -> Path:
     """The parts folder of a submission zip: `<out>.parts` beside it."""
     return Path(f"{os.fspath(out)}.parts")
+
+
+def saved_count(parts: str | os.PathLike) -> int:
+    """How many scene images a parts folder holds, all bands together."""
+    return len(list(Path(parts).glob(f"*/{IMAGES}")))
 
 
 def weights_digest(model: Any) -> str:
@@ -83,7 +89,7 @@ class SceneParts:
         except (OSError, ValueError):  # none yet, or cut off
             previous = None
         if previous != settings:
-            stale = sorted(self.folder.glob("imgset*.npy"))
+            stale = sorted(self.folder.glob(IMAGES))
             if stale:
                 LOG.warning("%s: %d saved scene images were made by another model or other settings; "
                             "computing them again", self.folder, len(stale))

@@ -25,7 +25,7 @@ import numpy as np
 from libraries import config as config_module
 from libraries import domain, fileio, metrics, probav
 from libraries.inference import frame_stack
-from libraries.inference.parts import parts_folder, remove_parts
+from libraries.inference.parts import parts_folder, remove_parts, saved_count
 from libraries.inference.superresolve import Superresolver, load_model
 
 SCENE_NAME = re.compile(r"imgset\d{4}")
@@ -273,9 +273,8 @@ def _superresolve(args: argparse.Namespace) -> None:
             print(f"{band}: {checkpoint_paths[band]}, n_slide {n_slide}"
                   + (", self-ensemble" if config.self_ensemble else ""), file=sys.stderr)
     except KeyboardInterrupt:  # Ctrl-C: one line saying what is kept, not a traceback
-        kept = len(list(parts.glob("*/imgset*.npy")))
-        raise domain.DeepSUMError(f"superresolve interrupted: scenes computed so far: {kept}, kept in {parts}; "
-                                  "the same command computes the others") from None
+        raise domain.DeepSUMError(f"superresolve interrupted: scenes computed so far: {saved_count(parts)}, kept in "
+                                  f"{parts}; the same command computes the others") from None
     write_submission(images, args.out)
     validate_submission(args.out, data / split, bands)
     remove_parts(parts)
