@@ -237,6 +237,58 @@ def test_load_scenes_contract(prepared):
         dataset.load_scenes(prepared, "RED", "train")
 
 
+def test_each_scene_keeps_its_own_baseline_and_hr_image(prepared, synthetic_set):
+    """The validation split is a shuffled subset and scenes may be dropped: each stored row must
+    still hold its own scene's norm.csv line and HR.png, read here with plain text and imageio."""
+    norm = {name: float(value) for name, value in
+            (line.split() for line in (synthetic_set / "norm.csv").read_text().splitlines() if line.strip())}
+    hr_of = lambda name: iio.imread(synthetic_set / "train" / BAND / name / "HR.png")  # noqa: E731
+    for split in ("train", "validation"):
+        store = dataset.load_scenes(prepared, BAND, split)
+        names = store["names"].tolist()
+        np.testing.assert_array_equal(store["baseline"], np.float32([norm[name] for name in names]), err_msg=split)
+        for index, name in enumerate(names):
+            np.testing.assert_array_equal(store["hr"][index], hr_of(name), err_msg=f"{split} {name}")
+    validation = dataset.load_validation(prepared, BAND)
+    np.testing.assert_array_equal(validation["baseline"], np.float32([norm[name] for name in validation["names"]]))
+    train_names = dataset.load_scenes(prepared, BAND, "train")["names"]
+    for chunk in range(CHUNKS):
+        patches = dataset.load_training_chunk(prepared, BAND, chunk)
+        np.testing.assert_array_equal(patches["baseline"],
+                                      np.float32([norm[train_names[scene]] for scene in patches["scene"]]))
+
+
+def test_each_chunk_draws_its_own_windows_from_seed_chunk_and_scene(prepared):
+    """Scene s of chunk k draws its windows from default_rng([seed, k, s]) (seed 5 here): chunks
+    are different draws of the same scenes, and each can be drawn again on its own."""
+    store = dataset.load_scenes(prepared, BAND, "train")
+    corners = [np.load(prepared / BAND / "train" / f"chunk_{chunk}" / "corners.npy", allow_pickle=False)
+               for chunk in range(CHUNKS)]
+    scenes = [np.load(prepared / BAND / "train" / f"chunk_{chunk}" / "scene.npy", allow_pickle=False)
+              for chunk in range(CHUNKS)]
+    assert corners[0].shape != corners[1].shape or not np.array_equal(corners[0], corners[1])
+    for chunk in range(CHUNKS):
+        for scene in range(len(store["names"])):
+            rows = scene_slice(store, scene)
+            valid = preprocessing.valid_patch_corners(np.asarray(store["masks"][rows]),
+                                                      np.asarray(store["hr_clear"][scene]), PATCH)
+            drawn = preprocessing.sample_patch_corners(valid, PATCH, PATCHES, np.random.default_rng([5, chunk, scene]),
+                                                       100_000)
+            np.testing.assert_array_equal(corners[chunk][scenes[chunk] == scene], drawn.reshape(-1, 2),
+                                          err_msg=f"chunk {chunk} scene {scene}")
+
+
+@pytest.mark.parametrize("bad", [np.zeros(3, dtype=[("row", "f4")]), np.zeros(3, np.complex64),
+                                 np.zeros(3, "S4"), np.zeros(3, "datetime64[s]")], ids=lambda bad: bad.dtype.kind)
+def test_a_prepared_array_of_another_kind_is_one_error_naming_the_file(tmp_path, bad):
+    np.save(tmp_path / "frames.npy", bad, allow_pickle=False)
+    expected = (f"{tmp_path / 'frames.npy'}: array of dtype {bad.dtype}, expected numbers, booleans or names; "
+                "run `python -m libraries prepare` again")
+    with pytest.raises(dataset.DatasetError) as error:
+        dataset.store.load_arrays(tmp_path, ["frames"])
+    assert str(error.value) == expected
+
+
 def test_parallel_processes_give_the_same_dataset(prepared, synthetic_set, tmp_path, no_pickle, monkeypatch):
     out = tmp_path / "parallel"
     pools = []
