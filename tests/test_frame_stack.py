@@ -168,6 +168,23 @@ def test_masks_are_matched_in_sorted_order_and_choose_the_reference(tmp_path, ti
                                upsampled(frames[:1])[0], rtol=1e-6)
 
 
+def test_hidden_files_and_masks_beside_the_frames_are_not_frames(tmp_path):
+    """Masks may sit in the frames' own folder (masks_glob "mask_*.png"), and copies from a Mac
+    bring hidden "._" files (AppleDouble metadata, not images) and hidden images: neither is a frame."""
+    frames = frames_16_bit()
+    folder = tmp_path / "frames"
+    write_frames(folder, frames)
+    masks = np.ones(frames.shape, np.uint8)
+    masks[2, :4, :4] = 0
+    write_frames(folder, masks * 255, [f"mask_{k}.png" for k in range(5)])
+    (folder / "._f0.png").write_bytes(b"\x00\x05\x16\x07 AppleDouble metadata")
+    iio.imwrite(folder / ".thumbnail.png", frames[0] // 2, extension=".png")
+    stack = inference.read_frame_stack(folder, "mask_*.png")
+    assert stack.frame_names == tuple(f"f{k}.png" for k in range(5))
+    np.testing.assert_array_equal(stack.frames, frames)
+    np.testing.assert_array_equal(stack.clear, masks != 0)
+
+
 def test_float_tiff_frames_give_a_float_tiff_on_their_scale(tmp_path, tiny_config):
     shape = (20, 24)  # not square
     frames = np.stack([0.1 + 0.5 * texture(4, shape) + 0.01 * k for k in range(5)]).astype(np.float32)
