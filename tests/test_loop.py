@@ -261,6 +261,29 @@ def test_logged_history_reads_every_run_of_a_folder_and_a_redone_step_keeps_its_
     assert [(entry["step"], entry["loss"]) for entry in logged["validation"]] == [(2, 20.0), (4, 40.0), (6, 60.5)]
 
 
+@pytest.mark.parametrize("mode, best_step", [("min", 6), ("max", 4)])
+def test_best_holds_the_checkpoint_of_the_best_validation_in_either_direction(tmp_path, mode, best_step):
+    """A loss is kept at its lowest (DeepSUM's score), an accuracy at its highest (RegNet
+    pretraining): validations at steps 2, 4, 6 give 0.5, 0.9, 0.2."""
+    weight = tf.Variable(0.0)
+    loop = training.TrainingLoop(tmp_path / "run", {"weight": weight}, skip_step=2, best_key="value", best_mode=mode,
+                                 progress=False)
+    values = {2: 0.5, 4: 0.9, 6: 0.2}
+
+    def step(batch):
+        weight.assign(batch)
+        return {"loss": batch}
+
+    history = loop.run(step, lambda start: (tf.constant(float(s)) for s in range(start + 1, 7)), 6,
+                       lambda step: {"value": values[step]})
+    improved = {"min": [True, False, True], "max": [True, True, False]}[mode]
+    assert [entry["improved"] for entry in history["validation"]] == improved
+    assert float(loop.best) == pytest.approx(values[best_step])
+    best = tf.train.latest_checkpoint(str(tmp_path / "run" / "best"))
+    assert best == str(tmp_path / "run" / "best" / f"ckpt-{best_step}")
+    assert float(tf.train.load_checkpoint(best).get_tensor("weight/.ATTRIBUTES/VARIABLE_VALUE")) == best_step
+
+
 @pytest.mark.parametrize("number", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
 def test_a_stop_signal_lets_the_step_finish_saves_it_and_ends_the_run_with_one_error(tmp_path, number, request):
     """The signal arrives during step 4 (the step sends it to its own process): the loop finishes
