@@ -409,7 +409,33 @@ MUTATIONS = (
     Mutation("the mask files counted as frames too (superresolve --frames)", "libraries/inference/frame_stack.py",
              "and path.resolve() not in excluded", "",
              ("tests/test_frame_stack.py",)),
+    Mutation("HR images holding NaN accepted (training data)", "libraries/training/data.py",
+             'for key in ("frames", "hr"):', 'for key in ("frames",):',
+             ("tests/test_training.py",)),
+    Mutation("the chunks in the same order every epoch (training data)", "libraries/training/data.py",
+             "_permutation((self.seed, epoch), len(self.sizes))", "_permutation((self.seed,), len(self.sizes))",
+             ("tests/test_training.py", "-k", "batch_plan")),
+    Mutation("a RegNet max_shift beyond the filters' reach accepted (config)", "libraries/config.py",
+             "if not 0 <= self.max_shift <= self.filter_size // 2:", "if not 0 <= self.max_shift:",
+             ("tests/test_config.py",)),
+    Mutation("SISRNet pretraining frames left unregistered (pretraining)", "libraries/training/pretraining_data.py",
+             'frames, _ = translate_frames(self.patches["frames"][p, t], self.patches["shifts"][p, t])',
+             'frames = np.asarray(self.patches["frames"][p, t])',
+             ("tests/test_pretraining_data.py", "tests/test_pretraining.py")),
+    Mutation("SISRNet pretraining loss sees the pixels a shift wrapped round (pretraining)",
+             "libraries/training/pretraining_data.py",
+             'np.asarray(self.patches["hr_clear"][p]) & inside', 'np.asarray(self.patches["hr_clear"][p])',
+             ("tests/test_pretraining_data.py", "tests/test_pretraining.py")),
+    Mutation("SISRNet pretraining keeps mostly cloudy frames (pretraining)", "libraries/training/pretraining_data.py",
+             "self.index = candidates[clear >= MIN_CLEAR_FRACTION]", "self.index = candidates",
+             ("tests/test_pretraining_data.py", "tests/test_pretraining.py")),
+    Mutation("random pretraining windows never reach the last row and column (pretraining)",
+             "libraries/training/pretraining_data.py",
+             "rng.integers(0, side - size + 1, size=(count, 2))", "rng.integers(0, side - size, size=(count, 2))",
+             ("tests/test_pretraining_data.py", "tests/test_pretraining.py")),
 )
+
+
 def copy_repository(destination: Path) -> None:
     """The files git tracks (and the work tree's edits of them), without the virtual environment."""
     files = subprocess.run(["git", "ls-files", "-z"], cwd=REPOSITORY, check=True, capture_output=True).stdout

@@ -9,7 +9,7 @@ import tensorflow as tf
 from scipy import stats
 
 from libraries import domain, model, preprocessing
-from libraries.config import RegNetPretrainConfig
+from libraries.config import RegNetPretrainConfig, SISRNetPretrainConfig
 from libraries.training import pretraining_data
 
 TINY = dict(lr=1e-3, batch_size=4, steps=12, skip_step=6, spectral_band="NIR", mu=7754.664, sigma=2316.3408,
@@ -79,3 +79,53 @@ def test_regnet_batches_are_a_pure_function_of_the_step(tmp_path):
     for window in full[0]:
         assert any(np.array_equal(window, frame[r:r + 16, c:c + 16]) for frame in frames
                    for r in range(9) for c in range(9))
+
+
+def test_sisrnet_samples_are_registered_frames_masked_where_clear_and_not_wrapped(tmp_path):
+    """Hand-built patches: frame k of a patch is a window of a larger canvas moved by its shift, so
+    registered it equals the HR window except on the |dy| rows and |dx| columns it cannot cover.
+    Each sample is (patch, frame) of the chosen scenes whose mask (registered clear mask, HR clear,
+    not wrapped) is at least half clear, x its registered frame, y the HR window."""
+    rng = np.random.default_rng(4)
+    size, margin, patches, frames = 12, 4, 4, 9
+    canvas = 5000 + 3000 * rng.random((patches, size + 2 * margin, size + 2 * margin))
+    hr = canvas[:, margin:-margin, margin:-margin]
+    shifts = rng.integers(-3, 4, size=(patches, frames, 2))
+    shifts[:, 0] = 0
+    lr = np.empty((patches, frames, size, size))
+    for p in range(patches):
+        for k, (dy, dx) in enumerate(shifts[p]):  # frame[y, x] = canvas[margin + y - dy, margin + x - dx]
+            lr[p, k] = canvas[p, margin - dy:margin - dy + size, margin - dx:margin - dx + size]
+    masks = rng.random((patches, frames, size, size)) > 0.1
+    masks[:, 3] = rng.random((patches, size, size)) > 0.8  # mostly cloudy: never a sample
+    hr_clear = rng.random((patches, size, size)) > 0.05
+    data = {"frames": lr.astype(np.float32), "masks": masks, "shifts": shifts.astype(np.int32),
+            "hr": hr.astype(np.float32), "hr_clear": hr_clear, "scene": np.array([0, 0, 1, 1])}
+    cfg = SISRNetPretrainConfig(**{**TINY, "patch_size": 8}, dataset_path=tmp_path, heldout_fraction=0.5)
+    heldout = pretraining_data.split_scenes(data["scene"], 0.5, cfg.seed)
+    for chosen in (False, True):
+        samples = pretraining_data.SingleFrames(data, cfg, heldout=chosen)
+        expected_index, expected = [], []
+        for p in np.flatnonzero(heldout == chosen):
+            for k, (dy, dx) in enumerate(shifts[p]):
+                inside = np.zeros((size, size), bool)  # by hand: the rows and columns the shift covers
+                inside[max(0, -dy):size - max(0, dy), max(0, -dx):size - max(0, dx)] = True
+                mask = masks[p, k] & hr_clear[p] & inside
+                if mask.mean() >= 0.5:
+                    expected_index.append((p, k))
+                    expected.append((inside, mask, p))
+        np.testing.assert_array_equal(samples.index, expected_index)
+        # frame 3 of every patch is mostly cloudy; a frame shifted by 3 on both axes loses too much to its wrap
+        assert expected_index and all(k != 3 for _, k in expected_index)
+        x, y, mask = samples.batch(np.arange(len(expected_index)), rng=None)  # [n, 1, P, P, 1] each
+        for row, (inside, expected_mask, p) in enumerate(expected):
+            np.testing.assert_array_equal(mask[row, 0, :, :, 0], expected_mask)
+            np.testing.assert_allclose(x[row, 0, :, :, 0][inside], ((hr[p] - cfg.mu) / cfg.sigma)[inside], atol=1e-6)
+            np.testing.assert_allclose(y[row, 0, :, :, 0], (hr[p] - cfg.mu) / cfg.sigma_rescaled, atol=1e-5)
+
+
+def test_random_windows_reach_every_position_of_the_image():
+    corners = pretraining_data.random_corners(np.random.default_rng(0), 2000, 20, 16)  # [2000, 2]
+    assert corners.shape == (2000, 2)
+    for axis in range(2):
+        assert np.unique(corners[:, axis]).tolist() == [0, 1, 2, 3, 4]  # 4 = 20 - 16: the last window

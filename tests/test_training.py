@@ -75,6 +75,19 @@ def test_batch_plan_visits_every_patch_once_per_epoch_in_a_seeded_order():
     assert any(not np.array_equal(plan.rows(s)[1], other_seed.rows(s)[1]) for s in range(5))
 
 
+def test_batch_plan_reads_the_chunks_one_after_another_in_a_new_order_each_epoch():
+    """As the authors' loop, an epoch loads one chunk and takes all its batches before the next;
+    the order of the chunks is drawn again every epoch."""
+    plan = training.BatchPlan([4, 4, 4, 4], batch_size=2, seed=3)
+    orders = []
+    for epoch in range(6):
+        chunks = [plan.rows(step)[0] for step in range(8 * epoch, 8 * epoch + 8)]
+        assert chunks[::2] == chunks[1::2], chunks  # both batches of a chunk in a row
+        assert sorted(chunks[::2]) == [0, 1, 2, 3], chunks
+        orders.append(tuple(chunks[::2]))
+    assert len(set(orders)) > 1, orders
+
+
 def test_training_batches_are_the_normalised_chunk_rows_and_resume_at_any_step(tmp_path, data_path):
     config = tiny_config(tmp_path, data_path)
     batches = list(training.make_training_dataset(config).take(3))
