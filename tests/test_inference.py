@@ -483,6 +483,41 @@ def test_an_interrupted_split_resumes_from_the_scenes_it_saved(tmp_path, synthet
             superresolver.folder(synthetic_dir, "train", ["NIR"], progress=False, parts=parts)
 
 
+def test_saved_scene_images_are_kept_only_for_the_same_weights_settings_and_a_finite_image(tmp_path, caplog):
+    """What makes a band's saved images stale: any weight's value, the self-ensemble, n_slide, the
+    data, the split, a config key of the network; not a speed-only key. A saved image that is not
+    a finite float32 [H, W] array is deleted and computed again."""
+    class Weights(tf.Module):
+        def __init__(self):
+            self.kernel = tf.Variable(np.arange(6, dtype=np.float32).reshape(2, 3), name="kernel")
+            self.bias = tf.Variable(np.zeros(3, np.float32), name="bias")
+
+    model, config = Weights(), default_config(n_features=4)
+    settings = lambda **change: inference.parts.scene_settings(  # noqa: E731
+        change.get("model", model), change.get("config", config), change.get("n_slide", 0),
+        change.get("self_ensemble", False), change.get("data", tmp_path / "data"), change.get("split", "test"))
+    base = settings()
+    assert settings(model=Weights()) == base and settings(config=config.replace(frame_by_frame=False)) == base
+    nudged = Weights()
+    nudged.bias.assign([0.0, 0.0, 1e-6])
+    for other in (settings(model=nudged), settings(self_ensemble=True), settings(n_slide=1),
+                  settings(data=tmp_path / "other"), settings(split="train"), settings(config=config.replace(mu=1.0))):
+        assert other != base
+    folder = tmp_path / "parts" / "NIR"
+    with inference.SceneParts(folder, base) as parts:
+        parts.put("imgset0001", np.ones((6, 6)))
+        for name, bad in (("imgset0002", np.full((6, 6), np.nan, np.float32)), ("imgset0003", np.ones((6, 6), np.int32)),
+                          ("imgset0004", np.ones((1, 6, 6), np.float32))):
+            np.save(folder / f"{name}.npy", bad, allow_pickle=False)
+    with inference.SceneParts(folder, base) as parts, caplog.at_level("WARNING", logger="libraries.inference"):
+        np.testing.assert_array_equal(parts.get("imgset0001"), np.ones((6, 6), np.float32))
+        assert [parts.get(f"imgset000{k}") for k in (2, 3, 4)] == [None, None, None]
+        assert sorted(path.name for path in folder.glob("imgset*")) == ["imgset0001.npy"] and parts.reused == 1
+    assert caplog.text.count("not a saved scene image") == 3
+    with inference.SceneParts(folder, settings(model=nudged)) as parts:
+        assert parts.get("imgset0001") is None and not list(folder.glob("imgset*"))
+
+
 def test_an_interrupted_superresolve_command_says_what_it_kept(tmp_path, synthetic_dir, tiny_files, monkeypatch, capsys):
     """Ctrl-C during the second scene: one error line naming the parts folder and the one scene it
     holds, exit code 1, no zip."""
