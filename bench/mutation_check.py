@@ -452,6 +452,10 @@ MUTATIONS = (
              'mse = np.einsum("ijhw,ijhw->ij", residual, residual) / safe_count',
              'mse = np.einsum("ijhw,ijhw->ij", residual, residual) / residual[0, 0].size',
              ("tests/test_metrics.py",)),
+    Mutation("SIGTERM ends superresolve without the line naming what it kept (inference)",
+             "libraries/inference/submission.py",
+             "previous = signal.signal(signal.SIGTERM, terminated)", "raise ValueError",
+             ("tests/test_inference.py", "-k", "interrupted_superresolve_command")),
 )
 
 

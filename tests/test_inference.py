@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import signal
 import zipfile
 from pathlib import Path
 
@@ -518,16 +520,26 @@ def test_saved_scene_images_are_kept_only_for_the_same_weights_settings_and_a_fi
         assert parts.get("imgset0001") is None and not list(folder.glob("imgset*"))
 
 
-def test_an_interrupted_superresolve_command_says_what_it_kept(tmp_path, synthetic_dir, tiny_files, monkeypatch, capsys):
-    """Ctrl-C during the second scene: one error line naming the parts folder and the one scene it
-    holds, exit code 1, no zip."""
+@pytest.mark.parametrize("stop", ["Ctrl-C", "SIGTERM"])
+def test_an_interrupted_superresolve_command_says_what_it_kept(tmp_path, synthetic_dir, tiny_files, monkeypatch, capsys,
+                                                               stop, request):
+    """Ctrl-C or SIGTERM (a batch scheduler's notice) during the second scene: one error line naming
+    the parts folder and the one scene it holds, exit code 1, no zip; SIGTERM's handler is put back."""
     config_path, checkpoint = tiny_files
     scene, calls = inference.Superresolver.scene, []
+
+    def reached_the_test(*_):  # without the command's handler SIGTERM would end pytest itself
+        raise AssertionError("SIGTERM reached the test: the command caught no signal")
+
+    before = signal.signal(signal.SIGTERM, reached_the_test)
+    request.addfinalizer(lambda: signal.signal(signal.SIGTERM, before))
 
     def interrupted(self, *args, **kwargs):
         calls.append(1)
         if len(calls) == 2:
-            raise KeyboardInterrupt
+            if stop == "Ctrl-C":
+                raise KeyboardInterrupt
+            os.kill(os.getpid(), signal.SIGTERM)
         return scene(self, *args, **kwargs)
 
     monkeypatch.setattr(inference.Superresolver, "scene", interrupted)
@@ -537,10 +549,11 @@ def test_an_interrupted_superresolve_command_says_what_it_kept(tmp_path, synthet
                        str(synthetic_dir), "--split", "test", "--band", "NIR", "--out", str(zip_path), "--n-slide", "0"])
     except KeyboardInterrupt:  # it would end pytest's whole run
         pytest.fail("the KeyboardInterrupt reached the caller: no error line saying what was kept")
-    assert status == 1
+    assert status == 1 and signal.getsignal(signal.SIGTERM) is reached_the_test
     parts = inference.parts_folder(zip_path)
+    how = "interrupted" if stop == "Ctrl-C" else "stopped by SIGTERM"
     assert capsys.readouterr().err.strip().splitlines()[-1] == (
-        f"error: superresolve interrupted: scenes computed so far: 1, kept in {parts}; the same command computes "
+        f"error: superresolve {how}: scenes computed so far: 1, kept in {parts}; the same command computes "
         "the others")
     assert len(list((parts / "NIR").glob("imgset*.npy"))) == 1 and not zip_path.exists()
 

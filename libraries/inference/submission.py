@@ -10,9 +10,11 @@ scenes of a PROBA-V folder, `score_submission` scores it against HR images and n
 from __future__ import annotations
 
 import argparse
+import contextlib
 import csv
 import io
 import re
+import signal
 import sys
 import zipfile
 from collections import Counter
@@ -34,6 +36,30 @@ PNG_NAME = re.compile(r"imgset\d{4}\.png")
 
 class SubmissionError(domain.DeepSUMError):
     """A submission zip (or an image for it) that the Kelvins rules would not accept."""
+
+
+class Terminated(BaseException):
+    """SIGTERM arrived (a batch scheduler's notice before it kills the job, or `kill`). Not an
+    `Exception`, as KeyboardInterrupt is not: no `except Exception` on the way may swallow it."""
+
+
+@contextlib.contextmanager
+def sigterm_raises():
+    """Within it, SIGTERM raises `Terminated` where Python is, as SIGINT raises KeyboardInterrupt,
+    so that a command stopped by a scheduler can say what it kept; the previous handler comes
+    back after. Outside the main thread (where handlers cannot be set) it does nothing."""
+    def terminated(number, frame):
+        raise Terminated
+
+    try:
+        previous = signal.signal(signal.SIGTERM, terminated)
+    except ValueError:  # not the main thread
+        yield
+        return
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def image_to_png(name: str, image: np.ndarray) -> bytes:
@@ -264,16 +290,18 @@ def _superresolve(args: argparse.Namespace) -> None:
     parts = parts_folder(args.out)  # each scene kept as computed: a rerun of an interrupted run goes on
     images = {}
     try:
-        for band in bands:  # the authors trained one model per band (RED fine-tuned from NIR)
-            config = _config_of_arguments(config_paths[band], args)
-            n_slide = config.n_slide if args.n_slide is None else args.n_slide
-            superresolver = Superresolver(load_model(config, checkpoint_paths[band]), config)
-            data = Path(args.data) if args.data is not None else config.base_dir
-            images.update(superresolver.folder(data, split, [band], n_slide, args.windows_per_call, parts=parts))
-            print(f"{band}: {checkpoint_paths[band]}, n_slide {n_slide}"
-                  + (", self-ensemble" if config.self_ensemble else ""), file=sys.stderr)
-    except KeyboardInterrupt:  # Ctrl-C: one line saying what is kept, not a traceback
-        raise domain.DeepSUMError(f"superresolve interrupted: scenes computed so far: {saved_count(parts)}, kept in "
+        with sigterm_raises():
+            for band in bands:  # the authors trained one model per band (RED fine-tuned from NIR)
+                config = _config_of_arguments(config_paths[band], args)
+                n_slide = config.n_slide if args.n_slide is None else args.n_slide
+                superresolver = Superresolver(load_model(config, checkpoint_paths[band]), config)
+                data = Path(args.data) if args.data is not None else config.base_dir
+                images.update(superresolver.folder(data, split, [band], n_slide, args.windows_per_call, parts=parts))
+                print(f"{band}: {checkpoint_paths[band]}, n_slide {n_slide}"
+                      + (", self-ensemble" if config.self_ensemble else ""), file=sys.stderr)
+    except (KeyboardInterrupt, Terminated) as stop:  # Ctrl-C or SIGTERM: one line saying what is kept
+        how = "interrupted" if isinstance(stop, KeyboardInterrupt) else "stopped by SIGTERM"
+        raise domain.DeepSUMError(f"superresolve {how}: scenes computed so far: {saved_count(parts)}, kept in "
                                   f"{parts}; the same command computes the others") from None
     write_submission(images, args.out)
     validate_submission(args.out, data / split, bands)
