@@ -456,6 +456,12 @@ MUTATIONS = (
              "libraries/inference/submission.py",
              "previous = signal.signal(signal.SIGTERM, terminated)", "raise ValueError",
              ("tests/test_inference.py", "-k", "interrupted_superresolve_command")),
+    Mutation("synthetic corrupt wedges left clear in QM (synthetic data)", "libraries/synthetic.py",
+             "clear &= ~wedges  # missing data is flagged in QM", "pass",
+             ("tests/test_synthetic.py",)),
+    Mutation("synthetic cloud shadows left clear in QM (synthetic data)", "libraries/synthetic.py",
+             "return frames, ~(flagged | shadow_flagged)", "return frames, ~flagged",
+             ("tests/test_synthetic.py",)),
 )
 
 

@@ -102,6 +102,27 @@ def test_corrupt_frames_hold_65520_wedges(scenes):
         assert bad[[0, 0, -1, -1], [0, -1, 0, -1]].any()  # cut off a corner, like the real ones
 
 
+def test_no_data_pixels_are_flagged_in_qm(scenes):
+    """As in the real data, the 65520 no-data wedges of corrupt frames are not clear in QM."""
+    wedges = [(scene.lr > domain.CORRUPT_VALUE, scene.clear) for scene in scenes]
+    assert sum(int(bad.sum()) for bad, _ in wedges) > 0
+    for bad, clear in wedges:
+        assert not (bad & clear).any()
+
+
+def test_clouds_and_their_shadows_are_flagged_and_only_a_faint_haze_is_not():
+    """A flat 5000 DN frame under clouds. The flags miss only a haze: a cloud's opacity is at most
+    0.1 outside its flag, which brightens a pixel by at most 0.1 * (cloud top / 5000 - 1) and,
+    as a shadow (0.55 of the opacity), darkens one by at most 5.5%. Anything more is flagged."""
+    rng = np.random.default_rng(5)
+    frames = np.full((40, 32, 32), 5000.0, np.float32)
+    cloudy, clear = synthetic.add_clouds(rng, frames, "NIR")
+    change = cloudy / 5000.0 - 1.0  # [frames, h, w]
+    assert change.max() > 0.5 and change.min() < -0.2  # clouds and shadows both drawn
+    brightest = 0.1 * (synthetic.BAND_STYLES["NIR"].cloud[1] / 5000.0 - 1.0)
+    assert change[clear].max() <= brightest + 1e-6 and change[clear].min() >= -0.1 * 0.55 - 1e-6
+
+
 def test_values_are_14_bit_like_multiples_of_16(scenes):
     for scene in scenes:
         good = scene.lr[scene.lr.max(axis=(1, 2)) <= domain.CORRUPT_VALUE]
