@@ -462,6 +462,17 @@ MUTATIONS = (
     Mutation("synthetic cloud shadows left clear in QM (synthetic data)", "libraries/synthetic.py",
              "return frames, ~(flagged | shadow_flagged)", "return frames, ~flagged",
              ("tests/test_synthetic.py",)),
+    Mutation("the demo validates and submits with the latest checkpoint, not the best (demo)", "libraries/demo.py",
+             "return best if checkpoints.has_checkpoint(best) else Path(cfg.checkpoint_dir)",
+             "return Path(cfg.checkpoint_dir)",
+             ("tests/test_demo.py",)),
+    Mutation("the demo reuses results made with other checkpoints (demo)", "libraries/demo.py",
+             "if any(results[key] != value for key, value in results_key(plan, n_slides).items()):",
+             "if False:",
+             ("tests/test_demo.py",)),
+    Mutation("the demo's verdict from DeepSUM's worst row, not its best (demo)", "libraries/demo.py",
+             "verdict[band] = min(deepsum) < bicubic[0]", "verdict[band] = max(deepsum) < bicubic[0]",
+             ("tests/test_demo.py",)),
 )
 
 
