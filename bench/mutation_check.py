@@ -8,6 +8,7 @@ imported instead of this checkout (PYTHONPATH and the working directory point at
     python bench/mutation_check.py                 # every mutation
     python bench/mutation_check.py --only score    # those whose name contains "score"
     python bench/mutation_check.py --only score loss  # ... "score" or "loss"
+    python bench/mutation_check.py --part 1/2      # every other mutation (2/2 in a second shell)
 
 It takes a few minutes (one pytest run per mutation) and is meant to be run by hand.
 """
@@ -473,6 +474,27 @@ MUTATIONS = (
     Mutation("the demo's verdict from DeepSUM's worst row, not its best (demo)", "libraries/demo.py",
              "verdict[band] = min(deepsum) < bicubic[0]", "verdict[band] = max(deepsum) < bicubic[0]",
              ("tests/test_demo.py",)),
+    Mutation("a TF1 checkpoint lacking some of the network's variables loaded in part (checkpoints)",
+             "libraries/checkpoints.py",
+             "            if missing:\n                raise CheckpointError(f\"{prefix}: TF1 checkpoint lacks",
+             "            if False:\n                raise CheckpointError(f\"{prefix}: TF1 checkpoint lacks",
+             ("tests/test_checkpoints.py",)),
+    Mutation("a TF1 variable of another shape reaches the assignment (checkpoints)", "libraries/checkpoints.py",
+             "if list(shapes[name]) != variables[name].shape.as_list():", "if False:",
+             ("tests/test_checkpoints.py",)),
+    Mutation("a checkpoint's tensors not read back before it is used (checkpoints)", "libraries/checkpoints.py",
+             "            reader.get_tensor(key)  # checks the tensor's CRC32C against the .index", "            pass",
+             ("tests/test_checkpoints.py", "tests/test_loop.py", "tests/test_bad_inputs.py")),
+    Mutation("each n_slide's row fuses every window of the largest (sliding-window evaluation)",
+             "libraries/inference/superresolve.py",
+             "fuse_windows(images[:n + 1])[0] for images, _, _ in computed", "fuse_windows(images)[0] for images, _, _ in computed",
+             ("tests/test_inference.py", "tests/test_ensemble.py")),
+    Mutation("a PNG chunk whose checksum fails accepted (data reading)", "libraries/probav.py",
+             'if zlib.crc32(kind + body).to_bytes(4, "big") != crc:', "if False:",
+             ("tests/test_bad_inputs.py", "tests/test_probav.py")),
+    Mutation("two files of one frame number (LR1.png, LR001.png) accepted (data reading)", "libraries/probav.py",
+             "            if number in numbers:\n", "            if False:\n",
+             ("tests/test_bad_inputs.py", "tests/test_probav.py")),
 )
 
 
@@ -498,8 +520,16 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--only", nargs="+", default=[""], metavar="TEXT",
                         help="run the mutations whose name contains one of these texts")
+    parser.add_argument("--part", default="1/1", metavar="K/N",
+                        help="run the K-th of N interleaved parts (e.g. 1/2 and 2/2 in two shells, one per core)")
     args = parser.parse_args(argv)
+    try:
+        part, parts = (int(value) for value in args.part.split("/"))
+        assert 1 <= part <= parts
+    except (ValueError, AssertionError):
+        parser.error(f"--part {args.part}: expected K/N with 1 <= K <= N")
     chosen = [mutation for mutation in MUTATIONS if any(text in mutation.name for text in args.only)]
+    chosen = chosen[part - 1::parts]
     rows, missed = [], 0
     with tempfile.TemporaryDirectory(prefix="deepsum-mutants-") as folder:
         copy = Path(folder)

@@ -116,6 +116,16 @@ def test_missing_qm(scene_folder):
         probav.read_scene(folder)
 
 
+def test_two_files_of_one_frame_number(scene_folder):
+    """LR1.png beside LR001.png (a copy renamed by hand): which one is frame 1 is not for the
+    reader to guess."""
+    folder, _ = scene_folder
+    (folder / "LR1.png").write_bytes((folder / "LR001.png").read_bytes())
+    with pytest.raises(probav.ProbaVError) as error:
+        probav.read_scene(folder)
+    assert str(error.value) == f"{folder / 'LR1.png'}: duplicate frame number 1 (also LR001.png)"
+
+
 def test_truncated_png(scene_folder):
     folder, _ = scene_folder
     path = folder / "LR001.png"
