@@ -495,6 +495,15 @@ MUTATIONS = (
     Mutation("two files of one frame number (LR1.png, LR001.png) accepted (data reading)", "libraries/probav.py",
              "            if number in numbers:\n", "            if False:\n",
              ("tests/test_bad_inputs.py", "tests/test_probav.py")),
+    Mutation("the self-ensemble's masks left untransformed (inference)", "libraries/inference/ensemble.py",
+             '"masks": transform_image(scene["masks"], transform)', '"masks": scene["masks"]',
+             ("tests/test_ensemble.py",)),
+    Mutation("the self-ensemble's flip not applied to the shifts (inference)", "libraries/inference/ensemble.py",
+             "    if transform.flip:\n        dy = -dy", "    if transform.flip:\n        pass",
+             ("tests/test_ensemble.py",)),
+    Mutation("a user error of several lines printed as they are (command line)", "libraries/__main__.py",
+             'return " ".join(str(error).split())', "return str(error)",
+             ("tests/test_main.py", "tests/test_bad_inputs.py", "tests/test_inference.py")),
 )
 
 
