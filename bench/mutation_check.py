@@ -504,6 +504,19 @@ MUTATIONS = (
     Mutation("a user error of several lines printed as they are (command line)", "libraries/__main__.py",
              'return " ".join(str(error).split())', "return str(error)",
              ("tests/test_main.py", "tests/test_bad_inputs.py", "tests/test_inference.py")),
+    Mutation("the dataset table shows dropped scenes as kept (data preparation)", "libraries/dataset/views.py",
+             'c["scenes_kept"], len(c["dropped_scenes"])', 'len(c["dropped_scenes"]), c["scenes_kept"]',
+             ("tests/test_dataset.py", "tests/test_dataset_notebooks.py")),
+    Mutation("TensorBoard gets every validation image, not validation_images of them (training)",
+             "libraries/training/evaluation.py",
+             'if len(images["sr"]) < self.config.validation_images:', "if True:",
+             ("tests/test_training.py", "-k", "tensorboard or validation")),
+    Mutation("a config key in the wrong section accepted (config)", "libraries/config.py",
+             'if field is None or field.metadata["section"] != section:', "if field is None:",
+             ("tests/test_config.py",)),
+    Mutation("a config missing a required key left to the dataclass's error (config)", "libraries/config.py",
+             "        if required and name not in values:", "        if False:",
+             ("tests/test_config.py",)),
 )
 
 

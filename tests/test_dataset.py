@@ -82,6 +82,20 @@ def test_layout_and_manifest(prepared, synthetic_set):
     assert not list(prepared.glob(".*")) and not list(band_dir.rglob("*.partial"))
 
 
+def test_counts_table_shows_each_count_of_the_manifest_under_its_heading(prepared):
+    manifest = json.loads((prepared / BAND / "manifest.json").read_text())
+    header, *lines = dataset.counts_table(prepared / BAND).splitlines()
+    assert header.split() == ["split", "scenes", "in", "kept", "dropped", "frames", "in", "kept", "corrupt",
+                              "shift>4", "reused"]
+    assert [line.split()[0] for line in lines] == ["train", "validation", "test"]
+    for line in lines:
+        split, *numbers = line.split()
+        counts = manifest[split]
+        assert [int(number) for number in numbers] == [
+            counts["scenes_in"], len(counts["names"]), len(counts["dropped_scenes"]), counts["frames_in"],
+            counts["frames_kept"], counts["frames_corrupt"], counts["frames_shifted"], counts["frames_reused"]], split
+
+
 def test_split_is_sorted_seeded_and_70_30(prepared):
     split = json.loads((prepared / BAND / "split.json").read_text())
     names = sorted(split["train"] + split["validation"])

@@ -278,6 +278,33 @@ def test_regnet_accuracy_counts_a_shift_beyond_smaller_filters_as_a_miss():
     assert results["regnet_accuracy"] == 3 / 8
 
 
+@pytest.mark.parametrize("shown", [0, 2])
+def test_tensorboard_gets_the_first_validation_images_of_the_config(tmp_path, shown):
+    """validation_images SR and HR images and filter strips of the first scenes, of 3, and no more:
+    a real validation set has hundreds of 384x384 scenes."""
+    config = config_module.default_config(n_features=8, validation_images=shown)
+    rng = np.random.default_rng(1)
+    scenes = [(np.zeros((1, 9, 24, 24, 1), np.float32), np.ones((1, 9, 24, 24, 1), np.float32),
+               rng.standard_normal((1, 1, 24, 24, 1)).astype(np.float32), np.ones((1, 1, 24, 24, 1), np.float32),
+               np.array([40.0], np.float32), np.zeros((1, 9, 2), np.int32)) for _ in range(3)]
+    dataset_of_3 = tf.data.Dataset.from_tensor_slices(tuple(np.concatenate(parts) for parts in zip(*scenes))).batch(1)
+    writer = tf.summary.create_file_writer(str(tmp_path / "logs"))
+    results = training.Evaluator(_FixedTaps(40, 9), config)(dataset_of_3, writer, step=5, progress=False)
+    assert results["scenes"] == 3
+    accumulator = event_accumulator.EventAccumulator(str(tmp_path / "logs"), size_guidance={"tensors": 0}).Reload()
+    for name in ("sr", "hr", "filters"):
+        if not shown:
+            assert name not in accumulator.Tags()["tensors"]
+            continue
+        (event,) = accumulator.Tensors(name)
+        # an image summary holds the width, the height, then one encoded PNG per image
+        assert event.step == 5 and len(tf.make_ndarray(event.tensor_proto)) == 2 + shown, name
+    if shown:
+        first = tf.io.decode_png(tf.make_ndarray(accumulator.Tensors("hr")[0].tensor_proto)[2]).numpy()[..., 0]
+        y = scenes[0][2][0, 0, :, :, 0]  # the first scene's HR, shown stretched to 0..255
+        assert np.corrcoef(first.ravel().astype(float), y.ravel())[0, 1] > 0.99
+
+
 def test_train_command_init_from_starts_from_the_given_weights(tmp_path, data_path, trained):
     source = trained[0].config.checkpoint_dir
     config_file = write_config(tiny_config(tmp_path, data_path), tmp_path / "config.json")
