@@ -517,6 +517,20 @@ MUTATIONS = (
     Mutation("a config missing a required key left to the dataclass's error (config)", "libraries/config.py",
              "        if required and name not in values:", "        if False:",
              ("tests/test_config.py",)),
+    Mutation("a tie for the reference frame goes to the latest, not the earliest (data preparation)",
+             "libraries/preprocessing.py",
+             "reference = int(np.argmax(clear_pixels))",
+             "reference = int(len(clear_pixels) - 1 - np.argmax(clear_pixels[::-1]))",
+             ("tests/test_preprocessing.py", "tests/test_dataset.py")),
+    Mutation("shifts found by phase-normalised correlation, not the authors' plain one (data preparation)",
+             "libraries/preprocessing.py",
+             "reference, frame, upsample_factor=1, normalization=None)[0]",
+             "reference, frame, upsample_factor=1)[0]",
+             ("tests/test_preprocessing.py", "tests/test_dataset.py")),
+    Mutation("training patches kept whatever the HR image's clouds (data preparation)", "libraries/preprocessing.py",
+             "(window_clear_fractions(hr_clear, patch_size) > hr_clear_share)",
+             "(window_clear_fractions(hr_clear, patch_size) >= 0)",
+             ("tests/test_preprocessing.py", "tests/test_dataset.py")),
 )
 
 

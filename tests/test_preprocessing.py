@@ -145,16 +145,22 @@ def test_window_fractions_and_valid_corners_equal_brute_force():
     rng = np.random.default_rng(7)
     masks = rng.random((10, 30, 30)) > 0.2
     masks[:4, :12] = False  # a cloud over four frames
-    hr_clear = rng.random((30, 30)) > 0.1
+    hr_clear = rng.random((30, 30)) > 0.02
+    hr_clear[22:, 16:] = False  # a cloud over the HR image only
     size = 12
     fractions = preprocessing.window_clear_fractions(masks, size)
     valid = preprocessing.valid_patch_corners(masks, hr_clear, size)
     assert valid.shape == (19, 19) and 0 < valid.mean() < 1
-    for row, col in [(0, 0), (5, 11), (18, 18), (3, 0)]:
-        window = masks[:, row:row + size, col:col + size]
-        np.testing.assert_allclose(fractions[:, row, col], window.mean(axis=(1, 2)))
-        rule = (np.sum(window.mean(axis=(1, 2)) > 0.70) >= 9) and hr_clear[row:row + size, col:col + size].mean() > 0.85
-        assert valid[row, col] == rule
+    refused_by_hr_alone = 0
+    for row in range(19):
+        for col in range(19):
+            window = masks[:, row:row + size, col:col + size]
+            np.testing.assert_allclose(fractions[:, row, col], window.mean(axis=(1, 2)))
+            frames_rule = np.sum(window.mean(axis=(1, 2)) > 0.70) >= 9
+            hr_rule = hr_clear[row:row + size, col:col + size].mean() > 0.85
+            assert valid[row, col] == (frames_rule and hr_rule), (row, col)
+            refused_by_hr_alone += frames_rule and not hr_rule
+    assert refused_by_hr_alone > 0  # both rules are exercised
 
 
 def test_sample_patch_corners_valid_seeded_and_bounded():
