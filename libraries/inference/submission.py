@@ -10,11 +10,9 @@ scenes of a PROBA-V folder, `score_submission` scores it against HR images and n
 from __future__ import annotations
 
 import argparse
-import contextlib
 import csv
 import io
 import re
-import signal
 import sys
 import zipfile
 from collections import Counter
@@ -29,6 +27,7 @@ from libraries import domain, fileio, metrics, probav
 from libraries.inference import frame_stack
 from libraries.inference.parts import parts_folder, remove_parts, saved_count
 from libraries.inference.superresolve import Superresolver, load_model
+from libraries.interrupts import Terminated, sigterm_raises
 
 SCENE_NAME = re.compile(r"imgset\d{4}")
 PNG_NAME = re.compile(r"imgset\d{4}\.png")
@@ -36,30 +35,6 @@ PNG_NAME = re.compile(r"imgset\d{4}\.png")
 
 class SubmissionError(domain.DeepSUMError):
     """A submission zip (or an image for it) that the Kelvins rules would not accept."""
-
-
-class Terminated(BaseException):
-    """SIGTERM arrived (a batch scheduler's notice before it kills the job, or `kill`). Not an
-    `Exception`, as KeyboardInterrupt is not: no `except Exception` on the way may swallow it."""
-
-
-@contextlib.contextmanager
-def sigterm_raises():
-    """Within it, SIGTERM raises `Terminated` where Python is, as SIGINT raises KeyboardInterrupt,
-    so that a command stopped by a scheduler can say what it kept; the previous handler comes
-    back after. Outside the main thread (where handlers cannot be set) it does nothing."""
-    def terminated(number, frame):
-        raise Terminated
-
-    try:
-        previous = signal.signal(signal.SIGTERM, terminated)
-    except ValueError:  # not the main thread
-        yield
-        return
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, previous)
 
 
 def image_to_png(name: str, image: np.ndarray) -> bytes:

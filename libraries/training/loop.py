@@ -35,7 +35,6 @@ import math
 import os
 import re
 import signal
-import threading
 import time
 from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping
@@ -45,7 +44,7 @@ import tensorflow as tf
 from tqdm.auto import tqdm
 
 from libraries import config as config_module
-from libraries import checkpoints, domain, fileio
+from libraries import checkpoints, domain, fileio, interrupts
 from libraries.checkpoints import CONFIG_FILE
 from libraries.training.optimization import without_remapper
 
@@ -76,7 +75,7 @@ def stop_requests(enabled: bool = True):
     handlers can only be set in the main thread: elsewhere, or when not `enabled`, nothing changes.
     """
     received: list[int] = []
-    if not enabled or threading.current_thread() is not threading.main_thread():
+    if not enabled:
         yield received
         return
 
@@ -85,14 +84,8 @@ def stop_requests(enabled: bool = True):
             raise KeyboardInterrupt
         received.append(number)
 
-    previous = {number: signal.getsignal(number) for number in STOP_SIGNALS}
-    for number in STOP_SIGNALS:
-        signal.signal(number, record)
-    try:
+    with interrupts.handled(STOP_SIGNALS, record):
         yield received
-    finally:
-        for number, handler in previous.items():
-            signal.signal(number, signal.SIG_DFL if handler is None else handler)  # None: set outside Python
 
 
 class TrainingLoop:
