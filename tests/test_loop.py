@@ -27,11 +27,14 @@ import tensorflow as tf
 from libraries import __main__ as cli, config as config_module
 from libraries import checkpoints, fileio, model, training
 from libraries.config import RegNetPretrainConfig, SISRNetPretrainConfig
-from libraries.training import pretraining
+from libraries.training import loop, pretraining
 
 from helpers import SKIP_STEP, assert_same_state, checkpoint_tensors, logged_losses, prepare_tiny_dataset, subprocess_env, tiny_config, write_config
 
 FINAL = 2 * SKIP_STEP + 2  # checkpoints at 3, 6, 8: all kept (max_to_keep=3)
+# The validation value each kind keeps the best of, and how it chooses.
+BEST = {"train": ("score", min), "pretrain-sisrnet": ("heldout_loss", min), "pretrain-regnet": ("heldout_accuracy", max)}
+BEST_TENSOR = "best/.ATTRIBUTES/VARIABLE_VALUE"
 PRETRAIN = dict(lr=1e-3, batch_size=4, steps=FINAL, skip_step=SKIP_STEP, spectral_band="NIR", mu=7754.664,
                 sigma=2316.3408, sigma_rescaled=596.982, patch_size=32, n_features=8, seed=3, heldout_fraction=0.3,
                 eval_frames=8)
@@ -119,15 +122,29 @@ def test_a_run_killed_or_stopped_resumes_from_its_last_checkpoint(kind, stop, tm
         resumed.loop.release()  # a Trainer holds its folder until it runs; the restarted command below takes it
     # The killed run had the uninterrupted run's state at its checkpoint (two processes: measured
     # up to 2.5e-6 apart in an Adam moment after 3 steps, the round-off named in the docstring)...
-    assert_same_state(checkpoint_tensors(killed_at), checkpoint_tensors(str(uninterrupted / f"ckpt-{step}")))
+    assert_same_state_and_best(killed_at, uninterrupted / f"ckpt-{step}", kind, range(SKIP_STEP, step + 1, SKIP_STEP))
     # ...and the restarted command computes the uninterrupted run's next losses and weights.
     assert cli.main(arguments(final, killed)) == 0
     resumed_losses, uninterrupted_losses = logged_losses(killed), logged_losses(uninterrupted)
     assert set(range(step + 1, final + 1)) <= set(resumed_losses)
     for later in range(step + 1, final + 1):
         assert resumed_losses[later] == pytest.approx(uninterrupted_losses[later], rel=1e-5), later
-    assert_same_state(checkpoint_tensors(str(killed / f"ckpt-{final}")),
-                      checkpoint_tensors(str(uninterrupted / f"ckpt-{final}")))
+    assert_same_state_and_best(killed / f"ckpt-{final}", uninterrupted / f"ckpt-{final}", kind,
+                               [*range(SKIP_STEP, final + 1, SKIP_STEP), final])
+
+
+def assert_same_state_and_best(checkpoint: str | Path, uninterrupted: Path, kind: str, validated) -> None:
+    """`checkpoint` holds the state of the uninterrupted run's checkpoint of the same step, and the
+    best validation value the uninterrupted run logged at the steps `validated` (those at which the
+    stopped run validated: a stop saves without validating, a run reaching its --steps validates at
+    its end, so the uninterrupted run's own `best` may have seen one validation more)."""
+    actual, expected = checkpoint_tensors(str(checkpoint)), checkpoint_tensors(str(uninterrupted))
+    best = actual.pop(BEST_TENSOR)
+    expected.pop(BEST_TENSOR)
+    assert_same_state(actual, expected)
+    key, choose = BEST[kind]
+    logged = {entry["step"]: entry[key] for entry in loop.logged_history(uninterrupted.parent)["validation"]}
+    assert best == pytest.approx(choose(logged[step] for step in validated), rel=1e-5)
 
 
 def test_a_second_run_on_the_same_checkpoint_folder_stops_at_once_and_touches_nothing(tmp_path, data_path):
