@@ -47,7 +47,7 @@ def resolve_frame_by_frame(setting: bool | str) -> bool:
 
     Frame by frame always needs less memory (0.23-0.25 of the naive pass's peak for a 1x9x384x384
     scene, against 0.41-0.47). Its cost in time, against the whole-scene pass: 1.04-1.15x on an
-    Intel Xeon with AVX-512 and AMX, 1.15x on an AMD EPYC Zen 4 with AVX-512, 1.11-1.20x on an AMD
+    Intel Xeon with AVX-512 and AMX, 1.14-1.15x on an AMD EPYC Zen 4 with AVX-512, 1.11-1.20x on an AMD
     EPYC Zen 3 with AVX2 with each image's convolutions in two strips (`frame_strips: auto` chose
     them there; 1.64x in whole images, for which oneDNN's AVX2 build picks a slower convolution;
     `libraries.model.strips`; `bench/forward.py`). GPUs, not measured, keep the whole-scene pass.

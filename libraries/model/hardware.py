@@ -32,7 +32,7 @@ import tensorflow as tf
 from libraries import config as config_module
 
 # CPU flags (Linux' /proc/cpuinfo names) of instructions that multiply bfloat16 values and sum
-# in float32, which oneDNN's bfloat16 kernels use: measured 1.56x float32's training step on an
+# in float32, which oneDNN's bfloat16 kernels use: measured 1.56-1.62x float32's training step on an
 # AMD EPYC Zen 4 (AVX512-BF16), 1.95x on an Intel Xeon with AMX-BF16.
 BFLOAT16_FLAGS = frozenset({"avx512_bf16", "amx_bf16"})
 

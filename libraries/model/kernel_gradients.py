@@ -3,7 +3,7 @@
 Training spends about a third of its convolution work on the kernels' gradients
 (`Conv2DBackpropFilter`). Which implementation is faster depends on the CPU: on an AMD EPYC
 with AVX2, XLA's ran 2.0-2.7x faster than oneDNN's; on an Intel Xeon with AVX-512 and AMX,
-oneDNN's ran 2-2.5x faster than XLA's, on an AMD EPYC Zen 4 with AVX-512 1.0-1.35x
+oneDNN's ran 2-2.5x faster than XLA's, on an AMD EPYC Zen 4 with AVX-512 1.0-2.1x
 (`bench/kernel_gradients.py` measures both on the layer shapes of a training step). No fixed
 rule holds on every machine, so `config.xla_kernel_gradients` "auto" (the default) takes the
 faster of the two in a short measurement on a representative layer, made once per process
