@@ -63,7 +63,11 @@ def registers_image_by_image(channels: int | None, frames: int | None) -> bool:
     by `bench/registration.py` on an AMD EPYC Zen 3 (AVX2, 2 cores), image by image against the
     frames as channels: one 384x384x64 frame 0.044 s / 0.124 s; a 1x8x384x384x64 scene 0.357 s /
     0.292 s; a training batch 8x8x96x96x64, forward and backward, 0.956 s / 1.03 s (0.93-1.09x
-    across runs); x, one channel, 1x8x384x384x1: 0.020 s / 0.0055 s.
+    across runs); x, one channel, 1x8x384x384x1: 0.020 s / 0.0055 s. On an AMD EPYC Zen 4
+    (AVX-512): one frame 0.026 s / 0.129 s, x 0.021 s / 0.006 s; the scene and the training batch
+    0.200 s / 0.236 s and 0.795 s / 0.945 s in one run, 0.225 s / 0.223 s and 0.900 s / 0.986 s in
+    another: the stacks of several frames and channels trade places within the noise on both CPUs,
+    and the registration is 2-4% of a pass, so they keep one layout.
     """
     return frames == 1 and channels != 1
 
