@@ -13,6 +13,7 @@ against the repository root, so a config works from any current directory.
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import json
 import math
@@ -20,7 +21,7 @@ import os
 import types
 import typing
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, Callable, TypeVar
 
 from libraries import domain
 
@@ -68,6 +69,23 @@ def add_precision_argument(parser: Any) -> None:
     parser.add_argument("--precision", choices=PRECISIONS,
                         help="override the config's precision: float32 (the authors' numbers), mixed_bfloat16 "
                              "(CPUs with AMX or AVX512-BF16, recent GPUs) or mixed_float16 (GPUs)")
+
+
+def integer_at_least(minimum: int) -> Callable[[str], int]:
+    """An argparse `type` for integer flags: a value below `minimum` (a negative step count, zero
+    patches) is a usage error naming the flag, not an exception deep inside a run."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"expected an integer >= {minimum}, got {value}")
+        return value
+
+    parse.__name__ = f"integer >= {minimum}"  # argparse names the type in its message
+    return parse
 
 
 def _check_numbers(config: Any, non_negative: tuple[str, ...]) -> None:
