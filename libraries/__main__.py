@@ -70,6 +70,24 @@ def without_import_noise() -> Iterator[None]:
             sys.stderr.flush()
 
 
+class UnreadCheckpointValues(logging.Filter):
+    """Drops TensorFlow's warnings, written as it collects the objects of a restore, about each
+    checkpoint value left unread: every restore of the project either checks that the checkpoint
+    fits the network and says in one error line when it does not (`checkpoints.restore_weights`,
+    `TrainingLoop.restore`), or leaves values unread on purpose. A refused checkpoint whose
+    shapes do not fit would otherwise print tens to hundreds of such lines after its error line,
+    as the process ends."""
+
+    MESSAGES = re.compile(r"Value in checkpoint could not be found in the restored object"
+                          r"|is being deleted with unrestored values|A checkpoint was restored \(e\.g\. tf\.train")
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not self.MESSAGES.search(record.getMessage())
+
+
+UNREAD_CHECKPOINT_VALUES = UnreadCheckpointValues()
+
+
 # What a user can fix: the project's own errors (bad files, folders, config keys, scenes,
 # checkpoints, arguments) and missing or unreadable paths. Anything else is a bug and keeps its
 # traceback.
@@ -104,6 +122,7 @@ def main(argv: list[str] | None = None) -> int:
     # measurement behind it (`libraries.model.strips`, `fusion`, `kernel_gradients`), a resume
     logging.basicConfig(format="%(levelname)s %(name)s: %(message)s")
     logging.getLogger("libraries").setLevel(logging.INFO)
+    logging.getLogger("tensorflow").addFilter(UNREAD_CHECKPOINT_VALUES)  # once: the same filter object
     try:
         return int(getattr(module, f"run_{snake}")(args) or 0)
     except USER_ERRORS as error:

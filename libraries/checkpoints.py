@@ -35,6 +35,7 @@ from libraries.model import DeepSUM
 
 OBJECT_GRAPH_KEY = "_CHECKPOINTABLE_OBJECT_GRAPH"  # present in TF2 object-based checkpoints only
 CONFIG_FILE = "config.json"
+CHECKPOINT_INDEX = re.compile(r"(.+)-(\d+)\.index")  # `ckpt-12.index`: a checkpoint's name and number
 IGNORED = re.compile(r"/Adam(_\d+)?$|^beta[12]_power$|^global_step$")
 NETWORK = re.compile(
     r"^(conv_up_[0-8]/(W|b)|inst_norm_up_[0-7]/(gamma|beta)|Rconv(1b|2b|3b|4b|7_b)/(W|b)"
@@ -49,6 +50,24 @@ class CheckpointError(domain.DeepSUMError):
 def has_checkpoint(folder: str | os.PathLike) -> bool:
     """True when `folder` is a checkpoint folder whose `checkpoint` file names a checkpoint present."""
     return Path(folder).is_dir() and tf.train.latest_checkpoint(str(folder)) is not None
+
+
+def rebuild_state(folder: str | os.PathLike) -> list[str]:
+    """Write the `checkpoint` state file of a checkpoint folder again when it is missing or
+    unreadable, or names no checkpoint present, while intact checkpoints `<name>-<N>` are in the
+    folder: a state file deleted or damaged by hand must not turn a resume into a fresh start
+    over them. Names them oldest first (the newest is the one restored); returns their
+    prefixes, empty when the state file was fine or no intact checkpoint is there."""
+    folder = Path(folder)
+    if not folder.is_dir() or tf.train.latest_checkpoint(str(folder)) is not None:
+        return []
+    numbered = (CHECKPOINT_INDEX.fullmatch(path.name) for path in folder.glob("*.index"))
+    found = sorted((int(match[2]), match[1]) for match in numbered if match)
+    names = [f"{name}-{number}" for number, name in found if checkpoint_problem(str(folder / f"{name}-{number}")) is None]
+    if names:
+        # TensorFlow's own writer of the state file (atomic: a temporary file, then a rename)
+        tf.compat.v1.train.update_checkpoint_state(str(folder), names[-1], all_model_checkpoint_paths=names)
+    return [str(folder / name) for name in names]
 
 
 def resolve_prefix(path: str | os.PathLike) -> str:
@@ -139,8 +158,10 @@ def restore_weights(model: tf.Module, path: str | os.PathLike, extra: Mapping[st
     before = [(variable, variable.numpy()) for module in modules for variable in module.variables]
     try:
         status = tf.train.Checkpoint(model=model, **extra).restore(prefix)
+        # optimiser state, step counters and the like are not needed here; and a refused
+        # checkpoint must not bury its one error line under a warning per value left unread
+        status.expect_partial()
         status.assert_existing_objects_matched()
-        status.expect_partial()  # optimiser state, step counters and the like are not needed here
         for module in modules:
             for name, variable in module.tf1_variables().items():
                 _check_finite(prefix, name, variable.numpy())

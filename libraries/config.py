@@ -72,8 +72,7 @@ def add_precision_argument(parser: Any) -> None:
 
 
 def integer_at_least(minimum: int) -> Callable[[str], int]:
-    """An argparse `type` for integer flags: a value below `minimum` (a negative step count, zero
-    patches) is a usage error naming the flag, not an exception deep inside a run."""
+    """An argparse `type`: an integer flag below `minimum` is a usage error naming the flag."""
 
     def parse(text: str) -> int:
         try:
@@ -179,6 +178,9 @@ class DeepSUMConfig:
         unknown = set(self.freeze) - set(SUB_NETWORKS)
         if unknown:
             raise ConfigError(f"freeze: unknown sub-network(s) {sorted(unknown)}; expected any of {SUB_NETWORKS}")
+        if set(self.freeze) == set(SUB_NETWORKS):
+            raise ConfigError(f"freeze: all of {list(SUB_NETWORKS)} frozen leaves nothing to train; "
+                              f"freeze at most two")
         check_precision(self.precision)
         _check_numbers(self, ("seed", "n_slide", "max_steps", "validation_images", "border"))
         for name in ("frame_by_frame", "xla_kernel_gradients", "xla_elementwise", "reduced_precision_kernels"):
@@ -394,6 +396,9 @@ def load_config(path: str | os.PathLike, kind: type[ConfigT] = DeepSUMConfig) ->
         content = json.loads(path.read_text())
     except json.JSONDecodeError as error:
         raise ConfigError(f"{path}: not valid JSON ({error})") from None
+    except UnicodeDecodeError as error:
+        raise ConfigError(f"{path}: not UTF-8 text ({error.reason} at byte {error.start}); expected a JSON "
+                          f"config") from None
     return from_dict(kind, content, str(path))
 
 

@@ -34,6 +34,7 @@ from tqdm.auto import tqdm
 from libraries import domain, fileio
 
 MASK_MODES = ("required", "assume_clear")
+MAX_BASELINE = 200.0  # dB: above any cPSNR of a 16-bit HR image (`read_norm`)
 
 _FRAME_FILE = re.compile(r"^(LR|QM)(\d+)\.png$")
 
@@ -379,7 +380,12 @@ def read_norm(path: str | os.PathLike) -> dict[str, float]:
     if not path.is_file():
         raise ProbaVError(f"{path}: file missing (expected norm.csv with lines 'imgsetNNNN <cPSNR>')")
     baselines: dict[str, float] = {}
-    for number, line in enumerate(path.read_text().splitlines(), start=1):
+    try:
+        text = path.read_text()
+    except UnicodeDecodeError as error:
+        raise ProbaVError(f"{path}: not UTF-8 text ({error.reason} at byte {error.start}); expected lines "
+                          f"'imgsetNNNN <cPSNR>'") from None
+    for number, line in enumerate(text.splitlines(), start=1):
         if not line.strip():
             continue
         fields = line.split()
@@ -389,9 +395,12 @@ def read_norm(path: str | os.PathLike) -> dict[str, float]:
             value = float(fields[1])
         except ValueError:
             value = math.nan
-        if not (math.isfinite(value) and value > 0):  # a score divides by it: 0 or less would be garbage
-            raise ProbaVError(f"{path}, line {number}: {line!r}; expected 'imgsetNNNN <cPSNR>', a positive "
-                              f"finite number of dB")
+        # a score divides by it: 0 or less would be garbage. And no cPSNR of 16-bit images reaches
+        # MAX_BASELINE: the smallest nonzero error of a 384x384 image, one grey level in one pixel,
+        # is 96.3 + 51.7 = 148.0 dB (a larger value is a typo, or inf once stored as float32)
+        if not (math.isfinite(value) and 0 < value < MAX_BASELINE):
+            raise ProbaVError(f"{path}, line {number}: {line!r}; expected 'imgsetNNNN <cPSNR>', a cPSNR in dB "
+                              f"above 0 and below {MAX_BASELINE}")
         if fields[0] in baselines:
             raise ProbaVError(f"{path}, line {number}: scene {fields[0]} listed twice")
         baselines[fields[0]] = value

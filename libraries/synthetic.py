@@ -34,10 +34,12 @@ from scipy import ndimage
 from tqdm.auto import tqdm
 
 from libraries import domain, fileio, metrics, preprocessing, probav
+from libraries.config import integer_at_least
 
 CORRUPT_VALUE = 65520  # the no-data value of the real corrupt frames
 MAX_SHIFT = 4.0  # HR pixels
 PAD = 12  # HR pixels of canvas around the HR window: room for shifts and the PSF
+MIN_LR_SIZE = 8  # the smallest LR side the generator draws scenes of
 TRUTH_FILE = "synthetic_truth.json"
 SHIFT_CONVENTION = (
     "frame[y, x] = hr[y - dy, x - dx] on the HR grid before blur and 3x3 averaging "
@@ -337,9 +339,10 @@ def write_dataset(
     keeps fewer than 9 usable frames. Scene i draws from its own seed (seed, i): the set is
     deterministic for a seed and the arguments.
     """
-    if lr_size < 8 or n_scenes < 0 or n_test_scenes < 0:
-        raise domain.DeepSUMError(f"lr_size={lr_size}, n_scenes={n_scenes}, n_test_scenes={n_test_scenes}: "
-                         f"expected lr_size >= 8 and non-negative counts")
+    for name, value, minimum in (("seed (--seed)", seed, 0), ("n_scenes (--scenes)", n_scenes, 0),
+                                 ("n_test_scenes (--test-scenes)", n_test_scenes, 0), ("lr_size (--lr-size)", lr_size, MIN_LR_SIZE)):
+        if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
+            raise domain.DeepSUMError(f"{name}: expected an integer >= {minimum}, got {value!r}")
     start = time.perf_counter()
     out_dir = fileio.require_folder_path(out_dir, "synthetic data set folder")
     plan = [(split, band, index) for split, count in (("train", n_scenes), ("test", n_test_scenes))
@@ -398,10 +401,11 @@ def read_truth(out_dir: str | os.PathLike) -> dict[str, Any]:
 
 def add_synth_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", required=True, type=Path, help="folder to write (PROBA-V layout)")
-    parser.add_argument("--seed", required=True, type=int, help="random seed (the set is deterministic)")
-    parser.add_argument("--scenes", type=int, default=20, help="train scenes per band (default 20)")
-    parser.add_argument("--test-scenes", type=int, default=5, help="test scenes per band (default 5)")
-    parser.add_argument("--lr-size", type=int, default=128, help="LR side in pixels (HR is 3x; default 128)")
+    parser.add_argument("--seed", required=True, type=integer_at_least(0), help="random seed (the set is deterministic)")
+    parser.add_argument("--scenes", type=integer_at_least(1), default=20, help="train scenes per band (default 20)")
+    parser.add_argument("--test-scenes", type=integer_at_least(0), default=5, help="test scenes per band (default 5)")
+    parser.add_argument("--lr-size", type=integer_at_least(MIN_LR_SIZE), default=128,
+                        help=f"LR side in pixels, at least {MIN_LR_SIZE} (HR is 3x; default 128)")
 
 
 def run_synth(args: argparse.Namespace) -> int:

@@ -60,6 +60,8 @@ def test_round_trip_through_json(tmp_path):
         (lambda c: c["others"].update(patch_size_HR=[96]), "others.patch_size_HR: expected a list of 2"),
         (lambda c: c["others"].update(spectral_band="GREEN"), "spectral_band"),
         (lambda c: c["others"].update(freeze=["sisr"]), "freeze"),
+        (lambda c: c["others"].update(freeze=["sisrnet", "fusionnet", "regnet"]),
+         "freeze: all of ['sisrnet', 'regnet', 'fusionnet'] frozen leaves nothing to train; freeze at most two"),
         (lambda c: c.update(other={}), "unknown section 'other'"),
         (lambda c: c["others"].update(T_in=7), "T_in: the network supports only 9, got 7"),
         (lambda c: c["others"].update(R=2), "R: the network supports only 3, got 2"),
@@ -105,6 +107,9 @@ def test_missing_and_malformed_files(tmp_path):
     path = tmp_path / "broken.json"
     path.write_text("{")
     with pytest.raises(config.ConfigError, match="not valid JSON"):
+        config.load_config(path)
+    path.write_bytes('{"others": {"note": "\u00e9"}}'.encode("latin-1"))  # a Latin-1 file
+    with pytest.raises(config.ConfigError, match=r"broken.json: not UTF-8 text \(invalid continuation byte at byte 21\)"):
         config.load_config(path)
 
 

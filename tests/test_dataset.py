@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import concurrent.futures
 import json
+import re
 import shutil
 from pathlib import Path
 
@@ -409,3 +410,169 @@ def test_a_rerun_removes_the_partial_folder_of_a_killed_run_and_a_live_one_block
         assert stale.is_dir()  # nothing of the live run's touched
     dataset.prepare(clean_set, out, bands=(BAND,), n_chunks=1, patch_size=PATCH // 3, processes=1, progress=False)
     assert sorted(path.name for path in out.iterdir()) == [BAND]
+
+
+# --------------------------------------------------------------------------- the output folder
+
+
+def _files(folder: Path) -> list[str]:
+    return sorted(str(path.relative_to(folder)) for path in folder.rglob("*"))
+
+
+def _prepare_clean(data: Path, out: Path, **changes) -> dict:
+    arguments = dict(bands=(BAND,), n_chunks=1, patches_per_scene=2, patch_size=PATCH // 3, processes=1, progress=False)
+    return dataset.prepare(data, out, **{**arguments, **changes})
+
+
+@pytest.mark.parametrize("where, message", [
+    ("data/train", "the output folder is inside the PROBA-V folder"),
+    ("data/train/NIR", "the output folder is inside the PROBA-V folder"),
+    ("data", "the output folder is the PROBA-V folder"),
+    (".", "the output folder contains the PROBA-V folder"),
+])
+def test_an_output_folder_inside_or_around_the_input_is_refused(clean_set, tmp_path, where, message):
+    data = tmp_path / "data"
+    shutil.copytree(clean_set, data)
+    before = _files(data)
+    out = tmp_path / where
+    with pytest.raises(dataset.DatasetError, match=f"^{re.escape(f'{out}: {message} {data}; expected an output')}"):
+        _prepare_clean(data, out)
+    (tmp_path / "link").symlink_to(data)
+    with pytest.raises(dataset.DatasetError, match=message):  # the same through a symbolic link
+        _prepare_clean(tmp_path / "link", out)
+    assert _files(data) == before
+
+
+def test_a_band_folder_not_written_by_prepare_is_never_replaced(clean_set, tmp_path, capsys):
+    out = tmp_path / "victim"
+    (out / BAND).mkdir(parents=True)
+    (out / BAND / "notes.txt").write_text("important\n")
+    (out / BAND / "manifest.json").write_text('{"name": "a web app"}\n')  # not a prepared set's manifest
+    code = cli.main(["prepare", "--data", str(clean_set), "--out", str(out), "--band", BAND, "--chunks", "1",
+                     "--patch-size", str(PATCH // 3), "--processes", "1", "--quiet"])
+    assert code == 1
+    error = capsys.readouterr().err
+    assert error == (f"error: {out / BAND}: holds files but is not a prepared data set (no manifest.json written by "
+                     f"prepare); prepare replaces only its own band folders: move them away or choose another "
+                     f"output folder\n")
+    assert (out / BAND / "notes.txt").read_text() == "important\n" and _files(out) == [BAND, f"{BAND}/manifest.json",
+                                                                                      f"{BAND}/notes.txt"]
+    (out / BAND / "notes.txt").unlink()
+    (out / BAND / "manifest.json").unlink()
+    _prepare_clean(clean_set, out)  # an empty folder is replaced
+    (out / BAND / "split.json").unlink()  # a prepared one too, whole
+    _prepare_clean(clean_set, out)
+    assert (out / BAND / "split.json").is_file()
+
+
+@pytest.mark.parametrize("file", ["out", f"out/{BAND}"])
+def test_an_output_path_that_is_a_file_is_one_error(clean_set, tmp_path, file):
+    (tmp_path / file).parent.mkdir(parents=True, exist_ok=True)
+    (tmp_path / file).write_text("a file\n")
+    expected = "prepared data set folder cannot be created, " if file == "out" else "exists and is not a plain folder "
+    with pytest.raises(domain.DeepSUMError, match=f"^{re.escape(f'{tmp_path / file}: {expected}')}"):
+        _prepare_clean(clean_set, tmp_path / "out")
+    assert (tmp_path / file).read_text() == "a file\n" and sorted(path.name for path in tmp_path.iterdir()) == ["out"]
+
+
+# --------------------------------------------------------------------------- unusable scenes
+
+
+def test_a_scene_without_a_clear_hr_pixel_is_dropped_and_no_patch_is_all_cloudy(synthetic_set, tmp_path):
+    """A train or validation scene whose SM.png is all zero can be neither scored nor trained on
+    (the loss has no clear pixel): dropped with its reason, like a scene with too few frames."""
+    data = tmp_path / "data"
+    shutil.copytree(synthetic_set, data)
+    names = sorted(path.name for path in probav.list_scenes(data, "train", BAND))
+    order = np.random.default_rng(5).permutation(len(names))
+    cloudy = [names[order[0]], names[order[-1]]]  # the first training, the last validation scene
+    for name in cloudy:
+        iio.imwrite(data / "train" / BAND / name / "SM.png", np.zeros((96, 96), dtype=np.uint8))
+    out = tmp_path / "out"
+    manifest = dataset.prepare(data, out, bands=(BAND,), seed=5, n_chunks=1, patches_per_scene=3, patch_size=PATCH,
+                               processes=1, progress=False)[BAND]
+    reason = "no clear HR pixel (SM.png all zero): nothing to score or train on"
+    assert manifest["train"]["dropped_scenes"][cloudy[0]] == reason
+    assert manifest["validation"]["dropped_scenes"][cloudy[1]] == reason
+    assert not set(cloudy) & set(manifest["train"]["names"] + manifest["validation"]["names"])
+    validation = dataset.load_validation(out, BAND)
+    patches = dataset.load_training_chunk(out, BAND, 0)
+    assert len(patches["scene"]) > 0
+    for arrays in (validation, patches):
+        assert arrays["hr_clear"].any(axis=(1, 2)).all()
+
+
+def test_a_short_test_scene_of_mostly_corrupt_frames_is_completed(clean_set, tmp_path):
+    """A test scene of 3 frames, 2 corrupt, reuses its 1 usable frame to reach 9: more frames
+    out than in, which the test store must hold."""
+    data = tmp_path / "data"
+    shutil.copytree(clean_set, data)
+    scene = _scene(data, "test")
+    frames = [(iio.imread(scene / f"LR{k:03d}.png"), iio.imread(scene / f"QM{k:03d}.png"))
+              for k in range(len(list(scene.glob("LR*.png"))))]
+    usable = next(frame for frame in frames if frame[0].max() <= 60000)
+    for path in scene.glob("*.png"):
+        path.unlink()
+    for index, (lr, qm) in enumerate([frames[0], frames[1], usable]):
+        lr = lr.copy()
+        lr[0, 0] = 65520 if index < 2 else lr[0, 0]  # LR000, LR001 corrupt; LR002 usable
+        iio.imwrite(scene / f"LR{index:03d}.png", lr)
+        iio.imwrite(scene / f"QM{index:03d}.png", qm)
+    manifest = _prepare_clean(data, tmp_path / "out")[BAND]["test"]
+    assert (manifest["frames_in"], manifest["frames_corrupt"], manifest["frames_kept"]) == (3, 2, 9)
+    store = dataset.load_scenes(tmp_path / "out", BAND, "test")
+    assert store["frame_names"].tolist() == ["LR002"] * 9 and store["frames"].shape[0] == 9
+
+
+# --------------------------------------------------------------------------- flags and counts
+
+
+def _cli_prepare(data: Path, out: Path, *flags: str) -> list[str]:
+    return ["prepare", "--data", str(data), "--out", str(out), "--band", BAND, "--chunks", "1",
+            "--patches-per-scene", "2", "--patch-size", str(PATCH // 3), "--processes", "1", "--quiet", *flags]
+
+
+@pytest.mark.parametrize("flag, value", [("--patch-size", "0"), ("--patch-size", "-24"), ("--processes", "-2"),
+                                         ("--processes", "0"), ("--seed", "-1"), ("--chunks", "0"),
+                                         ("--chunks", "-1"), ("--patches-per-scene", "0")])
+def test_a_flag_below_its_minimum_is_a_usage_error(clean_set, tmp_path, capsys, flag, value):
+    with pytest.raises(SystemExit) as exit:
+        cli.main(_cli_prepare(clean_set, tmp_path / "out", flag, value))
+    assert exit.value.code == 2
+    minimum = {"--seed": 0}.get(flag, 1)
+    assert f"error: argument {flag}: expected an integer >= {minimum}, got {value}" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("value, expected", [
+    ("48", "expected at most 47, smaller than the 48x48 HR images, got 48"),
+    ("201", "expected at most 47, smaller than the 48x48 HR images, got 201"),
+])
+def test_a_patch_size_not_smaller_than_the_hr_images_is_one_error(clean_set, tmp_path, capsys, value, expected):
+    assert cli.main(_cli_prepare(clean_set, tmp_path / "out", "--patch-size", value)) == 1
+    assert capsys.readouterr().err == f"error: patch_size (--patch-size): {expected}\n"
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("changes, message", [
+    ({"seed": -1}, "seed (--seed): expected an integer >= 0, got -1"),
+    ({"n_chunks": 0}, "n_chunks (--chunks): expected an integer >= 1, got 0"),
+    ({"patches_per_scene": 0}, "patches_per_scene (--patches-per-scene): expected an integer >= 1, got 0"),
+    ({"processes": 0}, "processes (--processes): expected an integer >= 1, got 0"),
+    ({"processes": -2}, "processes (--processes): expected an integer >= 1, got -2"),
+    ({"max_tries": 0}, "max_tries: expected an integer >= 1, got 0"),
+    ({"patch_size": 0}, "patch_size (--patch-size): expected a positive integer, got 0"),
+])
+def test_the_functions_check_their_counts_too(clean_set, tmp_path, changes, message):
+    with pytest.raises(dataset.DatasetError, match=f"^{re.escape(message)}"):
+        _prepare_clean(clean_set, tmp_path / "out", **changes)
+    assert not (tmp_path / "out").exists()
+
+
+def test_create_patch_chunks_checks_the_patch_size_against_the_images(prepared, tmp_path):
+    band_dir = tmp_path / BAND
+    shutil.copytree(prepared / BAND, band_dir)
+    for size, expected in ((96, "expected at most 95"), (-3, "expected a positive integer")):
+        with pytest.raises(dataset.DatasetError, match=re.escape(f"patch_size (--patch-size): {expected}")):
+            dataset.create_patch_chunks(band_dir, n_chunks=1, patch_size=size, progress=False)
+    assert json.loads((band_dir / "manifest.json").read_text())["patches"]["patch_size"] == PATCH

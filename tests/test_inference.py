@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import zipfile
 from pathlib import Path
@@ -409,6 +410,26 @@ def test_score_command_agrees_with_kelvins_score(tmp_path, synthetic_dir, capsys
     assert printed == pytest.approx(np.mean(expected), abs=2e-6)
     lines = csv_path.read_text().splitlines()
     assert lines[0] == "scene,band,cpsnr,baseline,score" and len(lines) == 1 + len(folders)
+
+
+def test_score_refuses_a_csv_path_that_is_the_zip_or_a_folder_and_a_scene_without_clear_pixels(tmp_path,
+                                                                                                synthetic_dir):
+    folders = probav.list_scenes(synthetic_dir, "train", "NIR")
+    zip_path = inference.write_submission({folder.name: probav.read_image_png(folder / "HR.png") + 5.0
+                                           for folder in folders}, tmp_path / "train_nir.zip")
+    content = zip_path.read_bytes()
+    with pytest.raises(inference.SubmissionError, match=r"train_nir.zip: the per-scene CSV would overwrite the "
+                                                        r"submission zip; give another path"):
+        inference.score_submission(zip_path, synthetic_dir, "NIR", csv_path=tmp_path / "." / "train_nir.zip")
+    assert zip_path.read_bytes() == content
+    with pytest.raises(inference.SubmissionError, match=r"is a folder; expected the path of the per-scene CSV"):
+        inference.score_submission(zip_path, synthetic_dir, "NIR", csv_path=tmp_path)
+    copy = tmp_path / "data"
+    shutil.copytree(synthetic_dir, copy)
+    cloudy = copy / "train" / "NIR" / folders[1].name / "SM.png"
+    probav.write_png(cloudy, np.zeros(probav.read_mask_png(cloudy).shape, bool))
+    with pytest.raises(inference.SubmissionError, match=rf"{cloudy}: no clear pixel; the scene cannot be scored"):
+        inference.score_submission(zip_path, copy, "NIR")
 
 
 def test_score_refuses_a_zip_without_train_scenes(tmp_path, synthetic_dir, capsys):

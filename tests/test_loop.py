@@ -74,7 +74,8 @@ def command_for(kind: str, tmp_path: Path, data_path: Path, sisrnet: Path | None
 
 @pytest.mark.parametrize("kind, stop", [("train", signal.SIGKILL), ("pretrain-sisrnet", signal.SIGINT),
                                         ("pretrain-regnet", signal.SIGKILL)], ids=["train", "pretrain-sisrnet", "pretrain-regnet"])
-def test_a_run_killed_or_stopped_resumes_from_its_last_checkpoint(kind, stop, tmp_path, data_path, frozen_sisrnet):
+def test_a_run_killed_or_stopped_resumes_from_its_last_checkpoint(kind, stop, tmp_path, data_path, frozen_sisrnet,
+                                                                   capsys):
     """SIGKILL: the run ends at once, its last checkpoint is the last one due (step 3 or 6).
     SIGINT (Ctrl-C; the loop is the same for all three commands): the step under way finishes and
     is saved, and the command ends with one error line naming that checkpoint."""
@@ -131,6 +132,12 @@ def test_a_run_killed_or_stopped_resumes_from_its_last_checkpoint(kind, stop, tm
         assert resumed_losses[later] == pytest.approx(uninterrupted_losses[later], rel=1e-5), later
     assert_same_state_and_best(killed / f"ckpt-{final}", uninterrupted / f"ckpt-{final}", kind,
                                [*range(SKIP_STEP, final + 1, SKIP_STEP), final])
+    if kind == "train":  # the same command once more: it says the run is done and writes nothing
+        files = {path: path.stat().st_mtime_ns for path in killed.rglob("*") if path.is_file()}
+        assert cli.main(arguments(final, killed)) == 0
+        printed = capsys.readouterr().out
+        assert f"train NIR: already at step {final} of {final} in {killed}; nothing to train" in printed, printed[-600:]
+        assert {path: path.stat().st_mtime_ns for path in killed.rglob("*") if path.is_file()} == files
 
 
 def assert_same_state_and_best(checkpoint: str | Path, uninterrupted: Path, kind: str, validated) -> None:
@@ -210,6 +217,52 @@ def loop_in(folder: Path) -> training.TrainingLoop:
     loop = training.TrainingLoop(folder, {"weight": tf.Variable(1.0)}, skip_step=2, progress=False)
     loop.restore()
     return loop
+
+
+def numbered(batches: int):
+    """`batches(start)` of a loop over one weight: the numbers 1..`batches`, from `start` on."""
+    return lambda start: iter([tf.constant(float(value)) for value in range(1, batches + 1)][start:])
+
+
+@pytest.mark.parametrize("damage", ["deleted", "garbage", "names a missing checkpoint"])
+def test_a_checkpoint_file_deleted_or_damaged_by_hand_is_written_again_and_the_run_resumes(damage, tmp_path, caplog):
+    """The manager's `checkpoint` file only indexes the checkpoints; without it TensorFlow sees
+    none and a resumed run would start again at step 0 over them."""
+    folder = tmp_path / "run"
+    loop = loop_in(folder)
+    loop.run(lambda batch: {"loss": batch}, numbered(6), 6)  # checkpoints at steps 2, 4 and 6
+    state = folder / "checkpoint"
+    if damage == "deleted":
+        state.unlink()
+    elif damage == "garbage":
+        state.write_text("garbage {{\n")
+    else:
+        state.write_text('model_checkpoint_path: "ckpt-8"\nall_model_checkpoint_paths: "ckpt-8"\n')
+    newest = folder / "ckpt-6.data-00000-of-00001"
+    newest.write_bytes(newest.read_bytes()[:10])  # and the newest checkpoint cut short: not named again
+    with caplog.at_level("WARNING", logger="libraries.training"):
+        resumed = loop_in(folder)
+    assert int(resumed.step) == 4
+    assert f"{folder}: its `checkpoint` file was missing or unreadable; written again naming the intact " \
+           f"checkpoints found (ckpt-2, ckpt-4)" in caplog.text
+    state_file = tf.train.get_checkpoint_state(str(folder))
+    assert [Path(path).name for path in state_file.all_model_checkpoint_paths] == ["ckpt-2", "ckpt-4"]
+    resumed.run(lambda batch: {"loss": batch}, numbered(8), 8)
+    assert tf.train.latest_checkpoint(str(folder)) == str(folder / "ckpt-8")
+
+
+def test_a_folder_whose_only_checkpoint_was_cut_short_before_its_checkpoint_file_starts_afresh(tmp_path):
+    """A run killed while writing its first checkpoint leaves no `checkpoint` file and an unreadable
+    `ckpt-2`: the next run starts at step 0 (nothing intact to lose) and writes over it."""
+    folder = tmp_path / "run"
+    loop_in(folder).run(lambda batch: {"loss": batch}, numbered(2), 2)
+    (folder / "checkpoint").unlink()
+    data = folder / "ckpt-2.data-00000-of-00001"
+    data.write_bytes(data.read_bytes()[:10])
+    fresh = loop_in(folder)
+    assert int(fresh.step) == 0 and not (folder / "checkpoint").exists()
+    fresh.run(lambda batch: {"loss": batch}, numbered(2), 2)
+    assert checkpoints.checkpoint_problem(str(folder / "ckpt-2")) is None
 
 
 def test_a_nan_or_inf_found_by_a_numerics_check_is_one_error_naming_the_step_and_nothing_is_saved(tmp_path):

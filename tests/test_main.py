@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import gc
+import logging
 import os
 import re
 import subprocess
@@ -12,6 +14,7 @@ import pytest
 
 from libraries import __main__ as cli
 from libraries import checkpoints, config, model, probav
+from libraries.model import SISRNet
 
 from helpers import REPOSITORY_ROOT, subprocess_env
 
@@ -50,6 +53,34 @@ def test_a_command_says_what_the_auto_settings_chose_and_the_measurement_behind_
     assert len(fused) == 1 and re.fullmatch(rf"INFO libraries.model.fusion: xla_elementwise auto, element-wise work in "
                                             rf"float32: separate ops {number}, XLA {number} on \(1, 384, 384, 64\) "
                                             rf"-> (XLA|separate ops)", fused[0]), run.stderr
+
+
+def test_a_refused_checkpoint_is_not_followed_by_tensorflows_warnings_of_unread_values(tmp_path, caplog):
+    """A checkpoint whose shapes do not fit fails midway through TensorFlow's restore; as its
+    objects are collected TensorFlow warns of every value left unread (4 lines here, hundreds for
+    a whole DeepSUM). The command line drops them; other TensorFlow warnings pass."""
+    folder = checkpoints.save_model_checkpoint(SISRNet(8), tmp_path / "sisrnet")
+    tensorflow_logger = logging.getLogger("tensorflow")
+
+    def refused_then_collected() -> str:
+        caplog.clear()
+        with pytest.raises(checkpoints.CheckpointError, match="does not fit SISRNet"):
+            checkpoints.restore_weights(SISRNet(16), folder)  # 16 features: no shape fits
+        gc.collect()
+        tensorflow_logger.warning("another warning")
+        return caplog.text
+
+    installed = cli.UNREAD_CHECKPOINT_VALUES in tensorflow_logger.filters  # by an earlier `main` in this process
+    tensorflow_logger.removeFilter(cli.UNREAD_CHECKPOINT_VALUES)
+    try:
+        assert "Value in checkpoint could not be found" in refused_then_collected()  # what TensorFlow writes
+        tensorflow_logger.addFilter(cli.UNREAD_CHECKPOINT_VALUES)  # as `main` does
+        logged = refused_then_collected()
+    finally:
+        tensorflow_logger.removeFilter(cli.UNREAD_CHECKPOINT_VALUES)
+        if installed:
+            tensorflow_logger.addFilter(cli.UNREAD_CHECKPOINT_VALUES)
+    assert "could not be found" not in logged and "unrestored values" not in logged and "another warning" in logged
 
 
 def test_only_the_known_import_lines_are_dropped(capfd):
@@ -95,10 +126,30 @@ def test_a_bad_input_is_one_error_line_and_exit_code_1(command, arguments, named
     assert sorted(path.name for path in tmp_path.iterdir()) == before  # nothing written
 
 
-def test_a_usage_error_keeps_argparse_exit_code_2(capsys):
+USAGE_ERRORS = [
+    (["train"], "the following arguments are required: --config"),
+    (["train", "--config", "c.json", "--steps", "-5"], "argument --steps: expected an integer >= 0, got -5"),
+    # a pretraining has no "until interrupted": its config's steps are >= 1 too
+    (["pretrain-sisrnet", "--steps", "0"], "argument --steps: expected an integer >= 1, got 0"),
+    (["pretrain-regnet", "--steps", "-3"], "argument --steps: expected an integer >= 1, got -3"),
+    (["superresolve", "--out", "x.zip", "--n-slide", "-1"], "argument --n-slide: expected an integer >= 0, got -1"),
+    (["superresolve", "--out", "x.zip", "--windows-per-call", "0"],
+     "argument --windows-per-call: expected an integer >= 1, got 0"),
+    (["train", "--config", "c.json", "--batch-size", "two"], "argument --batch-size: invalid int value: 'two'"),
+]
+
+
+@pytest.mark.parametrize("arguments, message", USAGE_ERRORS, ids=[" ".join(case[0]) for case in USAGE_ERRORS])
+def test_a_usage_error_keeps_argparse_exit_code_2(arguments, message, capsys):
     with pytest.raises(SystemExit) as exit_info:
-        cli.main(["train"])  # --config is required
-    assert exit_info.value.code == 2 and "--config" in capsys.readouterr().err
+        cli.main(arguments)
+    assert exit_info.value.code == 2 and capsys.readouterr().err.strip().splitlines()[-1].endswith(message)
+
+
+def test_an_output_that_is_a_folder_is_refused_before_any_work(tmp_path, capsys):
+    """`superresolve` would find it only at the final rename, after computing every scene."""
+    assert cli.main(["superresolve", "--config", "c.json", "--checkpoint", "none", "--out", str(tmp_path)]) == 1
+    assert capsys.readouterr().err.strip() == f"error: --out {tmp_path}: is a folder; expected the path of the file to write"
 
 
 def _readme_flags() -> dict[str, set[str]]:

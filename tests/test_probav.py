@@ -204,7 +204,7 @@ def test_missing_or_empty_split_folder(tmp_path):
 
 @pytest.mark.parametrize(
     "line", ["imgset0002 abc", "imgset0002", "imgset0002 45.1 7", "imgset0002 nan", "imgset0002 0",
-             "imgset0002 -41.5", "imgset0000 40.0"]
+             "imgset0002 -41.5", "imgset0002 1e39", "imgset0002 200", "imgset0000 40.0"]
 )
 def test_norm_malformed_line(tmp_path, line):
     path = tmp_path / "norm.csv"
@@ -212,5 +212,20 @@ def test_norm_malformed_line(tmp_path, line):
     with pytest.raises(probav.ProbaVError) as error:
         probav.read_norm(path)
     expected = ("scene imgset0000 listed twice" if line.startswith("imgset0000") else
-                f"{line!r}; expected 'imgsetNNNN <cPSNR>', a positive finite number of dB")
+                f"{line!r}; expected 'imgsetNNNN <cPSNR>', a cPSNR in dB above 0 and below 200.0")
     assert str(error.value) == f"{path}, line 3: {expected}"
+
+
+def test_norm_of_the_highest_possible_baseline_is_read(tmp_path):
+    """148.0 dB: one grey level of difference in one pixel of a 384x384 16-bit image (NumPy)."""
+    hr = np.zeros((384, 384))
+    highest = -10 * np.log10(np.mean((hr - np.pad([[1.0]], (0, 383))) ** 2 / 65535.0 ** 2))
+    assert 147 < highest < probav.MAX_BASELINE
+    (tmp_path / "norm.csv").write_text(f"imgset0000 {float(highest)!r}\n")
+    assert probav.read_norm(tmp_path / "norm.csv") == {"imgset0000": float(highest)}
+
+
+def test_norm_that_is_not_utf8_text_is_one_error_naming_it(tmp_path):
+    (tmp_path / "norm.csv").write_bytes("imgset0000 40.0 \u00e9\n".encode("latin-1"))
+    with pytest.raises(probav.ProbaVError, match=r"norm.csv: not UTF-8 text \(invalid continuation byte at byte 16\)"):
+        probav.read_norm(tmp_path / "norm.csv")

@@ -200,3 +200,27 @@ def test_command_line(tmp_path, capsys):
     assert "wrote" in capsys.readouterr().out
     assert len(probav.read_norm(out / "norm.csv")) == 4
     assert json.loads((out / synthetic.TRUTH_FILE).read_text())["lr_size"] == 16
+
+
+@pytest.mark.parametrize("flag, value, minimum", [("--seed", "-1", 0), ("--scenes", "0", 1), ("--test-scenes", "-1", 0),
+                                                  ("--lr-size", "7", 8), ("--lr-size", "0", 8)])
+def test_a_flag_below_its_minimum_is_a_usage_error(tmp_path, capsys, flag, value, minimum):
+    """A band without train scenes is of no use (prepare splits them), a test-only set of the
+    library (`n_scenes=0`) is; `--test-scenes 0` writes a set without test scenes."""
+    arguments = {"--seed": "1", "--scenes": "1", "--test-scenes": "0", "--lr-size": "16", flag: value}
+    with pytest.raises(SystemExit) as exit:
+        main(["synth", "--out", str(tmp_path / "out"), *(item for pair in arguments.items() for item in pair)])
+    assert exit.value.code == 2
+    assert f"error: argument {flag}: expected an integer >= {minimum}, got {value}" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("changes, message", [({"seed": -1}, "seed (--seed): expected an integer >= 0, got -1"),
+                                              ({"lr_size": 4}, "lr_size (--lr-size): expected an integer >= 8, got 4"),
+                                              ({"n_test_scenes": -1}, "n_test_scenes (--test-scenes): expected an "
+                                                                      "integer >= 0, got -1")])
+def test_write_dataset_checks_its_arguments(tmp_path, changes, message):
+    with pytest.raises(domain.DeepSUMError) as error:
+        synthetic.write_dataset(tmp_path / "out", **{"seed": 1, "n_scenes": 1, "n_test_scenes": 0, "lr_size": 16,
+                                                     "progress": False, **changes})
+    assert str(error.value) == message and not (tmp_path / "out").exists()

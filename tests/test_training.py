@@ -134,6 +134,26 @@ def test_nan_in_the_inputs_is_an_error_naming_chunk_and_scene(tmp_path, data_pat
         training.make_validation_dataset(config, validation)
 
 
+def test_a_target_without_a_clear_pixel_or_a_bad_baseline_is_an_error_naming_the_scene(tmp_path, data_path):
+    """The cL2 loss and cPSNR are means over the clear HR pixels and the score divides by the
+    baseline: without the check, the first validation stops on an assertion deep in the loss."""
+    config = tiny_config(tmp_path, data_path)
+    chunk = {key: np.array(value) for key, value in dataset.load_training_chunk(data_path, "NIR", 1).items()}
+    chunk["hr_clear"][3] = False
+    with pytest.raises(training.TrainingDataError, match=r"chunk #0.*hr_clear has no clear pixel in rows \[3\].*scene"):
+        training.make_training_dataset(config, chunks=[chunk])
+    validation = {key: np.array(value) for key, value in dataset.load_validation(data_path, "NIR").items()}
+    for value in (np.nan, 0.0, -40.0, np.inf):
+        broken = dict(validation, baseline=validation["baseline"].copy())
+        broken["baseline"][1] = value
+        with pytest.raises(training.TrainingDataError, match=rf"baseline is {value!r} in .*{validation['names'][1]}.*"
+                                                             rf"expected the positive finite cPSNR of norm.csv"):
+            training.make_validation_dataset(config, broken)
+    validation["hr_clear"][0] = False
+    with pytest.raises(training.TrainingDataError, match=rf"hr_clear has no clear pixel .*{validation['names'][0]}"):
+        training.make_validation_dataset(config, validation)
+
+
 def test_nan_in_a_chunk_on_disk_names_the_scene_and_leaves_no_checkpoint_folder(tmp_path, data_path, capsys):
     copy = tmp_path / "prepared"
     shutil.copytree(data_path, copy)

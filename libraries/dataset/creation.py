@@ -7,8 +7,8 @@ Steps, each a function that the notebooks call in this order and `prepare` chain
 2. `split_train_validation`  sorted scene names, seeded shuffle, 70% / 30% (`split.json`).
 3. `create_scene_store`  per scene (`scenes.preprocess_scene`): drop corrupt frames, upsample
                          x3, choose the reference, register, drop frames shifted > 4, drop
-                         scenes left with < 9 frames (train, validation) or complete them to 9
-                         (test). Scenes run in parallel processes.
+                         scenes left with < 9 frames or without a clear HR pixel (train,
+                         validation), complete them to 9 (test). Scenes run in parallel processes.
 4. `create_patch_chunks` random 96x96 training windows that pass the clearance rule.
 5. `save_best9`          the best-9 version of the training chunks and of the validation set,
                          masks registered (translated by their shifts).
@@ -37,6 +37,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from libraries import domain, fileio, preprocessing, probav
+from libraries.config import integer_at_least
 from libraries.dataset import store
 from libraries.dataset.scenes import PreparedScene, preprocess_scene
 from libraries.dataset.views import counts_table
@@ -50,6 +51,7 @@ def worker_pool(processes: int | None) -> Iterator[int | concurrent.futures.Exec
     """One pool of worker processes for several steps: yields it, or 1 (this process) when
     `processes` (None: all cores) is 1. Spawning costs each worker an interpreter start and
     its imports, which a pool per step (five per band) paid again and again."""
+    store.check_counts(processes=processes)
     processes = processes or os.cpu_count() or 1
     if processes == 1:
         yield 1
@@ -162,10 +164,12 @@ def _preprocess_worker(item: tuple[str, int, bool]) -> PreparedScene:
     """Read one scene from the raw store (memory-mapped), upsample and register it."""
     folder, index, complete = item
     start = time.perf_counter()
-    raw = store.load_arrays(Path(folder), ["lr", "clear", "offsets", "names", "frame_names"])
-    scene = domain.scene_slice(raw, index, ["names", "lr", "clear", "frame_names"])
+    keys = ["lr", "clear", "names", "frame_names"] + ([] if complete else ["hr_clear"])  # test: no HR
+    raw = store.load_arrays(Path(folder), keys + ["offsets"])
+    scene = domain.scene_slice(raw, index, keys)
     read = time.perf_counter() - start
-    prepared = preprocess_scene(scene["name"], scene["lr"], scene["clear"], scene["frame_names"], complete)
+    prepared = preprocess_scene(scene["name"], scene["lr"], scene["clear"], scene["frame_names"], complete,
+                                scene.get("hr_clear"))
     prepared.seconds["read"] = read
     return prepared
 
@@ -193,8 +197,10 @@ def create_scene_store(band_dir: str | os.PathLike, split: str, processes: Worke
               "frames_reused": 0, "frames_of_dropped_scenes": 0, "dropped_scenes": {}, "seconds": {"read": 0.0, "upsample": 0.0, "register": 0.0}}
     names, frame_names, shifts, offsets, kept_rows = [], [], [], [0], []
     write_seconds = 0.0
-    # rows at most: every frame of the split's scenes (frames), one per scene (hr)
-    capacity = {"frames": int(sum(raw["offsets"][i + 1] - raw["offsets"][i] for i in indices)), "hr": len(indices)}
+    # rows at most: every frame of the split's scenes, at least 9 of a test scene (it reuses frames); one per scene
+    least = domain.T_IN if split == "test" else 0
+    capacity = {"frames": int(sum(max(raw["offsets"][i + 1] - raw["offsets"][i], least) for i in indices)),
+                "hr": len(indices)}
     with fileio.atomic_folder(band_dir / split, suffix=".partial") as folder:
         streams: dict[str, fileio.NpyStream] = {}
         for index, prepared in zip(indices, _parallel_map(_preprocess_worker, items, processes,
@@ -252,7 +258,9 @@ def create_patch_chunks(band_dir: str | os.PathLike, n_chunks: int = 5, patches_
     and chunk. Scene s of chunk k draws from `default_rng([seed, k, s])`. Returns the manifest section.
     """
     band_dir = Path(band_dir)
+    store.check_counts(seed=seed, n_chunks=n_chunks, patches_per_scene=patches_per_scene, max_tries=max_tries)
     train_store = store.load_arrays(band_dir / "train", ["masks", "hr_clear", "offsets", "names"])
+    store.check_patch_size(patch_size, min(train_store["hr_clear"].shape[-2:]))
     scene_count = len(train_store["names"])
     corners: list[list[np.ndarray]] = [[] for _ in range(n_chunks)]
     start = time.perf_counter()
@@ -324,9 +332,10 @@ def prepare(data_dir: str | os.PathLike, out_dir: str | os.PathLike, bands: Sequ
             progress: bool = True) -> dict[str, dict[str, Any]]:
     """Every step for every band: `out_dir/<BAND>/` as in the module docstring.
 
-    All bands are built in a temporary folder inside `out_dir` and moved into place at the end
-    (replacing an older `out_dir/<BAND>`); on any error nothing is left behind, not even
-    `out_dir` if this call created it. One run at a time writes `out_dir` (`fileio.FolderLock`:
+    Counts and the output folder are checked first (`store.require_output_folder`: an older
+    `out_dir/<BAND>` is replaced only if prepared or empty). All bands are built in a temporary
+    folder inside `out_dir` and moved into place at the end; on any error nothing is left behind,
+    not even `out_dir` if this call created it. One run at a time writes `out_dir` (`fileio.FolderLock`:
     a second one stops with an error naming the first's process); the temporary folders that
     killed runs left behind are removed first. Returns {band: manifest}.
     """
@@ -334,7 +343,10 @@ def prepare(data_dir: str | os.PathLike, out_dir: str | os.PathLike, bands: Sequ
     for band in bands:
         if band not in domain.BANDS:
             raise DatasetError(f"band {band!r} is not one of {domain.BANDS}")
-    out_dir = Path(out_dir)
+    store.check_counts(seed=seed, n_chunks=n_chunks, patches_per_scene=patches_per_scene, max_tries=max_tries,
+                       processes=processes)
+    store.check_patch_size(patch_size)
+    out_dir = store.require_output_folder(data_dir, out_dir, bands)  # before anything is written
     created = not out_dir.exists()
     out_dir.mkdir(parents=True, exist_ok=True)
     parameters = {"data_dir": str(data_dir), "seed": seed, "share": share, "n_chunks": n_chunks,
@@ -354,6 +366,8 @@ def prepare(data_dir: str | os.PathLike, out_dir: str | os.PathLike, bands: Sequ
             for band in bands:  # read everything first: a bad input stops before any processing
                 store.update_manifest(partial / band, "parameters", parameters)
                 save_scene_arrays(data_dir, partial / band, band, workers, progress)
+                hr = store.load_arrays(partial / band / store.RAW / "train", ["hr"])["hr"]
+                store.check_patch_size(patch_size, min(hr.shape[-2:]))
             for band in bands:
                 split_train_validation(partial / band, seed, share)
                 for split in domain.PREPARED_SPLITS:
@@ -365,6 +379,7 @@ def prepare(data_dir: str | os.PathLike, out_dir: str | os.PathLike, bands: Sequ
             store.update_manifest(band_dir, "seconds", time.perf_counter() - start)
         for band in bands:
             destination = out_dir / band
+            store.require_replaceable(destination)  # checked at the start: again, in case it changed
             if destination.exists():
                 shutil.rmtree(destination)
             (partial / band).rename(destination)
@@ -382,11 +397,12 @@ def add_prepare_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--data", required=True, type=Path, help="PROBA-V folder (norm.csv, train/, test/)")
     parser.add_argument("--out", required=True, type=Path, help="output folder (a <BAND>/ folder per band)")
     parser.add_argument("--band", default="all", choices=domain.BANDS + ("all",), help="band to prepare (default: all)")
-    parser.add_argument("--seed", type=int, default=DEFAULT_SEED, help="seed of the split and the patches")
-    parser.add_argument("--chunks", type=int, default=5, help="training patch chunks")
-    parser.add_argument("--patches-per-scene", type=int, default=20, help="patches per scene per chunk")
-    parser.add_argument("--patch-size", type=int, default=96, help="patch side on the 384 grid")
-    parser.add_argument("--processes", type=int, default=None, help="worker processes (default: all cores)")
+    parser.add_argument("--seed", type=integer_at_least(0), default=DEFAULT_SEED, help="seed of the split and the patches")
+    parser.add_argument("--chunks", type=integer_at_least(1), default=5, help="training patch chunks")
+    parser.add_argument("--patches-per-scene", type=integer_at_least(1), default=20, help="patches per scene per chunk")
+    parser.add_argument("--patch-size", type=integer_at_least(1), default=96,
+                        help="patch side on the 384 grid, smaller than the HR side (DeepSUM's configs: a multiple of 3)")
+    parser.add_argument("--processes", type=integer_at_least(1), default=None, help="worker processes (default: all cores)")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
 
 

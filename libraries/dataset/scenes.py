@@ -1,8 +1,8 @@
 """Preprocessing of one scene: corrupt frames, upsampling, reference, registration, limits.
 
 The same steps serve dataset creation (`prepare`, train and validation scenes: a scene left
-with fewer than 9 frames is dropped) and test time (`prepare_test_scene`: never dropped,
-completed to 9 frames by reusing its clearest ones).
+with fewer than 9 frames, or whose SM.png has no clear pixel, is dropped) and test time
+(`prepare_test_scene`: never dropped, completed to 9 frames by reusing its clearest ones).
 """
 
 from __future__ import annotations
@@ -35,19 +35,25 @@ class PreparedScene:
     seconds: dict[str, float] = field(default_factory=dict)
 
 
+NO_CLEAR_HR = "no clear HR pixel (SM.png all zero): nothing to score or train on"
+
+
 def preprocess_scene(name: str, lr: np.ndarray, clear: np.ndarray, frame_names: Sequence[str],
-                     complete: bool = False) -> PreparedScene:
+                     complete: bool = False, hr_clear: np.ndarray | None = None) -> PreparedScene:
     """Steps 3-5 of dataset creation for one scene.
 
     lr [K, h, w] raw DN, clear [K, h, w] bool. Drops corrupt frames, upsamples frames (bicubic)
     and masks (nearest) x3, puts the reference (most clear pixels) first, registers every frame
     to it, drops frames shifted more than 4. A scene left with fewer than 9 frames is dropped,
-    or, with `complete` (test scenes, never dropped), given its clearest frames again.
+    or, with `complete` (test scenes, never dropped), given its clearest frames again. A scene
+    whose `hr_clear` [3h, 3w] (its SM.png, train and validation) has no clear pixel is dropped.
     """
     frame_names = np.asarray(frame_names)
     count = int(np.asarray(lr).shape[0])
     lr, clear, kept = preprocessing.drop_corrupt_frames(np.asarray(lr), np.asarray(clear, dtype=bool))
     result = dict(name=name, corrupt=count - kept.size)
+    if hr_clear is not None and not np.any(hr_clear):
+        return _dropped_scene(result, NO_CLEAR_HR)
     if kept.size < domain.T_IN and not complete:
         return _dropped_scene(result, f"fewer than {domain.T_IN} frames without corrupt ones")
     if kept.size == 0:

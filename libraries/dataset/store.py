@@ -22,6 +22,9 @@ ragged data is flat with offsets; names are fixed-width unicode arrays)::
 Shifts are each frame's integer displacement from the reference on the 384 grid (see
 `preprocessing`): the RegNet label, and `preprocessing.translate_masks` registers masks with them.
 Best-9 of a training patch counts clear pixels inside the patch, as the original.
+
+The checks `prepare` makes before it writes are here too: its counts and patch size, and which
+output folders it may replace (absent, empty or prepared band folders; never its input).
 """
 
 from __future__ import annotations
@@ -46,6 +49,35 @@ DEFAULT_SHARE = 0.7
 
 class DatasetError(domain.DeepSUMError):
     """A prepared dataset folder is missing, incomplete or not what the caller asked for."""
+
+
+# smallest value of each count of `prepare`, and its command-line flag
+MINIMUMS = {"seed": (0, "--seed"), "n_chunks": (1, "--chunks"), "patches_per_scene": (1, "--patches-per-scene"),
+            "max_tries": (1, None), "processes": (1, "--processes")}
+
+
+def check_counts(**counts: int | None) -> None:
+    """Raise `DatasetError` for a count of `MINIMUMS` that is not an integer at least its minimum
+    (`processes` may also be None: all cores)."""
+    for name, value in counts.items():
+        minimum, flag = MINIMUMS[name]
+        if value is None and name == "processes":
+            continue
+        if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
+            raise DatasetError(f"{name}{f' ({flag})' if flag else ''}: expected an integer >= {minimum}, got {value!r}")
+
+
+def check_patch_size(patch_size: int, hr_side: int | None = None) -> None:
+    """Raise `DatasetError` unless `patch_size` (on the HR grid, as the frames are stored
+    upsampled) is a positive integer and, given the HR side, smaller than it (corners are drawn
+    in [0, hr_side - patch_size), as the original). DeepSUM's configs take multiples of 3
+    (patch_size_LR = patch_size_HR / 3), the pretrainings any size."""
+    flag = "patch_size (--patch-size)"
+    if isinstance(patch_size, bool) or not isinstance(patch_size, (int, np.integer)) or patch_size < 1:
+        raise DatasetError(f"{flag}: expected a positive integer, got {patch_size!r}")
+    if hr_side is not None and patch_size >= hr_side:
+        raise DatasetError(f"{flag}: expected at most {hr_side - 1}, smaller than the {hr_side}x{hr_side} HR images, "
+                           f"got {patch_size}")
 
 
 def save_arrays(folder: Path, arrays: Mapping[str, np.ndarray]) -> None:
@@ -88,6 +120,46 @@ def update_manifest(band_dir: Path, section: str, content: Any) -> dict[str, Any
     manifest.update({"band": band_dir.name, "library_version": libraries.__version__, section: content})
     fileio.save_json(band_dir / MANIFEST, manifest)
     return manifest
+
+
+def is_prepared_band(folder: Path) -> bool:
+    """True for a band folder that `prepare` (or the notebooks' steps) wrote: its manifest.json
+    is a JSON object naming the band and the library version."""
+    try:
+        manifest = json.loads((folder / MANIFEST).read_text())
+    except (OSError, ValueError):
+        return False
+    return isinstance(manifest, dict) and manifest.get("band") == folder.name and "library_version" in manifest
+
+
+def require_replaceable(folder: Path) -> None:
+    """Refuse to replace `folder` unless it is absent, an empty folder or a prepared band folder
+    (`is_prepared_band`): `prepare` must never delete what it did not write."""
+    if not folder.exists() and not folder.is_symlink():
+        return
+    if folder.is_symlink() or not folder.is_dir():
+        raise DatasetError(f"{folder}: exists and is not a plain folder (a file or a symbolic link); prepare "
+                           f"writes a prepared band folder there: move it away or choose another output folder")
+    if any(folder.iterdir()) and not is_prepared_band(folder):
+        raise DatasetError(f"{folder}: holds files but is not a prepared data set (no {MANIFEST} written by "
+                           f"prepare); prepare replaces only its own band folders: move them away or choose "
+                           f"another output folder")
+
+
+def require_output_folder(data_dir: str | os.PathLike, out_dir: str | os.PathLike, bands: Iterable[str]) -> Path:
+    """Check, before anything is written, the output folder of `prepare`: a folder or a path
+    that can become one, neither the PROBA-V folder `data_dir` nor inside it nor containing it,
+    and each `<out_dir>/<band>` replaceable (`require_replaceable`). Returns `out_dir` as a Path."""
+    out_dir = fileio.require_folder_path(out_dir, "prepared data set folder")
+    data, out = Path(data_dir).resolve(), out_dir.resolve()
+    where = ("is" if out == data else "is inside" if data in out.parents else
+             "contains" if out in data.parents else None)
+    if where:
+        raise DatasetError(f"{out_dir}: the output folder {where} the PROBA-V folder {data_dir}; expected an "
+                           f"output folder outside it that does not contain it (prepare would replace its input)")
+    for band in bands:
+        require_replaceable(out_dir / band)
+    return out_dir
 
 
 def band_folder(dataset_path: str | os.PathLike, band: str) -> Path:

@@ -165,6 +165,11 @@ def score_submission(zip_path: str | Path, data_dir: str | Path, band: str = "al
     `<zip>_scores.csv`). Returns (mean score, rows).
     """
     zip_path, data_dir = Path(zip_path), Path(data_dir)
+    csv_path = Path(csv_path) if csv_path is not None else zip_path.with_name(f"{zip_path.stem}_scores.csv")
+    if csv_path.resolve() == zip_path.resolve():  # checked before any work: the zip would be replaced
+        raise SubmissionError(f"{csv_path}: the per-scene CSV would overwrite the submission zip; give another path")
+    if csv_path.is_dir():
+        raise SubmissionError(f"{csv_path}: is a folder; expected the path of the per-scene CSV to write")
     bands = domain.BANDS if band == "all" else (band,)
     train = expected_scenes(data_dir / "train", bands)
     try:
@@ -183,6 +188,8 @@ def score_submission(zip_path: str | Path, data_dir: str | Path, band: str = "al
             if not (folder / "HR.png").is_file():
                 continue
             hr, clear = probav.read_image_png(folder / "HR.png"), probav.read_mask_png(folder / "SM.png")
+            if not clear.any():  # cPSNR is a mean over clear pixels
+                raise SubmissionError(f"{folder / 'SM.png'}: no clear pixel; the scene cannot be scored")
             if name not in norm:
                 raise SubmissionError(f"{name}: no baseline in {data_dir / 'norm.csv'}")
             sr = images[name]
@@ -190,7 +197,6 @@ def score_submission(zip_path: str | Path, data_dir: str | Path, band: str = "al
                          "baseline": norm[name], "score": metrics.kelvins_score(sr, hr, clear, norm[name])})
     if not rows:
         raise SubmissionError(f"{zip_path}: no scene of the zip has an HR image under {data_dir / 'train'} ({band})")
-    csv_path = Path(csv_path) if csv_path is not None else zip_path.with_name(f"{zip_path.stem}_scores.csv")
     text = io.StringIO()
     writer = csv.DictWriter(text, fieldnames=list(rows[0]))
     writer.writeheader()
@@ -213,8 +219,8 @@ def add_superresolve_arguments(parser: argparse.ArgumentParser) -> None:
                         help="'all' (the default): both bands in one zip; with --frames: the model, NIR (default) or RED")
     parser.add_argument("--out", required=True, help="submission zip to write; with --frames: the image to write "
                                                      "(.png: 16-bit greyscale, .tif/.tiff: float32)")
-    parser.add_argument("--n-slide", type=int, default=None, help="sliding-window passes (default: the config's n_slide)")
-    parser.add_argument("--windows-per-call", type=int, default=None,
+    parser.add_argument("--n-slide", type=config_module.integer_at_least(0), default=None, help="sliding-window passes (default: the config's n_slide)")
+    parser.add_argument("--windows-per-call", type=config_module.integer_at_least(1), default=None,
                         help="windows per network call, for n-slide > 0 (memory grows with it; default: 1 when the "
                              "network runs frame by frame, as on CPUs, else 3)")
     parser.add_argument("--frames", help="instead of a split: a folder of PNG or TIFF frames of one scene (16-bit, "
@@ -250,6 +256,8 @@ def _config_of_arguments(path: str | Path, args: argparse.Namespace) -> config_m
 
 
 def _superresolve(args: argparse.Namespace) -> None:
+    if Path(args.out).is_dir():  # found before any scene is computed, not at the final rename
+        raise domain.DeepSUMError(f"--out {args.out}: is a folder; expected the path of the file to write")
     if args.frames is not None:
         _superresolve_frames(args)
         return

@@ -46,7 +46,8 @@ def _describe_rows(arrays: Mapping[str, np.ndarray], rows: np.ndarray, scene_nam
 
 def check_arrays(arrays: Mapping[str, np.ndarray], source: str, frames: int, patch: int | None = None,
                  scene_names: Any = None) -> None:
-    """Check the shapes of prepared arrays and that frames and HR images are finite.
+    """Check the shapes of prepared arrays, that frames and HR images are finite, that every HR
+    image has a clear pixel and that baselines (where present) are positive and finite.
 
     arrays: `frames` [N,T,H,W] float, `masks` [N,T,H,W] bool, `hr` [N,H,W], `hr_clear` [N,H,W],
     `shifts` [N,T,2] (optional here), as `libraries.dataset` writes them. Raises
@@ -76,6 +77,17 @@ def check_arrays(arrays: Mapping[str, np.ndarray], source: str, frames: int, pat
                 bad = start + np.flatnonzero(~finite)
                 raise TrainingDataError(f"{source}: {key} holds NaN or Inf in {_describe_rows(arrays, bad, scene_names)}; "
                                         f"prepared data must be finite (re-run `python -m libraries prepare`)")
+    # the cL2 loss and cPSNR are means over clear HR pixels: a target without one has neither
+    cloudy = np.flatnonzero(~np.asarray(arrays["hr_clear"]).reshape(count, -1).any(axis=1))
+    if cloudy.size:
+        raise TrainingDataError(f"{source}: hr_clear has no clear pixel in {_describe_rows(arrays, cloudy, scene_names)}; "
+                                f"the loss needs at least one (re-run `python -m libraries prepare`)")
+    if "baseline" in arrays:  # the score divides by the norm.csv baseline
+        baseline = np.asarray(arrays["baseline"], dtype=np.float64).reshape(-1)
+        bad = np.flatnonzero(~(np.isfinite(baseline) & (baseline > 0)))
+        if bad.size:
+            raise TrainingDataError(f"{source}: baseline is {float(baseline[bad[0]])!r} in {_describe_rows(arrays, bad, scene_names)}; "
+                                    f"expected the positive finite cPSNR of norm.csv (re-run `python -m libraries prepare`)")
 
 
 class TrainingChunks:

@@ -230,7 +230,7 @@ class Trainer:
 
 def add_train_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--config", required=True, type=Path, help="JSON config (config_files/DeepSUM_config_NIR.json)")
-    parser.add_argument("--steps", type=int, default=None,
+    parser.add_argument("--steps", type=config_module.integer_at_least(0), default=None,
                         help="train until this global step (default: the config's max_steps; 0: until interrupted)")
     parser.add_argument("--checkpoint-dir", type=Path, help="override checkpoint_dir (checkpoints, logs, config.json)")
     parser.add_argument("--dataset-path", type=Path, help="override dataset_path (folder written by `prepare`)")
@@ -275,7 +275,7 @@ def run_train(args: argparse.Namespace) -> int:
                       progress=not args.no_progress)
     history = trainer.train(args.steps)
     summary = {"step": int(trainer.step), "checkpoint_dir": str(config.checkpoint_dir),
-               "last_loss": history["loss"][-1] if history["loss"] else None,
+               "last_loss": history["loss"][-1] if history.get("loss") else None,
                "validation": history["validation"][-1] if history["validation"] else None}
     print(json.dumps(summary, indent=2))
     return 0

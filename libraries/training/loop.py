@@ -8,7 +8,9 @@ A `TrainingLoop` owns what every training needs and nothing a particular one doe
   with the best metric is kept in `best/` beside them;
 - resume: `restore()` reads the newest checkpoint of the folder, so a run killed at any
   moment (even by SIGKILL, mid-write: the manager's `checkpoint` file is replaced last)
-  continues from the last checkpoint. The data position is the step: every pipeline of the
+  continues from the last checkpoint (a `checkpoint` file deleted or damaged by hand is written
+  again from the intact checkpoints of the folder, never read as "no checkpoint"; a rerun of a
+  finished run says so and trains nothing). The data position is the step: every pipeline of the
   project yields the batch of step s as a pure function of (seed, s), so the resumed run sees
   the batches the uninterrupted one would have seen;
 - logs through `tf.summary` in `logs/train` (every step's values) and `logs/validation`;
@@ -128,6 +130,11 @@ class TrainingLoop:
         self.save_dir = save_dir
         self._created = not save_dir.exists()
         self.lock: fileio.FolderLock | None = fileio.FolderLock(save_dir, "checkpoint folder")
+        for folder in (save_dir, save_dir / "best"):
+            rebuilt = checkpoints.rebuild_state(folder)
+            if rebuilt:
+                LOG.warning("%s: its `checkpoint` file was missing or unreadable; written again naming the "
+                            "intact checkpoints found (%s)", folder, ", ".join(Path(path).name for path in rebuilt))
         self.manager = tf.train.CheckpointManager(self.checkpoint, str(save_dir),
                                                   max_to_keep=KEEP_CHECKPOINTS if self.is_chief else 1)
         self.best_manager = tf.train.CheckpointManager(self.checkpoint, str(save_dir / "best"), max_to_keep=1)
@@ -184,7 +191,7 @@ class TrainingLoop:
             raise TrainingError(f"{self.folder}: no checkpoint reads back intact ({', '.join(damaged)} damaged); "
                                 "move them away to start again")
         try:
-            self._required.restore(latest).assert_existing_objects_matched()
+            self._required.restore(latest).expect_partial().assert_existing_objects_matched()
             if self._optional is not None:
                 self._optional.restore(latest).expect_partial()
         except (AssertionError, ValueError, tf.errors.OpError) as error:
@@ -221,6 +228,8 @@ class TrainingLoop:
             self.lock = fileio.FolderLock(self.save_dir, "checkpoint folder")
         if steps and start >= steps:
             self.release()
+            # a rerun of a finished command: say so, rather than end in silence
+            tqdm.write(f"{self.title}: already at step {start} of {steps} in {self.folder}; nothing to train")
             return history
         bar = tqdm(total=steps or None, initial=start, desc=self.title, unit="step", disable=not self.progress)
         doing = f"step {start + 1}"  # what a failed numerics check names

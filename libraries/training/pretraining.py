@@ -131,8 +131,17 @@ def pretrain_sisrnet(config: SISRNetPretrainConfig, steps: int | None = None,
         loop.log_validation(step, results)
         return results
 
-    target = config.steps if steps is None else steps
+    target = target_steps(config, steps)
     return loop.run(train_step, lambda start: pdata.sisrnet_dataset(training_samples, start), target, validate)
+
+
+def target_steps(config: config_module.PretrainConfig, steps: int | None) -> int:
+    """The global step a pretraining runs to: `steps`, or the config's when None. A pretraining
+    has no "until interrupted" (the loop's 0): a value below 1 is refused, as in the config."""
+    target = config.steps if steps is None else steps
+    if target < 1:
+        raise config_module.ConfigError(f"steps: expected a positive integer, got {target}")
+    return target
 
 
 # --------------------------------------------------------------------------- RegNet
@@ -249,7 +258,7 @@ def pretrain_regnet(config: RegNetPretrainConfig, steps: int | None = None,
         loop.log_validation(step, results)
         return results
 
-    target = config.steps if steps is None else steps
+    target = target_steps(config, steps)
     return loop.run(train_step, lambda start: pdata.regnet_dataset(training_frames, config, start), target, validate)
 
 
@@ -268,7 +277,8 @@ def real_frame_accuracy(frames: np.ndarray, sisrnet_dir: Any, regnet_dir: Any, n
 
 def _add_arguments(parser: argparse.ArgumentParser, default: str) -> None:
     parser.add_argument("--config", default=default, help=f"JSON config (default {default})")
-    parser.add_argument("--steps", type=int, default=None, help="total training steps (default: the config's)")
+    parser.add_argument("--steps", type=config_module.integer_at_least(1), default=None,
+                        help="train until this global step (default: the config's steps)")
     config_module.add_precision_argument(parser)
 
 
