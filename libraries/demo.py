@@ -73,8 +73,7 @@ def make_plan(out_dir: str | Path = DEMO_OUT, data_dir: str | Path | None = None
     """
     out_dir = fileio.require_folder_path(Path(out_dir).absolute(), "demo output folder")
     synthetic = data_dir is None
-    folder = DEMO_CONFIGS if synthetic else PAPER_CONFIGS
-    suffix = "_demo" if synthetic else ""
+    folder, suffix = (DEMO_CONFIGS, "_demo") if synthetic else (PAPER_CONFIGS, "")
     dataset_dir = out_dir / "dataset"
     sisrnet_dir, regnet_dir = out_dir / "pretraining" / "SISRNet", out_dir / "pretraining" / "RegNet"
     deepsum = {}
@@ -395,17 +394,18 @@ def run_pipeline(plan: DemoPlan, n_scenes: int = 14, n_test_scenes: int = 4, lr_
 
 
 def add_demo_arguments(parser: argparse.ArgumentParser) -> None:
+    at_least = config_module.integer_at_least
     parser.add_argument("--out", type=Path, default=DEMO_OUT, help="output folder (default outputs/demo)")
     parser.add_argument("--data", type=Path, help="a real PROBA-V folder: run with the paper's configs instead")
-    parser.add_argument("--seed", type=int, default=0, help="seed of the synthetic set and the split")
-    parser.add_argument("--scenes", type=int, default=14, help="synthetic train scenes per band")
-    parser.add_argument("--test-scenes", type=int, default=4, help="synthetic test scenes per band")
-    parser.add_argument("--lr-size", type=int, default=128, help="synthetic LR frame size (HR is 3x)")
-    parser.add_argument("--steps", type=int, help="DeepSUM training steps for NIR (RED gets half)")
-    parser.add_argument("--pretrain-steps", type=int, help="steps of each pretraining")
-    parser.add_argument("--patch-size", type=int, help="training patch size on the HR grid")
-    parser.add_argument("--features", type=int, help="feature width of every sub-network")
-    parser.add_argument("--n-slide", type=int, default=2, help="largest sliding-window n_slide evaluated")
+    parser.add_argument("--seed", type=at_least(0), default=0, help="seed of the synthetic set and the split")
+    parser.add_argument("--scenes", type=at_least(1), default=14, help="synthetic train scenes per band")
+    parser.add_argument("--test-scenes", type=at_least(1), default=4, help="synthetic test scenes per band")
+    parser.add_argument("--lr-size", type=at_least(synthetic.MIN_LR_SIZE), default=128, help="LR frame size (HR: 3x)")
+    parser.add_argument("--steps", type=at_least(1), help="DeepSUM training steps for NIR (RED gets half)")
+    parser.add_argument("--pretrain-steps", type=at_least(1), help="steps of each pretraining")
+    parser.add_argument("--patch-size", type=at_least(1), help="training patch size on the HR grid")
+    parser.add_argument("--features", type=at_least(1), help="feature width of every sub-network")
+    parser.add_argument("--n-slide", type=at_least(0), default=2, help="largest sliding-window n_slide evaluated")
     config_module.add_precision_argument(parser)
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
 

@@ -136,6 +136,9 @@ USAGE_ERRORS = [
     (["superresolve", "--out", "x.zip", "--windows-per-call", "0"],
      "argument --windows-per-call: expected an integer >= 1, got 0"),
     (["train", "--config", "c.json", "--batch-size", "two"], "argument --batch-size: invalid int value: 'two'"),
+    # the demo's NIR training would run "until interrupted" (max_steps 0)
+    (["demo", "--steps", "0"], "argument --steps: expected an integer >= 1, got 0"),
+    (["demo", "--n-slide", "-1"], "argument --n-slide: expected an integer >= 0, got -1"),
 ]
 
 
