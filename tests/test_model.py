@@ -187,7 +187,7 @@ def test_gradients_reach_every_variable():
         ((9, 16, 16, 1), np.float32, ["x", "[batch, 9, height, width, 1]"]),
         ((1, 9, 16, 16, 2), np.float32, ["x", "[batch, 9, height, width, 1]"]),
         ((1, 9, 16, 16, 1), np.float64, ["x", "float32"]),
-        ((1, 9, 4, 4, 1), np.float32, ["x", "height and width"]),
+        ((1, 9, 4, 4, 1), np.float32, ["x", "height and width >= 9 (the config's filter_size)"]),
     ],
 )
 def test_bad_inputs_raise_clear_errors(x_shape, dtype, words):

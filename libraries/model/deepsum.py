@@ -297,7 +297,8 @@ class DeepSUM(Network):
                 raise InputError(f"{name}: expected shape {expected}, got {shape}")
             for side in shape[2:4]:
                 if side is not None and side < min_side:
-                    raise InputError(f"{name}: expected height and width >= {min_side}, got shape {shape}")
+                    raise InputError(f"{name}: expected height and width >= {min_side} (the config's filter_size), "
+                                     f"got shape {shape}")
         if tf.as_dtype(x.dtype) != tf.float32:
             raise InputError(f"x: expected dtype float32, got {tf.as_dtype(x.dtype).name}")
         if not tf.TensorShape(x.shape).is_compatible_with(masks.shape):
