@@ -394,11 +394,11 @@ def load_config(path: str | os.PathLike, kind: type[ConfigT] = DeepSUMConfig) ->
         raise ConfigError(f"{path}: config file not found")
     try:
         content = json.loads(path.read_text())
-    except json.JSONDecodeError as error:
-        raise ConfigError(f"{path}: not valid JSON ({error})") from None
     except UnicodeDecodeError as error:
         raise ConfigError(f"{path}: not UTF-8 text ({error.reason} at byte {error.start}); expected a JSON "
                           f"config") from None
+    except ValueError as error:  # JSONDecodeError, or an integer of more digits than Python converts
+        raise ConfigError(f"{path}: not valid JSON ({error})") from None
     return from_dict(kind, content, str(path))
 
 

@@ -108,6 +108,9 @@ def test_missing_and_malformed_files(tmp_path):
     path.write_text("{")
     with pytest.raises(config.ConfigError, match="not valid JSON"):
         config.load_config(path)
+    path.write_text('{"others": {"seed": ' + "9" * 5000 + "}}")  # more digits than Python converts to an int
+    with pytest.raises(config.ConfigError, match=r"broken.json: not valid JSON \(Exceeds the limit"):
+        config.load_config(path)
     path.write_bytes('{"others": {"note": "\u00e9"}}'.encode("latin-1"))  # a Latin-1 file
     with pytest.raises(config.ConfigError, match=r"broken.json: not UTF-8 text \(invalid continuation byte at byte 21\)"):
         config.load_config(path)

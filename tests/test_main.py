@@ -149,10 +149,12 @@ def test_a_usage_error_keeps_argparse_exit_code_2(arguments, message, capsys):
     assert exit_info.value.code == 2 and capsys.readouterr().err.strip().splitlines()[-1].endswith(message)
 
 
-def test_an_output_that_is_a_folder_is_refused_before_any_work(tmp_path, capsys):
-    """`superresolve` would find it only at the final rename, after computing every scene."""
+def test_an_output_that_is_a_folder_or_not_a_zip_is_refused_before_any_work(tmp_path, capsys):
+    """`superresolve` would find a folder only at the final rename, after computing every scene."""
     assert cli.main(["superresolve", "--config", "c.json", "--checkpoint", "none", "--out", str(tmp_path)]) == 1
     assert capsys.readouterr().err.strip() == f"error: --out {tmp_path}: is a folder; expected the path of the file to write"
+    assert cli.main(["superresolve", "--config", "c.json", "--checkpoint", "none", "--out", "submission.txt"]) == 1
+    assert capsys.readouterr().err.strip() == "error: --out submission.txt: expected the path of a .zip file (the submission)"
 
 
 def _readme_flags() -> dict[str, set[str]]:

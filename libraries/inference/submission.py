@@ -264,6 +264,8 @@ def _superresolve(args: argparse.Namespace) -> None:
     for option, value in (("--config", args.config), ("--checkpoint", args.checkpoint)):
         if not value:
             raise domain.DeepSUMError(f"{option}: required to super-resolve a split (or give --frames DIR)")
+    if Path(args.out).suffix != ".zip":  # what the Kelvins platform takes
+        raise domain.DeepSUMError(f"--out {args.out}: expected the path of a .zip file (the submission)")
     if args.masks is not None:
         raise domain.DeepSUMError("--masks: the clear masks of --frames; a PROBA-V split has its own QM masks")
     bands = domain.BANDS if args.band in (None, "all") else (args.band,)
