@@ -63,7 +63,8 @@ def rebuild_state(folder: str | os.PathLike) -> list[str]:
         return []
     numbered = (CHECKPOINT_INDEX.fullmatch(path.name) for path in folder.glob("*.index"))
     found = sorted((int(match[2]), match[1]) for match in numbered if match)
-    names = [f"{name}-{number}" for number, name in found if checkpoint_problem(str(folder / f"{name}-{number}")) is None]
+    names = [f"{name}-{number}" for number, name in found
+             if checkpoint_problem(str(folder / f"{name}-{number}")) is None]
     if names:
         # TensorFlow's own writer of the state file (atomic: a temporary file, then a rename)
         tf.compat.v1.train.update_checkpoint_state(str(folder), names[-1], all_model_checkpoint_paths=names)

@@ -397,12 +397,14 @@ def add_prepare_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--data", required=True, type=Path, help="PROBA-V folder (norm.csv, train/, test/)")
     parser.add_argument("--out", required=True, type=Path, help="output folder (a <BAND>/ folder per band)")
     parser.add_argument("--band", default="all", choices=domain.BANDS + ("all",), help="band to prepare (default: all)")
-    parser.add_argument("--seed", type=integer_at_least(0), default=DEFAULT_SEED, help="seed of the split and the patches")
+    parser.add_argument("--seed", type=integer_at_least(0), default=DEFAULT_SEED,
+                        help="seed of the split and the patches")
     parser.add_argument("--chunks", type=integer_at_least(1), default=5, help="training patch chunks")
     parser.add_argument("--patches-per-scene", type=integer_at_least(1), default=20, help="patches per scene per chunk")
     parser.add_argument("--patch-size", type=integer_at_least(1), default=96,
                         help="patch side on the 384 grid, smaller than the HR side (DeepSUM's configs: a multiple of 3)")
-    parser.add_argument("--processes", type=integer_at_least(1), default=None, help="worker processes (default: all cores)")
+    parser.add_argument("--processes", type=integer_at_least(1), default=None,
+                        help="worker processes (default: all cores)")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
 
 

@@ -219,7 +219,8 @@ def add_superresolve_arguments(parser: argparse.ArgumentParser) -> None:
                         help="'all' (the default): both bands in one zip; with --frames: the model, NIR (default) or RED")
     parser.add_argument("--out", required=True, help="submission zip to write; with --frames: the image to write "
                                                      "(.png: 16-bit greyscale, .tif/.tiff: float32)")
-    parser.add_argument("--n-slide", type=config_module.integer_at_least(0), default=None, help="sliding-window passes (default: the config's n_slide)")
+    parser.add_argument("--n-slide", type=config_module.integer_at_least(0), default=None,
+                        help="sliding-window passes (default: the config's n_slide)")
     parser.add_argument("--windows-per-call", type=config_module.integer_at_least(1), default=None,
                         help="windows per network call, for n-slide > 0 (memory grows with it; default: 1 when the "
                              "network runs frame by frame, as on CPUs, else 3)")

@@ -80,14 +80,16 @@ def check_arrays(arrays: Mapping[str, np.ndarray], source: str, frames: int, pat
     # the cL2 loss and cPSNR are means over clear HR pixels: a target without one has neither
     cloudy = np.flatnonzero(~np.asarray(arrays["hr_clear"]).reshape(count, -1).any(axis=1))
     if cloudy.size:
-        raise TrainingDataError(f"{source}: hr_clear has no clear pixel in {_describe_rows(arrays, cloudy, scene_names)}; "
-                                f"the loss needs at least one (re-run `python -m libraries prepare`)")
+        raise TrainingDataError(f"{source}: hr_clear has no clear pixel in "
+                                f"{_describe_rows(arrays, cloudy, scene_names)}; the loss needs at least one "
+                                f"(re-run `python -m libraries prepare`)")
     if "baseline" in arrays:  # the score divides by the norm.csv baseline
         baseline = np.asarray(arrays["baseline"], dtype=np.float64).reshape(-1)
         bad = np.flatnonzero(~(np.isfinite(baseline) & (baseline > 0)))
         if bad.size:
-            raise TrainingDataError(f"{source}: baseline is {float(baseline[bad[0]])!r} in {_describe_rows(arrays, bad, scene_names)}; "
-                                    f"expected the positive finite cPSNR of norm.csv (re-run `python -m libraries prepare`)")
+            raise TrainingDataError(f"{source}: baseline is {float(baseline[bad[0]])!r} in "
+                                    f"{_describe_rows(arrays, bad, scene_names)}; expected the positive finite "
+                                    f"cPSNR of norm.csv (re-run `python -m libraries prepare`)")
 
 
 class TrainingChunks:
