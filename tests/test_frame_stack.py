@@ -249,9 +249,9 @@ def _damaged_tiff(folder: Path) -> None:
     (folder / "f1.tif").write_bytes(b"II*\x00" + b"\xff" * 40)
 
 
-def _masks(folder: Path, count: int) -> None:
+def _masks(folder: Path, count: int, value: int = 1) -> None:
     _frames(folder, *frames_16_bit(3))
-    write_frames(folder / "masks", np.ones((count, LR_SIZE, LR_SIZE), np.uint8), [f"m{k}.png" for k in range(count)])
+    write_frames(folder / "masks", np.full((count, LR_SIZE, LR_SIZE), value, np.uint8), [f"m{k}.png" for k in range(count)])
 
 
 # (case, how the folder is made, masks glob, what the error names)
@@ -266,6 +266,8 @@ BAD_FOLDERS = [
     ("truncated PNG", _truncated, None, r"f1\.png: not a readable PNG \(truncated"),
     ("mask count", lambda folder: _masks(folder, 2), "masks/*.png", r"bad_frames: 3 frames but 2 masks"),
     ("no mask", lambda folder: _masks(folder, 0), "masks/*.png", r"masks/\*\.png: the masks glob matches no file"),
+    ("all cloudy", lambda folder: _masks(folder, 3, value=0), "masks/*.png",
+     r"masks/\*\.png: every mask is all zero \(no clear pixel in any frame\); expected nonzero = clear"),
     ("mask suffix", lambda folder: (_masks(folder, 3), (folder / "masks" / "notes.txt").write_text("")), "masks/*",
      r"notes\.txt: matches the masks glob 'masks/\*' but is not a PNG or TIFF file"),
     ("colour", lambda folder: _frames(folder, np.zeros((LR_SIZE, LR_SIZE, 3), np.uint8)), None,

@@ -210,6 +210,9 @@ def read_frame_stack(folder: str | os.PathLike, masks_glob: str | None = None) -
     if masks_glob is not None:
         clear = np.stack([read_mask(path, first, f" (the size of the frames, like {files[0].name})")
                           for path in masks])  # [frames, h, w]
+        if not clear.any():  # the network would treat every pixel alike: as with no masks, silently
+            raise FrameStackError(f"{masks_glob}: every mask is all zero (no clear pixel in any frame); expected "
+                                  "nonzero = clear: are the masks inverted?")
     else:
         clear = np.ones((len(files),) + first, dtype=bool)
     return FrameStack(folder.name, folder, np.stack(frames), clear, tuple(path.name for path in files), kinds[0])
