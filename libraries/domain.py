@@ -42,6 +42,12 @@ PROBAV_SIGMA_RESCALED = 596.982
 PER_SCENE = ("names", "hr", "hr_clear", "baseline")
 
 
+def is_integer_at_least(value: Any, minimum: int) -> bool:
+    """True for a Python or NumPy integer (not a bool) of at least `minimum`: the check of the
+    counts a function takes (seeds, chunks, processes, sizes), where argparse did not check them."""
+    return isinstance(value, (int, np.integer)) and not isinstance(value, bool) and value >= minimum
+
+
 def normalise(values: Any, mu: float, scale: float) -> np.ndarray:
     """`(values - mu) / scale` in float32 (DN -> network units; scale: sigma or sigma_rescaled)."""
     return (np.asarray(values, dtype=np.float32) - np.float32(mu)) / np.float32(scale)

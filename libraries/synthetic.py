@@ -342,7 +342,7 @@ def write_dataset(
     for name, value, minimum in (("seed (--seed)", seed, 0), ("n_scenes (--scenes)", n_scenes, 0),
                                  ("n_test_scenes (--test-scenes)", n_test_scenes, 0),
                                  ("lr_size (--lr-size)", lr_size, MIN_LR_SIZE)):
-        if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
+        if not domain.is_integer_at_least(value, minimum):
             raise domain.DeepSUMError(f"{name}: expected an integer >= {minimum}, got {value!r}")
     start = time.perf_counter()
     out_dir = fileio.require_folder_path(out_dir, "synthetic data set folder")

@@ -34,3 +34,10 @@ def test_normalise_and_denormalise_are_inverse():
     x = domain.normalise(values, domain.PROBAV_MU, domain.PROBAV_SIGMA)
     np.testing.assert_allclose(x, (values - 7754.664) / 2316.3408, rtol=1e-6)
     np.testing.assert_allclose(domain.denormalise(x, domain.PROBAV_MU, domain.PROBAV_SIGMA), values, rtol=1e-6, atol=1e-3)
+
+
+def test_is_integer_at_least_takes_python_and_numpy_integers_but_not_bools_floats_or_text():
+    assert domain.is_integer_at_least(3, 1) and domain.is_integer_at_least(np.int64(0), 0)
+    assert not domain.is_integer_at_least(0, 1) and not domain.is_integer_at_least(np.int32(-2), 0)
+    for value in (True, 2.0, "3", None):
+        assert not domain.is_integer_at_least(value, 0), value

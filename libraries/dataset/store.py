@@ -63,7 +63,7 @@ def check_counts(**counts: int | None) -> None:
         minimum, flag = MINIMUMS[name]
         if value is None and name == "processes":
             continue
-        if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
+        if not domain.is_integer_at_least(value, minimum):
             raise DatasetError(f"{name}{f' ({flag})' if flag else ''}: expected an integer >= {minimum}, got {value!r}")
 
 
@@ -73,7 +73,7 @@ def check_patch_size(patch_size: int, hr_side: int | None = None) -> None:
     in [0, hr_side - patch_size), as the original). DeepSUM's configs take multiples of 3
     (patch_size_LR = patch_size_HR / 3), the pretrainings any size."""
     flag = "patch_size (--patch-size)"
-    if isinstance(patch_size, bool) or not isinstance(patch_size, (int, np.integer)) or patch_size < 1:
+    if not domain.is_integer_at_least(patch_size, 1):
         raise DatasetError(f"{flag}: expected a positive integer, got {patch_size!r}")
     if hr_side is not None and patch_size >= hr_side:
         raise DatasetError(f"{flag}: expected at most {hr_side - 1}, smaller than the {hr_side}x{hr_side} HR images, "

@@ -132,7 +132,7 @@ class Superresolver:
         the same time (47-48 s)."""
         if setting is None:
             return 1 if getattr(self.model, "frame_by_frame", False) else WINDOWS_PER_CALL
-        if isinstance(setting, bool) or not isinstance(setting, (int, np.integer)) or setting < 1:
+        if not domain.is_integer_at_least(setting, 1):
             raise domain.DeepSUMError(f"windows_per_call: expected a positive integer, got {setting!r}")
         return int(setting)
 
