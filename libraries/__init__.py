@@ -7,20 +7,20 @@ package has no import cycle and no import inside a function (`tests/test_package
 |---|---|---|
 | 0 | `domain` | constants of PROBA-V and DeepSUM, `normalise`/`denormalise`, `tap_index`, `scene_slice` |
 | 0 | `reports` | the text-table formatter, `plot_history` and `plot_validation_scene` |
-| 1 | `config` | JSON configs (the original layout) -> frozen dataclasses, for DeepSUM and both pretrainings |
-| 1 | `fileio` | atomic writes of files, folders, JSON and arrays |
-| 1 | `interrupts` | signal handlers set for a block and put back (the training loop's stop requests, `superresolve`'s SIGTERM) |
-| 1 | `metrics` | cL2 loss, cPSNR and the Kelvins score (TensorFlow and NumPy), its per-pixel error map |
-| 1 | `preprocessing` | array operations of dataset creation (upsampling, registration, best-9, patches) |
-| 2 | `probav` | PROBA-V scene folders, PNG readers and writers, norm.csv |
-| 2 | `model` | the network: `hardware` (CPU flags, GPUs, which reduced-precision kernels are native), `kernel_gradients` (oneDNN or XLA, chosen by measurement), `layers`, `fusion` (XLA-fused element-wise work or not, measured), `strips` (frame-by-frame convolutions in strips or not, measured), `networks` (SISRNet, RegNet, FusionNet), `deepsum` (registration, fill, DeepSUM) |
-| 3 | `checkpoints` | the one checkpoint format (TF2) and the read-only importer of the authors' TF1 checkpoints (`convert-tf1`) |
-| 3 | `dataset` | dataset creation on disk: `store` (layout, readers), `scenes`, `creation` (`prepare`), `views` |
-| 3 | `synthetic` | a realistic synthetic PROBA-V data set (`synth`) |
-| 4 | `weights` | download and verification of the authors' published checkpoints (`fetch-weights`) |
-| 4 | `training` | `loop` (the one training loop), `data`, `evaluation`, `optimization`, `deepsum` (`train`), `pretraining_data`, `pretraining` (`pretrain-*`) |
-| 4 | `inference` | `frames`, `ensemble` (flips and rotations of the self-ensemble), `superresolve` (the sliding window, `Superresolver`), `frame_stack` (any stack of PNG/TIFF frames, `superresolve --frames`), `parts` (scenes saved as computed: a rerun resumes), `submission` (`superresolve`, `score`) |
-| 5 | `demo` | the whole pipeline on the synthetic set (`demo`) |
+| 1 | `fileio` | atomic writes of files, folders, JSON and arrays; `read_json` (a key written twice refused) |
+| 2 | `config` | JSON configs (the original layout) -> frozen dataclasses, for DeepSUM and both pretrainings |
+| 2 | `interrupts` | signal handlers set for a block and put back (the training loop's stop requests, `superresolve`'s SIGTERM) |
+| 2 | `metrics` | cL2 loss, cPSNR and the Kelvins score (TensorFlow and NumPy), its per-pixel error map |
+| 2 | `preprocessing` | array operations of dataset creation (upsampling, registration, best-9, patches) |
+| 3 | `probav` | PROBA-V scene folders, PNG readers and writers, norm.csv |
+| 3 | `model` | the network: `hardware` (CPU flags, GPUs, which reduced-precision kernels are native), `kernel_gradients` (oneDNN or XLA, chosen by measurement), `layers`, `fusion` (XLA-fused element-wise work or not, measured), `strips` (frame-by-frame convolutions in strips or not, measured), `networks` (SISRNet, RegNet, FusionNet), `deepsum` (registration, fill, DeepSUM) |
+| 4 | `checkpoints` | the one checkpoint format (TF2) and the read-only importer of the authors' TF1 checkpoints (`convert-tf1`) |
+| 4 | `dataset` | dataset creation on disk: `store` (layout, readers), `scenes`, `creation` (`prepare`), `views` |
+| 4 | `synthetic` | a realistic synthetic PROBA-V data set (`synth`) |
+| 5 | `weights` | download and verification of the authors' published checkpoints (`fetch-weights`) |
+| 5 | `training` | `loop` (the one training loop), `data`, `evaluation`, `optimization`, `deepsum` (`train`), `pretraining_data`, `pretraining` (`pretrain-*`) |
+| 5 | `inference` | `frames`, `ensemble` (flips and rotations of the self-ensemble), `superresolve` (the sliding window, `Superresolver`), `frame_stack` (any stack of PNG/TIFF frames, `superresolve --frames`), `parts` (scenes saved as computed: a rerun resumes), `submission` (`superresolve`, `score`) |
+| 6 | `demo` | the whole pipeline on the synthetic set (`demo`) |
 
 `python -m libraries COMMAND` (see `__main__`) runs the commands named in parentheses.
 """

@@ -23,7 +23,7 @@ import typing
 from pathlib import Path
 from typing import Any, Callable, TypeVar
 
-from libraries import domain
+from libraries import domain, fileio
 
 REPOSITORY_ROOT = Path(__file__).resolve().parent.parent
 SECTIONS = ("hyperparameters", "others")
@@ -390,15 +390,7 @@ def load_config(path: str | os.PathLike, kind: type[ConfigT] = DeepSUMConfig) ->
     path = Path(path)
     if not path.is_absolute() and not path.exists() and (REPOSITORY_ROOT / path).exists():
         path = REPOSITORY_ROOT / path
-    if not path.is_file():
-        raise ConfigError(f"{path}: config file not found")
-    try:
-        content = json.loads(path.read_text())
-    except UnicodeDecodeError as error:
-        raise ConfigError(f"{path}: not UTF-8 text ({error.reason} at byte {error.start}); expected a JSON "
-                          f"config") from None
-    except ValueError as error:  # JSONDecodeError, or an integer of more digits than Python converts
-        raise ConfigError(f"{path}: not valid JSON ({error})") from None
+    content = fileio.read_json(path, "a JSON config", ConfigError)
     return from_dict(kind, content, str(path))
 
 

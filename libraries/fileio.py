@@ -159,6 +159,33 @@ def save_json(destination: str | os.PathLike, content: Any) -> Path:
     return Path(destination)
 
 
+def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    keys = [key for key, _ in pairs]
+    repeated = sorted({key for key in keys if keys.count(key) > 1})
+    if repeated:  # json.loads would keep the last value and drop the others without a word
+        raise ValueError(f"key {', '.join(map(json.dumps, repeated))} written more than once in one object")
+    return dict(pairs)
+
+
+def read_json(path: str | os.PathLike, expected: str = "a JSON file",
+              error: type[domain.DeepSUMError] = domain.DeepSUMError) -> Any:
+    """The content of the JSON file `path`, or one `error` naming it and saying what was expected.
+
+    Refused: a missing file (or a folder), bytes that are not UTF-8, text that is not JSON, and
+    an object with a key written twice (a config edited by adding a key that was already there
+    would otherwise run silently with whichever value came last).
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise error(f"{path}: {'a folder' if path.is_dir() else 'file missing'}; expected {expected}")
+    try:
+        return json.loads(path.read_text(encoding="utf-8"), object_pairs_hook=_unique_keys)
+    except UnicodeDecodeError as problem:
+        raise error(f"{path}: not UTF-8 text ({problem.reason} at byte {problem.start}); expected {expected}") from None
+    except ValueError as problem:  # JSONDecodeError, a repeated key, an integer of too many digits
+        raise error(f"{path}: not valid JSON ({problem}); expected {expected}") from None
+
+
 def save_bytes(destination: str | os.PathLike, content: bytes) -> Path:
     """Write raw bytes atomically."""
     with atomic_path(destination) as temporary:

@@ -378,7 +378,8 @@ def read_norm(path: str | os.PathLike) -> dict[str, float]:
     """
     path = Path(path)
     if not path.is_file():
-        raise ProbaVError(f"{path}: file missing (expected norm.csv with lines 'imgsetNNNN <cPSNR>')")
+        raise ProbaVError(f"{path}: {'a folder' if path.is_dir() else 'file missing'} (expected norm.csv with "
+                          f"lines 'imgsetNNNN <cPSNR>')")
     baselines: dict[str, float] = {}
     try:
         text = path.read_text()

@@ -20,7 +20,6 @@ the split folders, never inside a scene folder.
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import os
 import time
@@ -391,10 +390,7 @@ def write_dataset(
 
 def read_truth(out_dir: str | os.PathLike) -> dict[str, Any]:
     """The planted shifts and corrupt frames written by `write_dataset` (JSON, no pickle)."""
-    path = Path(out_dir) / TRUTH_FILE
-    if not path.is_file():
-        raise probav.ProbaVError(f"{path}: file missing (expected the synthetic set's truth JSON)")
-    return json.loads(path.read_text())
+    return fileio.read_json(Path(out_dir) / TRUTH_FILE, "the synthetic set's truth JSON", probav.ProbaVError)
 
 
 # --------------------------------------------------------------------------- command line

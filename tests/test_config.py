@@ -1,5 +1,6 @@
 import dataclasses
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -102,8 +103,10 @@ def test_bad_config_names_key_and_file(tmp_path, edit, expected):
 
 
 def test_missing_and_malformed_files(tmp_path):
-    with pytest.raises(config.ConfigError, match="not found"):
+    with pytest.raises(config.ConfigError, match=r"nope.json: file missing; expected a JSON config"):
         config.load_config(tmp_path / "nope.json")
+    with pytest.raises(config.ConfigError, match=re.escape(f"{tmp_path}: a folder; expected a JSON config")):
+        config.load_config(tmp_path)
     path = tmp_path / "broken.json"
     path.write_text("{")
     with pytest.raises(config.ConfigError, match="not valid JSON"):
@@ -114,6 +117,21 @@ def test_missing_and_malformed_files(tmp_path):
     path.write_bytes('{"others": {"note": "\u00e9"}}'.encode("latin-1"))  # a Latin-1 file
     with pytest.raises(config.ConfigError, match=r"broken.json: not UTF-8 text \(invalid continuation byte at byte 21\)"):
         config.load_config(path)
+
+
+def test_a_key_written_twice_is_refused(tmp_path):
+    """json.loads keeps the last of two equal keys: a config edited by adding a key it already
+    had must not run silently with one of the two values."""
+    content = json.dumps(config.to_json(config.default_config()), indent=1)
+    path = tmp_path / "twice.json"
+    path.write_text(content.replace('"lr": ', '"lr": 0.5,\n  "lr": ', 1))
+    with pytest.raises(config.ConfigError, match=r'twice.json: not valid JSON \(key "lr" written more than once'):
+        config.load_config(path)
+    path.write_text(content.replace('"others": {', '"others": {"seed": 1}, "others": {', 1))
+    with pytest.raises(config.ConfigError, match=r'key "others" written more than once'):
+        config.load_config(path)
+    path.write_text(content)  # the same text without the repeated key loads
+    assert config.load_config(path) == config.default_config()
 
 
 PRETRAIN = dict(lr=1e-3, batch_size=8, steps=12, skip_step=6, spectral_band="NIR", mu=7754.664,

@@ -229,3 +229,11 @@ def test_norm_that_is_not_utf8_text_is_one_error_naming_it(tmp_path):
     (tmp_path / "norm.csv").write_bytes("imgset0000 40.0 \u00e9\n".encode("latin-1"))
     with pytest.raises(probav.ProbaVError, match=r"norm.csv: not UTF-8 text \(invalid continuation byte at byte 16\)"):
         probav.read_norm(tmp_path / "norm.csv")
+
+
+def test_norm_that_is_missing_or_a_folder_is_one_error_saying_which(tmp_path):
+    with pytest.raises(probav.ProbaVError, match=r"norm.csv: file missing \(expected norm.csv with lines"):
+        probav.read_norm(tmp_path / "norm.csv")
+    (tmp_path / "norm.csv").mkdir()
+    with pytest.raises(probav.ProbaVError, match=r"norm.csv: a folder \(expected norm.csv with lines"):
+        probav.read_norm(tmp_path / "norm.csv")

@@ -24,7 +24,6 @@ from __future__ import annotations
 import argparse
 import concurrent.futures
 import contextlib
-import json
 import multiprocessing
 import os
 import shutil
@@ -191,7 +190,8 @@ def create_scene_store(band_dir: str | os.PathLike, split: str, processes: Worke
         split_path = band_dir / store.SPLIT_FILE
         if not split_path.is_file():
             raise DatasetError(f"{split_path}: file missing (run split_train_validation first)")
-        indices = [position[name] for name in json.loads(split_path.read_text())[split]]
+        indices = [position[name] for name in fileio.read_json(split_path, "the split written by split_train_validation",
+                                                               DatasetError)[split]]
     items = [(str(source), index, split == "test") for index in indices]
     counts = {"scenes_in": len(indices), "frames_in": 0, "frames_corrupt": 0, "frames_shifted": 0,
               "frames_reused": 0, "frames_of_dropped_scenes": 0, "dropped_scenes": {}, "seconds": {"read": 0.0, "upsample": 0.0, "register": 0.0}}

@@ -29,7 +29,6 @@ output folders it may replace (absent, empty or prepared band folders; never its
 
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 from typing import Any, Iterable, Iterator, Mapping, Sequence
@@ -111,8 +110,9 @@ def load_arrays(folder: Path, keys: Iterable[str], mmap: bool = True) -> dict[st
 
 
 def read_manifest(band_dir: Path) -> dict[str, Any]:
+    """The band's manifest.json (what each step wrote, and with which settings); {} before any step."""
     path = band_dir / MANIFEST
-    return json.loads(path.read_text()) if path.is_file() else {}
+    return fileio.read_json(path, "the manifest a step of `prepare` wrote", DatasetError) if path.is_file() else {}
 
 
 def update_manifest(band_dir: Path, section: str, content: Any) -> dict[str, Any]:
@@ -126,8 +126,8 @@ def is_prepared_band(folder: Path) -> bool:
     """True for a band folder that `prepare` (or the notebooks' steps) wrote: its manifest.json
     is a JSON object naming the band and the library version."""
     try:
-        manifest = json.loads((folder / MANIFEST).read_text())
-    except (OSError, ValueError):
+        manifest = fileio.read_json(folder / MANIFEST)
+    except (OSError, ValueError):  # missing, a folder, damaged: not ours
         return False
     return isinstance(manifest, dict) and manifest.get("band") == folder.name and "library_version" in manifest
 
