@@ -17,7 +17,7 @@ import os
 import shutil
 import tempfile
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 import numpy as np
 
@@ -143,6 +143,23 @@ def require_folder_path(path: str | os.PathLike, what: str = "output folder") ->
     if not existing.is_dir():
         raise domain.DeepSUMError(f"{path}: {what} cannot be created, {existing} is a file (expected a folder)")
     return path
+
+
+def require_replaceable(folder: str | os.PathLike, is_own: Callable[[Path], bool], writer: str, kind: str,
+                        proof: str, error: type[domain.DeepSUMError] = domain.DeepSUMError) -> Path:
+    """Refuse, before any work, to replace `folder` unless it is absent, an empty folder or
+    `kind` that `writer` wrote (`is_own(folder)`, which finds its `proof` file): a command
+    replaces what it wrote before, never a user's files. Returns `folder` as a Path."""
+    folder = Path(folder)
+    if not folder.exists() and not folder.is_symlink():
+        return folder
+    if folder.is_symlink() or not folder.is_dir():
+        raise error(f"{folder}: exists and is not a plain folder (a file or a symbolic link); {writer} writes {kind} "
+                    f"there: move it away or choose another output folder")
+    if any(folder.iterdir()) and not is_own(folder):
+        raise error(f"{folder}: holds files but is not {kind} (no {proof} written by {writer}); {writer} replaces "
+                    f"only what it wrote: move them away or choose another output folder")
+    return folder
 
 
 def save_npy(destination: str | os.PathLike, array: np.ndarray) -> Path:

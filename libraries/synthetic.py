@@ -336,7 +336,8 @@ def write_dataset(
     [lr_size, lr_size]. Names imgsetNNNN are unique over the whole set (train RED, train NIR,
     test RED, test NIR, in that order). Every 4th test scene of a band (the first included)
     keeps fewer than 9 usable frames. Scene i draws from its own seed (seed, i): the set is
-    deterministic for a seed and the arguments.
+    deterministic for a seed and the arguments. The folder appears complete, replacing a set
+    `synth` wrote there before; a folder of other files is refused.
     """
     for name, value, minimum in (("seed (--seed)", seed, 0), ("n_scenes (--scenes)", n_scenes, 0),
                                  ("n_test_scenes (--test-scenes)", n_test_scenes, 0),
@@ -344,35 +345,31 @@ def write_dataset(
         if not domain.is_integer_at_least(value, minimum):
             raise domain.DeepSUMError(f"{name}: expected an integer >= {minimum}, got {value!r}")
     start = time.perf_counter()
-    out_dir = fileio.require_folder_path(out_dir, "synthetic data set folder")
+    out_dir = fileio.require_replaceable(fileio.require_folder_path(out_dir, "synthetic data set folder"),
+                                         lambda folder: (folder / TRUTH_FILE).is_file(), "synth",
+                                         "a synthetic data set", TRUTH_FILE)
     plan = [(split, band, index) for split, count in (("train", n_scenes), ("test", n_test_scenes))
             for band in ("RED", "NIR") for index in range(count)]
     seeds = np.random.SeedSequence(seed).spawn(len(plan))
     baselines: dict[str, float] = {}
     truth: dict[str, Any] = {}
-    for number, (split, band, index) in enumerate(tqdm(plan, desc="synthetic scenes", disable=not progress)):
-        rng = np.random.default_rng(seeds[number])
-        name = f"imgset{number:04d}"
-        frames, corrupt = _frame_plan(rng, short=split == "test" and index % 4 == 0)
-        scene = make_scene(rng, band, lr_size, frames, corrupt)
-        train = split == "train"
-        probav.write_scene(out_dir / split / band / name, scene["lr"], scene["clear"],
-                           scene["hr"] if train else None, scene["hr_clear"] if train else None)
-        baselines[name] = baseline_cpsnr(scene["lr"], scene["clear"], scene["hr"], scene["hr_clear"])
-        truth[name] = {
-            "split": split,
-            "band": band,
-            "frame_names": [f"LR{k:03d}" for k in range(frames)],
-            "shifts": scene["shifts"].tolist(),
-            "corrupt": scene["corrupt"].tolist(),
-            "clear_fraction": scene["clear"].mean(axis=(1, 2)).round(4).tolist(),
-            "baseline_cpsnr": baselines[name],
-        }
-    probav.write_norm(out_dir / "norm.csv", baselines)
-    fileio.save_json(out_dir / TRUTH_FILE, {
-        "seed": seed, "lr_size": lr_size, "scale": domain.SCALE, "shift_convention": SHIFT_CONVENTION,
-        "scenes": truth,
-    })
+    with fileio.atomic_folder(out_dir) as folder:  # the whole set or none: a rerun never mixes two sets
+        for number, (split, band, index) in enumerate(tqdm(plan, desc="synthetic scenes", disable=not progress)):
+            rng = np.random.default_rng(seeds[number])
+            name = f"imgset{number:04d}"
+            frames, corrupt = _frame_plan(rng, short=split == "test" and index % 4 == 0)
+            scene = make_scene(rng, band, lr_size, frames, corrupt)
+            train = split == "train"
+            probav.write_scene(folder / split / band / name, scene["lr"], scene["clear"],
+                               scene["hr"] if train else None, scene["hr_clear"] if train else None)
+            baselines[name] = baseline_cpsnr(scene["lr"], scene["clear"], scene["hr"], scene["hr_clear"])
+            truth[name] = {"split": split, "band": band, "frame_names": [f"LR{k:03d}" for k in range(frames)],
+                           "shifts": scene["shifts"].tolist(), "corrupt": scene["corrupt"].tolist(),
+                           "clear_fraction": scene["clear"].mean(axis=(1, 2)).round(4).tolist(),
+                           "baseline_cpsnr": baselines[name]}
+        probav.write_norm(folder / "norm.csv", baselines)
+        fileio.save_json(folder / TRUTH_FILE, {"seed": seed, "lr_size": lr_size, "scale": domain.SCALE,
+                                               "shift_convention": SHIFT_CONVENTION, "scenes": truth})
     values = list(baselines.values())
     return {
         "out_dir": str(out_dir),

@@ -452,9 +452,9 @@ def test_a_band_folder_not_written_by_prepare_is_never_replaced(clean_set, tmp_p
                      "--patch-size", str(PATCH // 3), "--processes", "1", "--quiet"])
     assert code == 1
     error = capsys.readouterr().err
-    assert error == (f"error: {out / BAND}: holds files but is not a prepared data set (no manifest.json written by "
-                     f"prepare); prepare replaces only its own band folders: move them away or choose another "
-                     f"output folder\n")
+    assert error == (f"error: {out / BAND}: holds files but is not a prepared band folder (no manifest.json written by "
+                     f"prepare); prepare replaces only what it wrote: move them away or choose another output "
+                     f"folder\n")
     assert (out / BAND / "notes.txt").read_text() == "important\n" and _files(out) == [BAND, f"{BAND}/manifest.json",
                                                                                       f"{BAND}/notes.txt"]
     (out / BAND / "notes.txt").unlink()

@@ -224,3 +224,40 @@ def test_write_dataset_checks_its_arguments(tmp_path, changes, message):
         synthetic.write_dataset(tmp_path / "out", **{"seed": 1, "n_scenes": 1, "n_test_scenes": 0, "lr_size": 16,
                                                      "progress": False, **changes})
     assert str(error.value) == message and not (tmp_path / "out").exists()
+
+
+def test_a_second_set_replaces_the_first_and_a_folder_of_other_files_is_refused(tmp_path, capsys):
+    """Written over an earlier set, the new set is all there is (no scene, norm.csv row or truth
+    entry of the old one is left); a folder synth did not write is left as it was."""
+    out, small = tmp_path / "set", {"seed": 2, "lr_size": 16, "progress": False}
+    synthetic.write_dataset(out, n_scenes=3, n_test_scenes=1, **small)
+    synthetic.write_dataset(out, n_scenes=1, n_test_scenes=0, **small)
+    scenes = sorted(path.relative_to(out).as_posix() for path in out.glob("*/*/imgset*"))
+    assert scenes == ["train/NIR/imgset0001", "train/RED/imgset0000"]
+    assert sorted(probav.read_norm(out / "norm.csv")) == sorted(synthetic.read_truth(out)["scenes"]) == [
+        "imgset0000", "imgset0001"]
+    assert sorted(entry.name for entry in tmp_path.iterdir()) == ["set"]  # no temporary folder left beside it
+    notes = tmp_path / "notes"
+    notes.mkdir()
+    (notes / "plan.txt").write_text("mine\n")
+    assert main(["synth", "--out", str(notes), "--seed", "1", "--scenes", "1", "--lr-size", "16"]) == 1
+    assert capsys.readouterr().err == (f"error: {notes}: holds files but is not a synthetic data set (no "
+                                       f"{synthetic.TRUTH_FILE} written by synth); synth replaces only what it "
+                                       f"wrote: move them away or choose another output folder\n")
+    assert [entry.name for entry in notes.iterdir()] == ["plan.txt"]
+
+
+def test_an_interrupted_set_leaves_nothing(tmp_path, monkeypatch):
+    calls = []
+
+    def fail_on_the_third(*args, **kwargs):
+        calls.append(args[0])
+        if len(calls) == 3:
+            raise KeyboardInterrupt
+        return write_scene(*args, **kwargs)
+
+    write_scene = probav.write_scene
+    monkeypatch.setattr(probav, "write_scene", fail_on_the_third)
+    with pytest.raises(KeyboardInterrupt):
+        synthetic.write_dataset(tmp_path / "set", seed=1, n_scenes=2, n_test_scenes=0, lr_size=16, progress=False)
+    assert len(calls) == 3 and list(tmp_path.iterdir()) == []

@@ -135,15 +135,7 @@ def is_prepared_band(folder: Path) -> bool:
 def require_replaceable(folder: Path) -> None:
     """Refuse to replace `folder` unless it is absent, an empty folder or a prepared band folder
     (`is_prepared_band`): `prepare` must never delete what it did not write."""
-    if not folder.exists() and not folder.is_symlink():
-        return
-    if folder.is_symlink() or not folder.is_dir():
-        raise DatasetError(f"{folder}: exists and is not a plain folder (a file or a symbolic link); prepare "
-                           f"writes a prepared band folder there: move it away or choose another output folder")
-    if any(folder.iterdir()) and not is_prepared_band(folder):
-        raise DatasetError(f"{folder}: holds files but is not a prepared data set (no {MANIFEST} written by "
-                           f"prepare); prepare replaces only its own band folders: move them away or choose "
-                           f"another output folder")
+    fileio.require_replaceable(folder, is_prepared_band, "prepare", "a prepared band folder", MANIFEST, DatasetError)
 
 
 def require_output_folder(data_dir: str | os.PathLike, out_dir: str | os.PathLike, bands: Iterable[str]) -> Path:
