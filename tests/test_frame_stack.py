@@ -228,6 +228,18 @@ def test_the_command_writes_the_16_bit_image_of_the_red_model(tmp_path, png_fold
     np.testing.assert_array_equal(image, np.clip(np.rint(expected), 0, 65535).astype(np.uint16))
 
 
+def test_a_config_of_the_other_band_is_refused(tmp_path, tiny_config, capsys):
+    """`--band RED --config nir.json` would run the NIR model's config and call it the RED model."""
+    _frames(tmp_path / "frames", *frames_16_bit(3))
+    nir = fileio.save_json(tmp_path / "nir.json", config_module.to_json(tiny_config))
+    command = ["superresolve", "--frames", str(tmp_path / "frames"), "--config", str(nir), "--checkpoint",
+               str(tmp_path / "ck"), "--out", str(tmp_path / "sr.png")]
+    assert main(command + ["--band", "RED"]) == 1
+    assert capsys.readouterr().err == (f"error: --config {nir}: a config of spectral_band NIR, given for band RED; "
+                                       f"expected the RED model's config\n")
+    assert not (tmp_path / "sr.png").exists()
+
+
 def _frames(folder: Path, *frames: np.ndarray, suffix: str = ".png") -> None:
     write_frames(folder, list(frames), [f"f{k}{suffix}" for k in range(len(frames))])
 

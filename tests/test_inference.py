@@ -18,7 +18,7 @@ from libraries import model as model_lib
 from libraries.model import hardware
 from libraries import checkpoints, dataset, domain, fileio, inference, metrics, preprocessing, probav, synthetic
 from libraries.__main__ import main
-from libraries.config import default_config, to_json
+from libraries.config import default_config, load_config, to_json
 
 LR_SIZE = 32
 HR_SIZE = 3 * LR_SIZE
@@ -603,9 +603,10 @@ def test_superresolve_command_precision_runs_the_network_in_mixed_bfloat16(tmp_p
 def test_superresolve_train_split_with_per_band_paths_then_score_all(tmp_path, synthetic_dir, tiny_files,
                                                                      separate_superresolver, capsys):
     config_path, checkpoint = tiny_files
+    red_config = fileio.save_json(tmp_path / "red.json", to_json(load_config(config_path).replace(spectral_band="RED")))
     zip_path = tmp_path / "train.zip"
     assert main(["superresolve", "--data", str(synthetic_dir), "--split", "train", "--band", "all",
-                 "--config", f"RED={config_path}", "--config", f"NIR={config_path}",
+                 "--config", f"RED={red_config}", "--config", f"NIR={config_path}",
                  "--checkpoint", f"NIR={checkpoint}", "--checkpoint", f"RED={checkpoint}",
                  "--out", str(zip_path), "--n-slide", "0", "--windows-per-call", "1"]) == 0
     images = inference.read_submission(zip_path)
@@ -631,6 +632,41 @@ def test_checkpoints_and_configs_per_band():
         inference.paths_per_band(["NIR=n"], ["NIR", "RED"], "--checkpoint")
     with pytest.raises(ValueError, match="BAND=PATH"):
         inference.paths_per_band(["NIR=n", "other"], ["NIR"], "--checkpoint")
+    with pytest.raises(ValueError, match=r"--config 'nir=n.json': band 'nir'; expected BAND=PATH with BAND in "
+                                         r"\('NIR', 'RED'\) \(upper case\)"):
+        inference.paths_per_band(["nir=n.json"], ["NIR", "RED"], "--config")
+
+
+@pytest.mark.parametrize("mistake", ["red checkpoint", "red config", "red folder", "swapped configs"])
+def test_every_band_is_checked_before_the_first_scene(tmp_path, synthetic_dir, tiny_files, capsys, monkeypatch,
+                                                      mistake):
+    """A mistake in the RED arguments of `--band all` is found before a NIR scene is computed,
+    and leaves no `<out>.parts` folder: on the 290 test scenes it would come after half an hour."""
+    config_path, checkpoint = tiny_files
+    red_config = fileio.save_json(tmp_path / "red.json", to_json(load_config(config_path).replace(spectral_band="RED")))
+    data = tmp_path / "data"
+    shutil.copytree(synthetic_dir, data)
+    configs, checkpoints_of = {"NIR": config_path, "RED": red_config}, {"NIR": checkpoint, "RED": checkpoint}
+    expected = {"red checkpoint": f"{tmp_path / 'none'}: ", "red config": f"{tmp_path / 'none.json'}: file missing",
+                "red folder": f"{data / 'test' / 'RED'}: folder missing",
+                "swapped configs": f"--config {red_config}: a config of spectral_band RED, given for band NIR; "
+                                   f"expected the NIR model's config"}[mistake]
+    if mistake == "red checkpoint":
+        checkpoints_of["RED"] = tmp_path / "none"
+    elif mistake == "red config":
+        configs["RED"] = tmp_path / "none.json"
+    elif mistake == "red folder":
+        shutil.rmtree(data / "test" / "RED")
+    else:
+        configs = {"NIR": red_config, "RED": config_path}
+    monkeypatch.setattr(inference.Superresolver, "scene", lambda *args, **kwargs: pytest.fail("a scene was computed"))
+    zip_path = tmp_path / "submission.zip"
+    assert main(["superresolve", "--data", str(data), "--split", "test", "--band", "all", "--out", str(zip_path),
+                 *(item for band in ("NIR", "RED") for item in ("--config", f"{band}={configs[band]}",
+                                                                 "--checkpoint", f"{band}={checkpoints_of[band]}"))]) == 1
+    error = capsys.readouterr().err.strip().splitlines()
+    assert len(error) == 1 and error[0].startswith(f"error: {expected}"), error
+    assert sorted(entry.name for entry in tmp_path.iterdir()) == sorted(["data", "red.json"])  # no zip, no parts
 
 
 def test_evaluate_sliding_window_matches_superresolve_per_n_slide(separate_superresolver):

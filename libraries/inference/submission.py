@@ -236,7 +236,11 @@ def add_superresolve_arguments(parser: argparse.ArgumentParser) -> None:
 
 def paths_per_band(values: list[str], bands: Iterable[str], option: str) -> dict[str, str]:
     """`--option PATH` (every band) or `--option NIR=PATH --option RED=PATH` -> {band: path}."""
-    if len(values) == 1 and values[0].partition("=")[0] not in domain.BANDS:
+    prefix = values[0].partition("=")[0] if len(values) == 1 else None
+    if prefix is not None and prefix not in domain.BANDS:
+        if prefix.upper() in domain.BANDS:  # `nir=PATH` would otherwise be read as a path
+            raise domain.DeepSUMError(f"{option} {values[0]!r}: band {prefix!r}; expected BAND=PATH with BAND in "
+                                      f"{domain.BANDS} (upper case)")
         return {band: values[0] for band in bands}
     paths = {}
     for value in values:
@@ -256,6 +260,16 @@ def _config_of_arguments(path: str | Path, args: argparse.Namespace) -> config_m
     return config if args.self_ensemble is None else config.replace(self_ensemble=args.self_ensemble)
 
 
+def _config_of_band(path: str | Path, band: str, named: bool, args: argparse.Namespace) -> config_module.DeepSUMConfig:
+    """The config of the `band` model; one named for a band (`--config BAND=PATH`, `--band`) must
+    be of that band: a NIR and a RED config swapped would give each band the other's settings."""
+    config = _config_of_arguments(path, args)
+    if named and config.spectral_band != band:
+        raise domain.DeepSUMError(f"--config {path}: a config of spectral_band {config.spectral_band}, given for band "
+                                  f"{band}; expected the {band} model's config")
+    return config
+
+
 def _superresolve(args: argparse.Namespace) -> None:
     if Path(args.out).is_dir():  # found before any scene is computed, not at the final rename
         raise domain.DeepSUMError(f"--out {args.out}: is a folder; expected the path of the file to write")
@@ -273,24 +287,32 @@ def _superresolve(args: argparse.Namespace) -> None:
     split = "test" if args.split is None else args.split
     config_paths = paths_per_band(args.config, bands, "--config")
     checkpoint_paths = paths_per_band(args.checkpoint, bands, "--checkpoint")
+    named = len(args.config) > 1 or args.config[0].partition("=")[0] in domain.BANDS or args.band in domain.BANDS
+    # every band's config, weights and scene folder before the first scene: a mistake in the RED
+    # arguments must not wait for the NIR scenes
+    superresolvers, n_slides, data = {}, {}, {}
+    for band in bands:  # the authors trained one model per band (RED fine-tuned from NIR)
+        config = _config_of_band(config_paths[band], band, named, args)
+        n_slides[band] = config.n_slide if args.n_slide is None else args.n_slide
+        data[band] = config.base_dir if args.data is None else Path(args.data)
+        probav.list_scenes(data[band], split, band)
+        superresolvers[band] = Superresolver(load_model(config, checkpoint_paths[band]), config)
     parts = parts_folder(args.out)  # each scene kept as computed: a rerun of an interrupted run goes on
     images = {}
     try:
         with sigterm_raises():
-            for band in bands:  # the authors trained one model per band (RED fine-tuned from NIR)
-                config = _config_of_arguments(config_paths[band], args)
-                n_slide = config.n_slide if args.n_slide is None else args.n_slide
-                superresolver = Superresolver(load_model(config, checkpoint_paths[band]), config)
-                data = Path(args.data) if args.data is not None else config.base_dir
-                images.update(superresolver.folder(data, split, [band], n_slide, args.windows_per_call, parts=parts))
-                print(f"{band}: {checkpoint_paths[band]}, n_slide {n_slide}"
-                      + (", self-ensemble" if config.self_ensemble else ""), file=sys.stderr)
+            for band in bands:
+                superresolver = superresolvers[band]
+                images.update(superresolver.folder(data[band], split, [band], n_slides[band], args.windows_per_call,
+                                                   parts=parts))
+                print(f"{band}: {checkpoint_paths[band]}, n_slide {n_slides[band]}"
+                      + (", self-ensemble" if superresolver.config.self_ensemble else ""), file=sys.stderr)
     except (KeyboardInterrupt, Terminated) as stop:  # Ctrl-C or SIGTERM: one line saying what is kept
         how = "interrupted" if isinstance(stop, KeyboardInterrupt) else "stopped by SIGTERM"
         raise domain.DeepSUMError(f"superresolve {how}: scenes computed so far: {saved_count(parts)}, kept in "
                                   f"{parts}; the same command computes the others") from None
     write_submission(images, args.out)
-    validate_submission(args.out, data / split, bands)
+    validate_submission(args.out, data[bands[-1]] / split, bands)
     remove_parts(parts)
     print(f"wrote {args.out}: {len(images)} scenes ({', '.join(bands)}), validated")
 
@@ -313,7 +335,8 @@ def _superresolve_frames(args: argparse.Namespace) -> None:
     stack = frame_stack.read_frame_stack(args.frames, args.masks)
     if Path(args.out).resolve() in {(stack.folder / name).resolve() for name in stack.frame_names}:
         raise domain.DeepSUMError(f"--out {args.out}: is one of the frames; write the image elsewhere")
-    config = _config_of_arguments(config_path, args)
+    config = _config_of_band(config_path, band, args.band is not None, args)
+    band = config.spectral_band  # the model's band: --config without --band names it
     n_slide = config.n_slide if args.n_slide is None else args.n_slide
     prepared = frame_stack.prepare_stack(stack, config)
     image = frame_stack.superresolve_frames(load_model(config, checkpoint), config, prepared, n_slide,
