@@ -13,7 +13,9 @@ them where the configs expect them:
 
 Only the `.index` and `.data-00000-of-00001` files are taken: the `.meta` graph files are
 not needed to read variables. Each folder gets the one-line TF1 `checkpoint` file that
-`tf.train.load_checkpoint(folder)` looks for.
+`tf.train.load_checkpoint(folder)` looks for. A checkpoint folder appears complete, every file
+verified, or not at all; a failure keeps the checkpoints completed before it (the error names
+them, and a rerun does not fetch them again) and removes the folders it created that stayed empty.
 
 Every file is checked for its size, its git object id at the pinned commit (what the
 authors' commit itself pins: SHA-1 of `b"blob <size>\\0" + content`) and its SHA-256. The
@@ -30,6 +32,7 @@ import dataclasses
 import hashlib
 import http.client
 import os
+import tempfile
 import urllib.error
 import urllib.parse
 import urllib.request
@@ -245,19 +248,29 @@ def _write_checkpoint_index(folder: Path, prefix: str) -> None:
 
 
 def _fetch_checkpoint(entry: AuthorsCheckpoint, dest: Path, url_base: str) -> FetchedCheckpoint:
-    """Download the missing files of one checkpoint into `dest / entry.destination`."""
-    folder = dest / entry.destination
-    downloaded, present = [], []
-    for name, digest in entry.files():
-        path = folder / name
-        if _file_matches(path, digest):
-            present.append(name)
-            continue
-        url = url_base + urllib.parse.quote(f"{entry.source_folder}/{name}")
-        _download(url, path, digest)
-        downloaded.append(name)
-    _write_checkpoint_index(folder, entry.prefix)
-    return FetchedCheckpoint(folder, tuple(downloaded), tuple(present), None)
+    """Download the missing files of one checkpoint into `dest / entry.destination`.
+
+    They go to a folder beside it and are moved in only once every one is verified: a new
+    folder appears whole (`fileio.atomic_folder`), one already there changes only when all its
+    missing or damaged files have arrived (what else it holds stays).
+    """
+    folder = fileio.require_folder_path(dest / entry.destination, "checkpoint folder")
+    present = tuple(name for name, digest in entry.files() if _file_matches(folder / name, digest))
+    missing = [(name, digest) for name, digest in entry.files() if name not in present]
+    if not missing:
+        _write_checkpoint_index(folder, entry.prefix)
+        return FetchedCheckpoint(folder, (), present, None)
+    existing = folder.is_dir()
+    staging = (tempfile.TemporaryDirectory(prefix=f".{folder.name}.", suffix=".partial", dir=folder.parent)
+               if existing else fileio.atomic_folder(folder, suffix=".partial"))
+    with staging as temporary:
+        for name, digest in missing:
+            _download(url_base + urllib.parse.quote(f"{entry.source_folder}/{name}"), Path(temporary) / name, digest)
+        _write_checkpoint_index(Path(temporary), entry.prefix)
+        if existing:  # every file verified: each replaces its namesake by one rename
+            for path in sorted(Path(temporary).iterdir()):
+                os.replace(path, folder / path.name)
+    return FetchedCheckpoint(folder, tuple(name for name, _ in missing), present, None)
 
 
 def _convert(entry: AuthorsCheckpoint, fetched: FetchedCheckpoint, dest: Path) -> FetchedCheckpoint:
@@ -295,14 +308,29 @@ def fetch_weights(
         raise WeightsError(f"unknown checkpoint group(s) {unknown}; expected some of {list(GROUPS)}")
     dest = Path(dest)
     base = _normalise_url_base(url_base)
-    fetched = {}
-    for entry in AUTHORS_CHECKPOINTS:
-        if entry.group not in groups:
-            continue
-        result = _fetch_checkpoint(entry, dest, base)
-        if convert and entry.converted is not None:
-            result = _convert(entry, result, dest)
-        fetched[entry.name] = result
+    entries = [entry for entry in AUTHORS_CHECKPOINTS if entry.group in groups]
+    # the folders this call may create: on a failure, those left empty are removed again
+    targets = [dest / folder for entry in entries for folder in (entry.destination, entry.converted) if folder]
+    absent = {folder for target in targets for folder in (target, *target.parents) if not folder.exists()}
+    fetched: dict[str, FetchedCheckpoint] = {}
+    complete: list[str] = []
+    try:
+        for entry in entries:
+            result = _fetch_checkpoint(entry, dest, base)
+            complete.append(entry.name)
+            if convert and entry.converted is not None:
+                result = _convert(entry, result, dest)
+            fetched[entry.name] = result
+    except domain.DeepSUMError as error:
+        if not complete:
+            raise
+        # a complete, verified checkpoint stays: a rerun finds it and fetches only the others
+        raise WeightsError(f"{error}; kept: {', '.join(complete)} (complete, verified)") from error
+    finally:
+        if len(fetched) < len(entries):
+            for folder in sorted(absent, key=lambda path: len(path.parts), reverse=True):
+                if folder.is_dir() and not any(folder.iterdir()):
+                    folder.rmdir()
     return fetched
 
 

@@ -12,6 +12,7 @@ import functools
 import http.server
 import re
 import shutil
+import socket
 import threading
 from pathlib import Path
 
@@ -205,7 +206,74 @@ def test_wrong_file_is_rejected_and_not_kept(authors_tree, tmp_path, tamper):
         assert f"git object id: expected {digest.git_blob}" in message and f"SHA-256: expected {digest.sha256}" in message
     else:
         assert "announces 1000 bytes, expected 3122712" in message
-    assert _all_files(dest) == ["pretraining_checkpoints/SISRNet/model.ckpt-11399.index"]  # verified before the error
+    assert not dest.exists()  # not even SISRNet's verified .index, nor the folders made for it
+
+
+def _flip_one_byte(path: Path) -> None:
+    content = bytearray(path.read_bytes())
+    content[len(content) // 2] ^= 0x01
+    path.write_bytes(bytes(content))
+
+
+def test_a_failed_checkpoint_leaves_none_of_its_files_and_the_error_names_those_kept(authors_tree, tmp_path, capsys):
+    sisrnet, regnet = PRETRAINING
+    served = authors_tree / regnet.source_folder / f"{regnet.prefix}{weights.DATA_SUFFIX}"
+    original = served.read_bytes()
+    _flip_one_byte(served)
+    dest = tmp_path / "fw3"
+    with _serve(authors_tree) as (url, requested):
+        assert cli.main(["fetch-weights", "--dest", str(dest), "--url-base", url, "--only", "pretraining"]) == 1
+        error = [line for line in capsys.readouterr().err.splitlines() if "error" in line]  # not the progress bars
+        assert len(error) == 1 and f"git object id: expected {regnet.data.git_blob}" in error[0], error
+        assert error[0].endswith("; kept: SISRNet (complete, verified)"), error
+        # every path, hidden staging folders included: SISRNet whole, nothing of RegNet
+        assert sorted(str(path.relative_to(dest)) for path in dest.rglob("*")) == sorted([
+            "pretraining_checkpoints", "pretraining_checkpoints/SISRNet", "pretraining_checkpoints/SISRNet/checkpoint",
+            *(f"pretraining_checkpoints/SISRNet/{name}" for name, _ in sisrnet.files())])
+        served.write_bytes(original)
+        requested.clear()
+        again = weights.fetch_weights(dest, url, which=("pretraining",))
+    assert again["SISRNet"].downloaded == () and len(again["RegNet"].downloaded) == 2 and len(requested) == 2
+    assert tf.train.latest_checkpoint(str(dest / regnet.destination)).endswith(regnet.prefix)
+
+
+def test_a_folder_already_there_changes_only_when_all_its_files_arrived(authors_tree, tmp_path):
+    regnet = PRETRAINING[1]
+    dest = tmp_path / "repo"
+    weights.fetch_weights(dest, authors_tree, which=("pretraining",))
+    folder = dest / regnet.destination
+    (folder / "notes.txt").write_text("mine")
+    for name, _ in regnet.files():  # both damaged here; the served .data damaged too
+        _flip_one_byte(folder / name)
+    before = {path.name: path.read_bytes() for path in folder.iterdir()}
+    _flip_one_byte(authors_tree / regnet.source_folder / f"{regnet.prefix}{weights.DATA_SUFFIX}")
+    with pytest.raises(weights.WeightsError, match="git object id"):
+        weights.fetch_weights(dest, authors_tree, which=("pretraining",))
+    assert {path.name: path.read_bytes() for path in folder.iterdir()} == before  # the good .index not moved in
+    assert sorted(path.name for path in folder.parent.iterdir()) == ["RegNet", "SISRNet"]  # no staging left
+
+
+@pytest.mark.parametrize("failure", ["connection_refused", "challenge_files_missing"])
+@pytest.mark.parametrize("layout", ["new_dest", "repository"])
+def test_a_failed_fetch_removes_the_folders_it_created(authors_tree, tmp_path, capsys, failure, layout):
+    dest = tmp_path / "fw3"
+    if layout == "repository":  # laid out like this repository: the READMEs are there
+        for folder in ("checkpoints", "pretraining_checkpoints"):
+            (dest / folder).mkdir(parents=True)
+            (dest / folder / "README.md").write_text("the authors' checkpoints")
+    before = sorted(tmp_path.rglob("*"))
+    with _serve(authors_tree) as (url, _):
+        if failure == "connection_refused":
+            with socket.socket() as probe:  # a port that was free a moment ago: nothing listens there
+                probe.bind(("127.0.0.1", 0))
+                port = probe.getsockname()[1]
+            argv = ["--url-base", f"http://127.0.0.1:{port}/", "--only", "pretraining"]
+        else:
+            argv = ["--url-base", url, "--only", "challenge"]
+        assert cli.main(["fetch-weights", "--dest", str(dest), *argv]) == 1
+    error = capsys.readouterr().err
+    assert ("cannot open" if failure == "connection_refused" else "HTTP 404") in error and "kept" not in error
+    assert sorted(tmp_path.rglob("*")) == before
 
 
 def test_connection_cut_mid_body_is_an_error_and_leaves_nothing(authors_tree, tmp_path):
