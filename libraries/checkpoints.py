@@ -24,7 +24,7 @@ import argparse
 import os
 import re
 from pathlib import Path
-from typing import Mapping
+from typing import Any, Mapping
 
 import numpy as np
 import tensorflow as tf
@@ -35,6 +35,7 @@ from libraries.model import DeepSUM
 
 OBJECT_GRAPH_KEY = "_CHECKPOINTABLE_OBJECT_GRAPH"  # present in TF2 object-based checkpoints only
 CONFIG_FILE = "config.json"
+ARCHITECTURE = ("n_features", "filter_size", "T_in", "channels", "R")  # config keys that shape the weights
 CHECKPOINT_INDEX = re.compile(r"(.+)-(\d+)\.index")  # `ckpt-12.index`: a checkpoint's name and number
 IGNORED = re.compile(r"/Adam(_\d+)?$|^beta[12]_power$|^global_step$")
 NETWORK = re.compile(
@@ -173,8 +174,27 @@ def restore_weights(model: tf.Module, path: str | os.PathLike, extra: Mapping[st
             raise
         message = str(error).splitlines()[0]
         message = message if len(message) < 240 else message[:240] + "..."
-        raise CheckpointError(f"{prefix}: does not fit {type(model).__name__} ({message})") from None
+        raise CheckpointError(f"{prefix}: does not fit {type(model).__name__} ({message})"
+                              f"{_other_architecture(prefix, getattr(model, 'config', None))}") from None
     return "tf2"
+
+
+def _other_architecture(prefix: str, config: Any) -> str:
+    """Why a checkpoint does not fit, when the config saved beside it (in its folder, or the
+    training folder around `best/`) builds another network than `config`: "; <file> has
+    n_features 8 (here 64): give that config (--config)", else ""."""
+    for path in (Path(prefix).parent / CONFIG_FILE, Path(prefix).parent.parent / CONFIG_FILE):
+        if config is None or not path.is_file():
+            continue
+        try:
+            saved = fileio.read_json(path)
+            values = {**saved["hyperparameters"], **saved["others"]}
+        except (ValueError, KeyError, TypeError):  # damaged or not ours: no hint rather than a second error
+            return ""
+        differ = [f"{key} {values[key]} (here {getattr(config, key)})" for key in ARCHITECTURE
+                  if key in values and values[key] != getattr(config, key)]
+        return f"; {path} has {', '.join(differ)}: give that config (--config)" if differ else ""
+    return ""
 
 
 def _check_finite(prefix: str, name: str, value: np.ndarray) -> None:

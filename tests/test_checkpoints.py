@@ -77,8 +77,19 @@ def test_restore_weights_detects_the_kind_and_refuses_partial_checkpoints(case_c
         checkpoints.restore_weights(DeepSUM(), pretraining / "SISRNet")
     with pytest.raises(CheckpointError, match="TF2 checkpoint, not a TF1"):
         checkpoints.load_tf1_checkpoint(model, checkpoints.save_model_checkpoint(model, tmp_path / "ours"))
-    with pytest.raises(CheckpointError, match="does not fit DeepSUM"):
+    with pytest.raises(CheckpointError, match="does not fit DeepSUM") as error:
         checkpoints.restore_weights(DeepSUM(SMALL), tmp_path / "ours")
+    assert str(error.value).endswith(f"; {tmp_path / 'ours' / 'config.json'} has n_features 64 (here 8): give that "
+                                     f"config (--config)")
+
+
+def test_a_checkpoint_of_the_same_architecture_gets_no_config_hint(tmp_path):
+    """The hint names only config keys that shape the weights: a RegNet checkpoint saved with a
+    config that differs from the model's by its band only gets none (the cause is elsewhere)."""
+    folder = checkpoints.save_model_checkpoint(RegNet(8), tmp_path / "regnet", SMALL.replace(spectral_band="RED"))
+    with pytest.raises(CheckpointError) as error:
+        checkpoints.restore_weights(DeepSUM(SMALL), folder)
+    assert str(error.value).endswith(")") and "give that config" not in str(error.value)
 
 
 def test_a_tf2_checkpoint_of_another_network_is_refused_and_changes_no_weight(tmp_path, caplog):
