@@ -432,6 +432,16 @@ def test_score_refuses_a_csv_path_that_is_the_zip_or_a_folder_and_a_scene_withou
         inference.score_submission(zip_path, copy, "NIR")
 
 
+def test_score_of_a_one_band_zip_without_band_says_which_band_to_give(tmp_path, synthetic_dir, capsys):
+    folders = probav.list_scenes(synthetic_dir, "train", "RED")
+    zip_path = inference.write_submission({folder.name: probav.read_image_png(folder / "HR.png") + 5.0
+                                           for folder in folders}, tmp_path / "train_red.zip")
+    assert main(["score", "--data", str(synthetic_dir), "--submission", str(zip_path)]) == 1
+    assert capsys.readouterr().err == (f"error: {zip_path}: no NIR scene in the zip; score it with --band RED (or "
+                                       f"--allow-missing to score the scenes present)\n")
+    assert main(["score", "--data", str(synthetic_dir), "--submission", str(zip_path), "--band", "RED"]) == 0
+
+
 def test_score_refuses_a_zip_without_train_scenes(tmp_path, synthetic_dir, capsys):
     names = [folder.name for folder in probav.list_scenes(synthetic_dir, "test", "NIR")]
     zip_path = inference.write_submission({name: smooth_image(0) for name in names}, tmp_path / "test.zip")

@@ -13,10 +13,9 @@ Steps, each a function that the notebooks call in this order and `prepare` chain
 5. `save_best9`          the best-9 version of the training chunks and of the validation set,
                          masks registered (translated by their shifts).
 
-The layout written is described in `libraries.dataset.store`. Every file appears complete or
-not at all: a step writes its folder under a temporary name and renames it when done;
-`prepare` builds whole band folders that way, so a bad input (a `probav.ProbaVError`) leaves
-no partial output.
+The layout written is described in `libraries.dataset.store`. Every file appears complete or not at
+all: a step writes its folder under a temporary name and renames it when done; `prepare` builds whole
+band folders that way, so a bad input (a `probav.ProbaVError`) leaves no partial output.
 """
 
 from __future__ import annotations
@@ -190,8 +189,8 @@ def create_scene_store(band_dir: str | os.PathLike, split: str, processes: Worke
         split_path = band_dir / store.SPLIT_FILE
         if not split_path.is_file():
             raise DatasetError(f"{split_path}: file missing (run split_train_validation first)")
-        indices = [position[name] for name in fileio.read_json(split_path, "the split written by split_train_validation",
-                                                               DatasetError)[split]]
+        split_file = fileio.read_json(split_path, "the split written by split_train_validation", DatasetError)
+        indices = [position[name] for name in split_file[split]]
     items = [(str(source), index, split == "test") for index in indices]
     counts = {"scenes_in": len(indices), "frames_in": 0, "frames_corrupt": 0, "frames_shifted": 0,
               "frames_reused": 0, "frames_of_dropped_scenes": 0, "dropped_scenes": {}, "seconds": {"read": 0.0, "upsample": 0.0, "register": 0.0}}
@@ -398,11 +397,12 @@ def add_prepare_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", required=True, type=Path, help="output folder (a <BAND>/ folder per band)")
     parser.add_argument("--band", default="all", choices=domain.BANDS + ("all",), help="band to prepare (default: all)")
     parser.add_argument("--seed", type=integer_at_least(0), default=DEFAULT_SEED,
-                        help="seed of the split and the patches")
-    parser.add_argument("--chunks", type=integer_at_least(1), default=5, help="training patch chunks")
-    parser.add_argument("--patches-per-scene", type=integer_at_least(1), default=20, help="patches per scene per chunk")
-    parser.add_argument("--patch-size", type=integer_at_least(1), default=96,
-                        help="patch side on the 384 grid, smaller than the HR side (DeepSUM's configs: a multiple of 3)")
+                        help=f"seed of the split and the patches (default {DEFAULT_SEED})")
+    parser.add_argument("--chunks", type=integer_at_least(1), default=5, help="training patch chunks (default 5)")
+    parser.add_argument("--patches-per-scene", type=integer_at_least(1), default=20,
+                        help="patches per scene per chunk (default 20)")
+    parser.add_argument("--patch-size", type=integer_at_least(1), default=96, help="patch side on the 384 grid, "
+                        "smaller than the HR side (DeepSUM's configs: a multiple of 3; default 96)")
     parser.add_argument("--processes", type=integer_at_least(1), default=None,
                         help="worker processes (default: all cores)")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")

@@ -179,6 +179,10 @@ def score_submission(zip_path: str | Path, data_dir: str | Path, band: str = "al
         raise SubmissionError(f"{zip_path}: not a readable zip file ({error})") from None
     if not named & set(train):
         raise SubmissionError(f"{zip_path}: no scene of the zip has an HR image under {data_dir / 'train'} ({band})")
+    held = [one for one in bands if named & set(expected_scenes(data_dir / "train", [one]))]
+    if not allow_missing and held != list(bands):  # a zip of one band scored with --band all
+        raise SubmissionError(f"{zip_path}: no {' or '.join(set(bands) - set(held))} scene in the zip; score it "
+                              f"with --band {held[0]} (or --allow-missing to score the scenes present)")
     images = _checked_images(zip_path, train, data_dir / "train", allow_missing)  # sizes are the HR.png sizes
     norm = probav.read_norm(data_dir / "norm.csv")
     rows = []
@@ -355,7 +359,8 @@ def run_superresolve(args: argparse.Namespace) -> int:
 
 def add_score_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--data", required=True, help="PROBA-V folder with train/{band}/*/HR.png and norm.csv")
-    parser.add_argument("--band", choices=(*domain.BANDS, "all"), default="all")
+    parser.add_argument("--band", choices=(*domain.BANDS, "all"), default="all",
+                        help="the band(s) the zip holds (default: all)")
     parser.add_argument("--submission", required=True, help="zip written by `superresolve --split train`")
     parser.add_argument("--csv", default=None, help="per-scene CSV to write (default: <zip>_scores.csv)")
     parser.add_argument("--allow-missing", action="store_true",
