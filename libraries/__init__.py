@@ -20,7 +20,9 @@ package has no import cycle and no import inside a function (`tests/test_package
 | 5 | `weights` | download and verification of the authors' published checkpoints (`fetch-weights`) |
 | 5 | `training` | `loop` (the one training loop), `data`, `evaluation`, `optimization`, `deepsum` (`train`), `pretraining_data`, `pretraining` (`pretrain-*`) |
 | 5 | `inference` | `frames`, `ensemble` (flips and rotations of the self-ensemble), `superresolve` (the sliding window, `Superresolver`), `frame_stack` (any stack of PNG/TIFF frames, `superresolve --frames`), `parts` (scenes saved as computed: a rerun resumes), `submission` (`superresolve`, `score`) |
-| 6 | `demo` | the whole pipeline on the synthetic set (`demo`) |
+| 6 | `demo_plan` | a demo run's configs and paths (all inside its output folder), and the check that a reused output folder was made with the same options |
+| 6 | `demo_figures` | the demo's figures: training curves, sliding window, the cloudiest validation scene with its error maps |
+| 7 | `demo` | the whole pipeline on the synthetic set (`demo`) |
 
 `python -m libraries COMMAND` (see `__main__`) runs the commands named in parentheses.
 """

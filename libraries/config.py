@@ -206,6 +206,9 @@ class DeepSUMConfig:
             if getattr(self, name) != supported:
                 raise ConfigError(f"{name}: the network supports only {supported}, got {getattr(self, name)!r}")
         if tuple(size * self.R for size in self.patch_size_LR) != tuple(self.patch_size_HR):
+            if any(size % self.R for size in self.patch_size_HR):  # no patch_size_LR fits: name the HR side
+                raise ConfigError(f"patch_size_HR: expected multiples of R = {self.R} (the scale; patch_size_LR is "
+                                  f"patch_size_HR / R), got {list(self.patch_size_HR)}")
             raise ConfigError(f"patch_size_LR: expected patch_size_HR / R = "
                               f"{[size // self.R for size in self.patch_size_HR]}, got {list(self.patch_size_LR)}")
         # the loss compares the patches cropped by `border` pixels on each side

@@ -9,116 +9,36 @@ PROBA-V set (generated when absent):
 4. train       DeepSUM on NIR, then RED fine-tuned from NIR, as the authors did
 5. validate    sliding-window evaluation against the bicubic baseline (`libraries.inference`)
 6. submit      the test split super-resolved into a Kelvins zip, validated
-7. report      figures (per band: training curves, sliding window, one validation scene with its
-               error maps) and a final table: validation cPSNR and score of bicubic and DeepSUM
+7. report      figures (`demo_figures`; per band: training curves, sliding window, one validation
+               scene with its error maps) and a final table: validation cPSNR and score of bicubic
+               and DeepSUM
 
 With `--data DIR` (a real PROBA-V folder) the same steps run with the paper's configs
-(`config_files/DeepSUM_config_{NIR,RED}.json` and the two pretraining configs); pretraining is
-skipped where the configured pretraining folder already holds a checkpoint (e.g. the
-authors', see `python -m libraries fetch-weights`). Every step that finds its output already
-complete skips or resumes, so the command can be rerun after an interruption; validation,
-submission and figures are made once for each pair of checkpoints (`results.json`).
+(`config_files/DeepSUM_config_{NIR,RED}.json` and the two pretraining configs), every output still
+inside `--out`; pretraining is skipped where `OUT/pretraining/SISRNet` (`RegNet`) already holds a
+checkpoint (e.g. a copy of the authors', which `python -m libraries fetch-weights` puts in
+`pretraining_checkpoints/`). Every step that finds its output already complete skips or resumes,
+so the command can be rerun with the same options after an interruption (other data options or
+`--features` are refused before any work, `demo_plan.check_out_folder`); validation, submission
+and figures are made once for each pair of checkpoints (`results.json`).
 """
 
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import os
-import textwrap
 import time
 from pathlib import Path
 from typing import Any
 
-import matplotlib.pyplot as plt
 import numpy as np
 
-from libraries import checkpoints, dataset, domain, fileio, inference, metrics, probav, reports, synthetic
+from libraries import checkpoints, dataset, demo_figures, domain, fileio, inference, probav, reports, synthetic
 from libraries import config as config_module
-from libraries.config import REPOSITORY_ROOT, RegNetPretrainConfig, SISRNetPretrainConfig
+from libraries.demo_plan import BANDS, DEMO_OUT, DemoPlan, check_out_folder, load_presets, make_plan
 from libraries.training import deepsum as deepsum_training
 from libraries.training import loop, pretraining
-
-BANDS = domain.BANDS
-DEMO_OUT = REPOSITORY_ROOT / "outputs" / "demo"
-DEMO_CONFIGS = REPOSITORY_ROOT / "config_files" / "demo"
-PAPER_CONFIGS = REPOSITORY_ROOT / "config_files"
-
-
-@dataclasses.dataclass(frozen=True)
-class DemoPlan:
-    """Where every step reads and writes, and the configs it runs with."""
-
-    out_dir: Path
-    data_dir: Path
-    dataset_dir: Path
-    synthetic: bool
-    deepsum: dict[str, config_module.DeepSUMConfig]  # band -> config
-    sisrnet: SISRNetPretrainConfig
-    regnet: RegNetPretrainConfig
-    patch_size: int
-    n_chunks: int
-    seed: int
-
-
-def make_plan(out_dir: str | Path = DEMO_OUT, data_dir: str | Path | None = None, seed: int = 0,
-              steps: int | None = None, pretrain_steps: int | None = None, patch_size: int | None = None,
-              n_features: int | None = None, precision: str | None = None) -> DemoPlan:
-    """Resolve the configs of a run: the demo presets (synthetic data) or the paper's (`data_dir`).
-
-    Every output path is redirected into `out_dir`; `steps`, `pretrain_steps`, `patch_size` and
-    `n_features` override the configs (tests use tiny values); `precision` (a `--precision`
-    value) every config's precision.
-    """
-    out_dir = fileio.require_folder_path(Path(out_dir).absolute(), "demo output folder")
-    synthetic = data_dir is None
-    folder, suffix = (DEMO_CONFIGS, "_demo") if synthetic else (PAPER_CONFIGS, "")
-    dataset_dir = out_dir / "dataset"
-    sisrnet_dir, regnet_dir = out_dir / "pretraining" / "SISRNet", out_dir / "pretraining" / "RegNet"
-    deepsum = {}
-    for band in BANDS:
-        name = f"DeepSUM_config_demo_{band}.json" if synthetic else f"DeepSUM_config_{band}.json"
-        cfg = config_module.load_config(folder / name)
-        changes: dict[str, Any] = dict(dataset_path=dataset_dir, checkpoint_dir=out_dir / "checkpoints" / f"DeepSUM_{band}",
-                                       spectral_band=band)
-        if synthetic:
-            changes.update(SISRNet_pretrain_dir=sisrnet_dir, RegNet_pretrain_dir=regnet_dir,
-                           base_dir=out_dir / "probav_data")
-        else:
-            changes["base_dir"] = Path(data_dir).absolute()
-        if steps is not None:
-            changes["max_steps"] = steps if band == "NIR" else max(1, steps // 2)
-            changes["skip_step"] = min(cfg.skip_step, changes["max_steps"])
-        if patch_size is not None:
-            changes.update(patch_size_HR=(patch_size, patch_size), patch_size_LR=(patch_size // 3, patch_size // 3))
-        if n_features is not None:
-            changes["n_features"] = n_features
-        if precision is not None:
-            changes["precision"] = precision
-        deepsum[band] = cfg.replace(**changes)
-    nir = deepsum["NIR"]
-    pretrain_changes: dict[str, Any] = dict(dataset_path=dataset_dir, spectral_band="NIR")
-    if n_features is not None:
-        pretrain_changes["n_features"] = n_features
-    if precision is not None:
-        pretrain_changes["precision"] = precision
-    sisrnet = config_module.load_config(folder / f"SISRNet_pretrain_config{suffix}.json", SISRNetPretrainConfig)
-    regnet = config_module.load_config(folder / f"RegNet_pretrain_config{suffix}.json", RegNetPretrainConfig)
-    # Pretraining writes where DeepSUM's configs look for it, whatever the pretraining configs say.
-    sisrnet = sisrnet.replace(checkpoint_dir=nir.SISRNet_pretrain_dir, **pretrain_changes)
-    regnet = regnet.replace(checkpoint_dir=nir.RegNet_pretrain_dir, SISRNet_pretrain_dir=nir.SISRNet_pretrain_dir,
-                            **pretrain_changes)
-    if pretrain_steps is not None:
-        sisrnet = sisrnet.replace(steps=pretrain_steps, skip_step=pretrain_steps)
-        regnet = regnet.replace(steps=pretrain_steps, skip_step=pretrain_steps)
-    if patch_size is not None:
-        sisrnet = sisrnet.replace(patch_size=min(sisrnet.patch_size, patch_size))
-        regnet = regnet.replace(patch_size=min(regnet.patch_size, patch_size))
-    return DemoPlan(out_dir=out_dir, data_dir=out_dir / "probav_data" if synthetic else Path(data_dir).absolute(),
-                    dataset_dir=dataset_dir, synthetic=synthetic, deepsum=deepsum, sisrnet=sisrnet, regnet=regnet,
-                    patch_size=nir.patch_size_HR[0], n_chunks=nir.n_chunks, seed=seed)
-
 
 # --------------------------------------------------------------------------- the steps
 
@@ -193,40 +113,16 @@ def superresolvers(plan: DemoPlan) -> dict[str, inference.Superresolver]:
 def validate(plan: DemoPlan, superresolver_of: dict[str, inference.Superresolver], n_slides: tuple[int, ...] = (0, 1, 2),
              progress: bool = True) -> tuple[list[dict[str, Any]], dict[str, dict[str, Any]]]:
     """Sliding-window evaluation of each band's best model (`superresolvers`) on its validation
-    scenes: (rows of `inference.evaluate_sliding_window` with their band, {band: `example_scene`})."""
+    scenes: (rows of `inference.evaluate_sliding_window` with their band,
+    {band: `demo_figures.example_scene`})."""
     rows, examples = [], {}
     for band in BANDS:
         superresolver = superresolver_of[band]
         scenes = dataset.load_scenes(plan.dataset_dir, band, "validation")
         for row in inference.evaluate_sliding_window(superresolver, scenes, n_slides, progress=progress):
             rows.append({"band": band, **row})
-        examples[band] = example_scene(plan, band, superresolver, scenes)
+        examples[band] = demo_figures.example_scene(plan.deepsum[band], plan.data_dir, superresolver, scenes)
     return rows, examples
-
-
-def example_scene(plan: DemoPlan, band: str, superresolver: inference.Superresolver,
-                  scenes: dict[str, np.ndarray]) -> dict[str, Any]:
-    """The validation scene whose network input has the most cloudy pixels (so the figure shows
-    how DeepSUM fills them), super-resolved with its best 9 frames (n_slide 0): the arguments
-    of `reports.plot_validation_scene` plus `name`, `cpsnr` and `bicubic_cpsnr` (dB).
-    """
-    cfg = plan.deepsum[band]
-    candidates = list(inference.iterate_scenes(scenes))
-    filled = []
-    for scene in candidates:
-        clear = inference.window_inputs(scene, cfg, 0)[1][0, ..., 0] > 0  # [1, T, H, W, 1] -> [T, H, W]
-        # fill_masked replaces a cloudy pixel only where another frame is clear there
-        filled.append(np.where(clear.any(axis=0), np.count_nonzero(~clear, axis=0), 0))  # [H, W]
-    index = int(np.argmax([count.sum() for count in filled]))
-    scene = candidates[index]
-    sr, bicubic = superresolver.scene(scene, 0), inference.bicubic_baseline(scene)
-    hr, hr_clear = np.asarray(scene["hr"]), np.asarray(scene["hr_clear"])
-    reference = inference.select_clear_frames(inference.sort_frames_by_clearance(scene), cfg.T_in)["frame_names"][0]
-    lr_scene = probav.read_scene(plan.data_dir / "train" / band / scene["name"], band=band, split="train")
-    return {"name": scene["name"], "lr": lr_scene.lr[lr_scene.frame_names.index(str(reference))], "bicubic": bicubic,
-            "sr": sr, "hr": hr, "bicubic_error": metrics.kelvins_error_map(bicubic, hr, hr_clear),
-            "sr_error": metrics.kelvins_error_map(sr, hr, hr_clear), "filled": filled[index],
-            "cpsnr": metrics.kelvins_cpsnr(sr, hr, hr_clear), "bicubic_cpsnr": metrics.kelvins_cpsnr(bicubic, hr, hr_clear)}
 
 
 def submit(plan: DemoPlan, superresolver_of: dict[str, inference.Superresolver], n_slide: int = 0,
@@ -238,52 +134,6 @@ def submit(plan: DemoPlan, superresolver_of: dict[str, inference.Superresolver],
     zip_path = inference.write_submission(images, plan.out_dir / "submission.zip")
     inference.validate_submission(zip_path, plan.data_dir / "test", bands=BANDS)
     return zip_path, images
-
-
-SEAM_NOTE = ("A seam at a cloud edge in the DeepSUM image comes from the fill of cloudy pixels: before the fusion "
-             "each frame's cloudy pixels take the value of the first frame clear there (fill_masked, the authors' "
-             "design), so where frames differ in brightness or registration the edge of the fill shows.")
-
-
-def save_figures(plan: DemoPlan, rows: list[dict[str, Any]], trained: dict[str, Any], images: dict[str, np.ndarray],
-                 examples: dict[str, dict[str, Any]]) -> list[Path]:
-    """Training curves, the sliding-window plots, one validation scene per band with its error
-    maps, and LR / bicubic / SR of one test scene, as PNG."""
-    folder = plan.out_dir / "figures"
-    folder.mkdir(parents=True, exist_ok=True)
-    written = [_save(reports.plot_training_runs({band: result["history"] for band, result in trained.items()}),
-                     folder / "training.png")]
-    for band in BANDS:
-        band_rows = [row for row in rows if row["band"] == band]
-        figure = inference.plot_sliding_window(band_rows)
-        figure.suptitle(f"validation, {band}")
-        written.append(_save(figure, folder / f"sliding_window_{band}.png"))
-    for band, example in examples.items():  # at dpi 120 a 384-pixel image is shown at about its size
-        written.append(_save(validation_figure(band, example), folder / f"validation_{band}.png", dpi=120))
-    name = sorted(images)[0]
-    figure = inference.plot_scene(plan.data_dir, "test", name, images[name])
-    figure.text(0.5, 0.0, textwrap.fill(SEAM_NOTE, 150), ha="center", va="top", fontsize=10)
-    written.append(_save(figure, folder / f"test_{name}.png"))
-    plt.close("all")
-    return written
-
-
-def validation_figure(band: str, example: dict[str, Any]):
-    """`reports.plot_validation_scene` of an `example_scene`, with its cPSNRs and, when pixels
-    were filled, where the seams at cloud edges come from."""
-    note = (f"Best 9 frames (n_slide 0): DeepSUM {example['cpsnr']:.2f} dB cPSNR, bicubic "
-            f"{example['bicubic_cpsnr']:.2f} dB. Error maps at the best of the 49 offsets of the score, "
-            "brightness bias removed.")
-    cloudy = bool(example["filled"].any())
-    title = f"{band} validation scene {example['name']}" + (" (the cloudiest)" if cloudy else " (no cloud in its 9 frames)")
-    return reports.plot_validation_scene(*(example[key] for key in ("lr", "bicubic", "sr", "hr", "bicubic_error",
-                                         "sr_error", "filled")), title, note + (" " + SEAM_NOTE if cloudy else ""))
-
-
-def _save(figure, path: Path, dpi: int = 90) -> Path:
-    with fileio.atomic_path(path, suffix=".png") as temporary:
-        figure.savefig(temporary, dpi=dpi, bbox_inches="tight")
-    return path
 
 
 def final_table(rows: list[dict[str, Any]]) -> tuple[str, dict[str, bool]]:
@@ -369,7 +219,8 @@ def run_pipeline(plan: DemoPlan, n_scenes: int = 14, n_test_scenes: int = 4, lr_
         rows, examples = step("validate", validate, plan, superresolver_of, n_slides, progress)
         zip_path, images = step("submit", submit, plan, superresolver_of, max(n_slides), progress)
         print(f"   {zip_path}: {len(images)} test scenes, validated")
-        figures = step("figures", save_figures, plan, rows, trained, images, examples)
+        figures = step("figures", demo_figures.save_figures, plan.out_dir / "figures", plan.data_dir, rows, trained,
+                       images, examples)
         results = {**results_key(plan, n_slides), "submission": str(zip_path), "figures": [str(f) for f in figures],
                    "rows": [{key: value.item() if isinstance(value, np.generic) else value for key, value in row.items()}
                             for row in rows]}
@@ -393,19 +244,44 @@ def run_pipeline(plan: DemoPlan, n_scenes: int = 14, n_test_scenes: int = 4, lr_
 # --------------------------------------------------------------------------- command line
 
 
+def patch_size_argument(text: str) -> int:
+    """An argparse `type`: a training patch size on the HR grid, a multiple of the scale."""
+    value = config_module.integer_at_least(domain.SCALE)(text)
+    if value % domain.SCALE:  # patch_size_LR is patch_size_HR / 3
+        raise argparse.ArgumentTypeError(f"expected a multiple of {domain.SCALE} (the scale), got {value}")
+    return value
+
+
 def add_demo_arguments(parser: argparse.ArgumentParser) -> None:
     at_least = config_module.integer_at_least
+    (demo, demo_sisrnet, demo_regnet), (paper, paper_sisrnet, paper_regnet) = load_presets(True), load_presets(False)
+
+    def steps(deepsum: dict[str, config_module.DeepSUMConfig]) -> str:
+        nir, red = (deepsum[band].max_steps for band in BANDS)
+        return "until interrupted" if nir == red == 0 else f"NIR {nir}, RED {red}"
+
     parser.add_argument("--out", type=Path, default=DEMO_OUT, help="output folder (default outputs/demo)")
     parser.add_argument("--data", type=Path, help="a real PROBA-V folder: run with the paper's configs instead")
-    parser.add_argument("--seed", type=at_least(0), default=0, help="seed of the synthetic set and the split")
-    parser.add_argument("--scenes", type=at_least(1), default=14, help="synthetic train scenes per band")
-    parser.add_argument("--test-scenes", type=at_least(1), default=4, help="synthetic test scenes per band")
-    parser.add_argument("--lr-size", type=at_least(synthetic.MIN_LR_SIZE), default=128, help="LR frame size (HR: 3x)")
-    parser.add_argument("--steps", type=at_least(1), help="DeepSUM training steps for NIR (RED gets half)")
-    parser.add_argument("--pretrain-steps", type=at_least(1), help="steps of each pretraining")
-    parser.add_argument("--patch-size", type=at_least(1), help="training patch size on the HR grid")
-    parser.add_argument("--features", type=at_least(1), help="feature width of every sub-network")
-    parser.add_argument("--n-slide", type=at_least(0), default=2, help="largest sliding-window n_slide evaluated")
+    parser.add_argument("--seed", type=at_least(0), default=0, help="seed of the synthetic set and the split "
+                                                                    "(default %(default)s)")
+    parser.add_argument("--scenes", type=at_least(1), default=14, help="synthetic train scenes per band "
+                                                                       "(default %(default)s)")
+    parser.add_argument("--test-scenes", type=at_least(1), default=4, help="synthetic test scenes per band "
+                                                                           "(default %(default)s)")
+    parser.add_argument("--lr-size", type=at_least(synthetic.MIN_LR_SIZE), default=128,
+                        help="LR frame size, HR: 3x (default %(default)s)")
+    parser.add_argument("--steps", type=at_least(1), help=f"DeepSUM training steps for NIR, RED gets half (default "
+                                                          f"{steps(demo)} on the synthetic set; {steps(paper)} with --data)")
+    parser.add_argument("--pretrain-steps", type=at_least(1), help=f"steps of each pretraining (default SISRNet "
+                        f"{demo_sisrnet.steps}, RegNet {demo_regnet.steps} on the synthetic set; SISRNet "
+                        f"{paper_sisrnet.steps}, RegNet {paper_regnet.steps} with --data)")
+    parser.add_argument("--patch-size", type=patch_size_argument, help=f"training patch size on the HR grid, a multiple "
+                        f"of {domain.SCALE} (default {demo['NIR'].patch_size_HR[0]} on the synthetic set, "
+                        f"{paper['NIR'].patch_size_HR[0]} with --data)")
+    parser.add_argument("--features", type=at_least(1), help=f"feature width of every sub-network (default "
+                        f"{demo['NIR'].n_features} on the synthetic set, {paper['NIR'].n_features} with --data)")
+    parser.add_argument("--n-slide", type=at_least(0), default=2, help="largest sliding-window n_slide evaluated "
+                                                                       "(default %(default)s)")
     config_module.add_precision_argument(parser)
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
 
@@ -413,8 +289,25 @@ def add_demo_arguments(parser: argparse.ArgumentParser) -> None:
 def run_demo(args: argparse.Namespace) -> int:
     if args.data is not None and not args.data.is_dir():  # before anything is written
         raise probav.ProbaVError(f"{args.data}: folder missing (expected a PROBA-V folder with norm.csv, train/ and test/)")
-    plan = make_plan(args.out, args.data, args.seed, args.steps, args.pretrain_steps, args.patch_size, args.features,
-                     args.precision)
-    run_pipeline(plan, args.scenes, args.test_scenes, args.lr_size, tuple(range(args.n_slide + 1)), not args.no_progress)
+    out = Path(args.out).absolute()
+    created = [folder for folder in (out, *out.parents) if not folder.exists()]  # innermost first
+    try:
+        plan = make_plan(out, args.data, args.seed, args.steps, args.pretrain_steps, args.patch_size, args.features,
+                         args.precision)
+        check_out_folder(plan, args.scenes, args.test_scenes, args.lr_size)
+        run_pipeline(plan, args.scenes, args.test_scenes, args.lr_size, tuple(range(args.n_slide + 1)),
+                     not args.no_progress)
+    except BaseException:
+        remove_empty_folders(created)
+        raise
     return 0
 
+
+def remove_empty_folders(folders: list[Path]) -> None:
+    """Remove, innermost first, the `folders` a failed run created while they are empty: an error
+    leaves no empty --out behind (a folder with any file is kept, and so are its parents)."""
+    for folder in folders:
+        try:
+            folder.rmdir()  # only an empty folder
+        except OSError:  # not empty, or never made
+            return
