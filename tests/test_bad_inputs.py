@@ -96,6 +96,42 @@ def config_r(data: Path, tmp: Path) -> tuple[list[str], str]:
     return ["train", "--config", str(_config(tmp, R=2))], "config.json: R: the network supports only 3, got 2"
 
 
+def train_init_from_missing(data: Path, tmp: Path) -> tuple[list[str], str]:
+    # the checkpoint folder (and its parent) the command made before the refusal is removed again
+    return (["train", "--config", str(_config(tmp)), "--init-from", str(tmp / "nonexist"), "--checkpoint-dir",
+             str(tmp / "ck" / "initx"), "--no-progress"],
+            f"{tmp / 'nonexist'}: not a checkpoint (neither a folder nor a prefix with a .index file) (given by --init-from)")
+
+
+def train_require_pretrained(data: Path, tmp: Path) -> tuple[list[str], str]:
+    return (["train", "--config", str(_config(tmp)), "--require-pretrained", "--checkpoint-dir", str(tmp / "ck" / "NIR3"),
+             "--no-progress"], "(config SISRNet_pretrain_dir)")
+
+
+def _pretraining_config(tmp: Path, kind: type, **changes) -> Path:
+    values = dict(lr=1e-3, batch_size=2, steps=2, skip_step=2, spectral_band=BAND, mu=7754.664, sigma=2316.3408,
+                  sigma_rescaled=596.982, patch_size=24, n_features=8, dataset_path=tmp / "prepared",
+                  checkpoint_dir=tmp / "run")
+    return fileio.save_json(tmp / "pretraining.json", config_module.to_json(kind(**{**values, **changes})))
+
+
+def regnet_without_sisrnet(data: Path, tmp: Path) -> tuple[list[str], str]:
+    path = _pretraining_config(tmp, config_module.RegNetPretrainConfig, SISRNet_pretrain_dir=tmp / "nonexist")
+    return ["pretrain-regnet", "--config", str(path)], f"(config SISRNet_pretrain_dir in {path})"
+
+
+def pretrain_given_deepsum_config(data: Path, tmp: Path) -> tuple[list[str], str]:
+    return (["pretrain-sisrnet", "--config", str(_config(tmp))],
+            "config.json: a DeepSUM config (it has channels, T_in, R, ...); pretrain-sisrnet expects a "
+            "SISRNet pretraining config like config_files/SISRNet_pretrain_config.json")
+
+
+def train_given_pretraining_config(data: Path, tmp: Path) -> tuple[list[str], str]:
+    path = _pretraining_config(tmp, config_module.SISRNetPretrainConfig)
+    return (["train", "--config", str(path)], "pretraining.json: a SISRNet pretraining config (it has steps, "
+            "patch_size, init_checkpoint, ...); train expects a DeepSUM config like config_files/DeepSUM_config_NIR.json")
+
+
 def _hr_images(data: Path) -> dict:
     return {folder.name: probav.read_image_png(folder / "HR.png") for folder in probav.list_scenes(data, "train", BAND)}
 
@@ -133,8 +169,9 @@ def score_truncated_entry(data: Path, tmp: Path) -> tuple[list[str], str]:
     return argv, f"{name}: {name}.png is not a readable PNG"
 
 
-CASES = [short_lr_data, huge_lr_header, short_hr_data, bad_crc, config_t_in, config_r, score_eight_bit,
-         score_missing_scene, score_truncated_entry]
+CASES = [short_lr_data, huge_lr_header, short_hr_data, bad_crc, config_t_in, config_r, train_init_from_missing,
+         train_require_pretrained, regnet_without_sisrnet, pretrain_given_deepsum_config, train_given_pretraining_config,
+         score_eight_bit, score_missing_scene, score_truncated_entry]
 
 
 @pytest.mark.parametrize("case", CASES, ids=[case.__name__ for case in CASES])

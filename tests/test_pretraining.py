@@ -243,3 +243,13 @@ def test_both_pretrainings_train_float32_weights_in_mixed_bfloat16(sisrnet_run, 
     differences = [relative_error(results["mixed_bfloat16"][name], value) for name, value in results["float32"].items()
                    if name.endswith("/W")]
     assert 0 < max(differences) < 0.01
+
+
+def test_an_init_checkpoint_that_is_none_is_named_and_leaves_no_checkpoint_folder(prepared, tmp_path):
+    cfg = SISRNetPretrainConfig(**TINY, dataset_path=prepared, checkpoint_dir=tmp_path / "ck" / "sisrnet",
+                                init_checkpoint=tmp_path / "nonexist")
+    with pytest.raises(checkpoints.CheckpointError) as error:
+        P.pretrain_sisrnet(cfg, progress=False, source="sisrnet.json")
+    assert str(error.value).startswith(f"{tmp_path / 'nonexist'}: not a checkpoint")
+    assert str(error.value).endswith("(config init_checkpoint in sisrnet.json)")
+    assert sorted(tmp_path.iterdir()) == []  # the checkpoint folder and its parent, made for the run, removed

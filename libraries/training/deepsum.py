@@ -13,6 +13,7 @@ CLI: `python -m libraries train --config C [--steps N] [--checkpoint-dir D] ...`
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import logging
 import os
@@ -23,7 +24,7 @@ import numpy as np
 import tensorflow as tf
 from tqdm.auto import tqdm
 
-from libraries import checkpoints, metrics
+from libraries import checkpoints, fileio, metrics
 from libraries import config as config_module
 from libraries.model import DeepSUM
 from libraries.training import data, evaluation, optimization
@@ -117,16 +118,23 @@ class Trainer:
                                  cluster=cluster)
         self.step, self.best_score = self.loop.step, self.loop.best
         self.pretrained: dict[str, list[str]] = {}
-        self.resumed_from = self.loop.restore()
-        if self.resumed_from:
-            LOG.info("resuming from %s (step %d)", self.resumed_from, int(self.step))
-        elif init_from is not None:
-            checkpoints.restore_weights(self.model, init_from)
-            LOG.info("initialised every weight from %s", init_from)
-        else:
-            self.pretrained = load_pretrained(self.model, config, required=require_pretrained)
-        if isinstance(self.strategy, tf.distribute.MultiWorkerMirroredStrategy):
-            self._check_workers_start_alike()
+        try:  # a start refused (weights missing or unfit) frees the folder and removes it if it made it
+            self.resumed_from = self.loop.restore()
+            if self.resumed_from:
+                LOG.info("resuming from %s (step %d)", self.resumed_from, int(self.step))
+            elif init_from is not None:
+                try:
+                    checkpoints.restore_weights(self.model, init_from)
+                except checkpoints.CheckpointError as error:
+                    raise checkpoints.CheckpointError(f"{error} (given by --init-from)") from None
+                LOG.info("initialised every weight from %s", init_from)
+            else:
+                self.pretrained = load_pretrained(self.model, config, required=require_pretrained)
+            if isinstance(self.strategy, tf.distribute.MultiWorkerMirroredStrategy):
+                self._check_workers_start_alike()
+        except BaseException:
+            self.loop.release()
+            raise
         self._train_step = self._make_train_step()
         self.evaluator = evaluation.Evaluator(self.model, config)
 
@@ -245,6 +253,45 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
 
 
+# every kind of config file: (dataclass, what it is called, the command that reads it, an example)
+CONFIG_KINDS = (
+    (config_module.DeepSUMConfig, "a DeepSUM config", "train", "config_files/DeepSUM_config_NIR.json"),
+    (config_module.SISRNetPretrainConfig, "a SISRNet pretraining config", "pretrain-sisrnet",
+     "config_files/SISRNet_pretrain_config.json"),
+    (config_module.RegNetPretrainConfig, "a RegNet pretraining config", "pretrain-regnet",
+     "config_files/RegNet_pretrain_config.json"),
+)
+
+
+def _keys_unknown_to(kind: type, content: Mapping[str, Any]) -> list[str]:
+    """The keys of the two-section config `content` that `kind` has no field for in their section."""
+    sections = {field.name: field.metadata["section"] for field in dataclasses.fields(kind)}
+    return [key for section, keys in content.items() if isinstance(keys, dict)
+            for key in keys if sections.get(key) != section]
+
+
+def load_config_of_kind(path: str | os.PathLike, kind: type) -> Any:
+    """`config.load_config(path, kind)`, where a config file of another kind (a pretraining config
+    given to `train`, a DeepSUM config to `pretrain-sisrnet`...) is one error saying which kind
+    the file is and which kind the command expects, rather than its first key `kind` lacks."""
+    path = Path(path)
+    if not path.is_absolute() and not path.exists() and (config_module.REPOSITORY_ROOT / path).exists():
+        path = config_module.REPOSITORY_ROOT / path  # where load_config finds it
+    try:
+        return config_module.load_config(path, kind)
+    except config_module.ConfigError as error:
+        content = fileio.read_json(path, "a JSON config", config_module.ConfigError)  # read fine: a key refused
+        unknown = _keys_unknown_to(kind, content) if isinstance(content, dict) else []
+        kinds = [name for other, name, _, _ in CONFIG_KINDS
+                 if unknown and other is not kind and not _keys_unknown_to(other, content)]
+        if not kinds:  # a misspelt key, a wrong value: the loader's own message
+            raise error
+        expected, command, example = next(row[1:] for row in CONFIG_KINDS if row[0] is kind)
+        listed = ", ".join(unknown[:3]) + (", ..." if len(unknown) > 3 else "")
+        raise config_module.ConfigError(f"{path}: {kinds[0]} (it has {listed}); {command} expects {expected} "
+                                        f"like {example}") from None
+
+
 def load_training_config(config_path: str | os.PathLike, dataset_path: str | os.PathLike | None = None,
                          checkpoint_dir: str | os.PathLike | None = None, **changes: Any) -> config_module.DeepSUMConfig:
     """The config file at `config_path` with overrides (None keeps the file's value).
@@ -257,7 +304,7 @@ def load_training_config(config_path: str | os.PathLike, dataset_path: str | os.
     for field, value in list(changes.items()):
         if isinstance(value, list):  # JSON-like lists for tuple fields (patch sizes, freeze)
             changes[field] = tuple(value)
-    return config_module.load_config(config_path).replace(**changes)
+    return load_config_of_kind(config_path, config_module.DeepSUMConfig).replace(**changes)
 
 
 def config_from_arguments(args: argparse.Namespace) -> config_module.DeepSUMConfig:

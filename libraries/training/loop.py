@@ -128,7 +128,7 @@ class TrainingLoop:
         # one run per folder: taken before anything is written, dropped when `run` ends (or
         # when the process dies), so a second run on the folder cannot overwrite this one's files
         self.save_dir = save_dir
-        self._created = not save_dir.exists()
+        self._created = [path for path in (save_dir, *save_dir.parents) if not path.exists()]  # deepest first
         self.lock: fileio.FolderLock | None = fileio.FolderLock(save_dir, "checkpoint folder")
         for folder in (save_dir, save_dir / "best"):
             rebuilt = checkpoints.rebuild_state(folder)
@@ -290,13 +290,14 @@ class TrainingLoop:
                              f"start every worker again with the same command: they resume from {resume}")
 
     def release(self) -> None:
-        """Free the checkpoint folder for another run (`run` does it when it returns); a folder
-        this loop created and never wrote to is removed."""
+        """Free the checkpoint folder for another run (`run` does it when it returns); the folders
+        this loop created (the checkpoint folder and its missing parents) and never wrote to are removed."""
         if self.lock is not None:
             self.lock.release()
             self.lock = None
-            if self._created and self.save_dir.is_dir() and not any(self.save_dir.iterdir()):
-                self.save_dir.rmdir()
+            for folder in self._created:
+                if folder.is_dir() and not any(folder.iterdir()):
+                    folder.rmdir()
 
     def _validate_and_save(self, validate: Validation | None, history: dict[str, list]) -> None:
         step = int(self.step)

@@ -29,6 +29,7 @@ them into DeepSUM, as it loads the authors' TF1 pretraining checkpoints.
 from __future__ import annotations
 
 import argparse
+import os
 from typing import Any, Mapping
 
 import numpy as np
@@ -40,6 +41,7 @@ from libraries import config as config_module
 from libraries.config import RegNetPretrainConfig, SISRNetPretrainConfig
 from libraries.model import Conv, RegNet, SISRNet
 from libraries.model.layers import cast_like, compute_dtype
+from libraries.training import deepsum as deepsum_training
 from libraries.training import optimization
 from libraries.training import pretraining_data as pdata
 from libraries.training.loop import TrainingLoop
@@ -76,25 +78,43 @@ def single_frame_network(config: config_module.PretrainConfig) -> SingleFrameSR:
     return SingleFrameSR(config.n_features, config.sigma / config.sigma_rescaled, config.seed, config.precision)
 
 
+def _restore_from_config(model: tf.Module, config: Any, key: str, source: str | os.PathLike | None = None,
+                        extra: Mapping[str, tf.Module] | None = None) -> None:
+    """`checkpoints.restore_weights(model, config.<key>, extra)`; a path that is no checkpoint, or
+    one that does not fit, is an error naming the key and `source`, the file the config came from."""
+    try:
+        checkpoints.restore_weights(model, getattr(config, key), extra)
+    except checkpoints.CheckpointError as error:
+        where = f" in {source}" if source is not None else ""
+        raise checkpoints.CheckpointError(f"{error} (config {key}{where})") from None
+
+
 def _initialise(loop: TrainingLoop, config: config_module.PretrainConfig, model: tf.Module,
-                extra: Mapping[str, tf.Module] | None = None) -> None:
-    """Resume from the loop's folder, else load `config.init_checkpoint` (ours or the authors') if set."""
-    if loop.restore() is None and config.init_checkpoint is not None:
-        checkpoints.restore_weights(model, config.init_checkpoint, extra)
+                extra: Mapping[str, tf.Module] | None = None, source: str | os.PathLike | None = None) -> None:
+    """Resume from the loop's folder, else load `config.init_checkpoint` (ours or the authors') if set.
+    A refused start frees the loop's folder (removed if the loop made it and it is still empty)."""
+    try:
+        if loop.restore() is None and config.init_checkpoint is not None:
+            _restore_from_config(model, config, "init_checkpoint", source, extra)
+    except BaseException:
+        loop.release()
+        raise
 
 
 # --------------------------------------------------------------------------- SISRNet
 
 
 def pretrain_sisrnet(config: SISRNetPretrainConfig, steps: int | None = None,
-                     patches: Mapping[str, np.ndarray] | None = None, progress: bool = True) -> dict[str, list]:
+                     patches: Mapping[str, np.ndarray] | None = None, progress: bool = True,
+                     source: str | os.PathLike | None = None) -> dict[str, list]:
     """Pretrain SISRNet + `conv_up_8` on single registered frames with the cL2 loss.
 
     config: a `SISRNetPretrainConfig`; steps: total steps (None: `config.steps`); patches: the
     arrays of `pretraining_data.read_training_patches` (None: read from `config.dataset_path`).
     Checkpoints and TensorBoard logs go to `config.checkpoint_dir`; a run resumes from its
-    latest checkpoint. Returns the loop's history: `loss` and `bicubic_loss` (the loss of the
-    bicubic frame itself) per step, and per validation `heldout_loss`, `heldout_bicubic_loss`.
+    latest checkpoint. source: the config's file, named in errors about its checkpoint paths.
+    Returns the loop's history: `loss` and `bicubic_loss` (the loss of the bicubic frame itself)
+    per step, and per validation `heldout_loss`, `heldout_bicubic_loss`.
     """
     patches = pdata.read_training_patches(config) if patches is None else patches
     training_samples = pdata.SingleFrames(patches, config, heldout=False)
@@ -106,7 +126,7 @@ def pretrain_sisrnet(config: SISRNetPretrainConfig, steps: int | None = None,
     loop = TrainingLoop(config.checkpoint_dir, {"model": network.sisrnet, "head": network.head, "optimizer": optimizer},
                         config.skip_step, title="SISRNet pretraining", optional=loss_scale_state,
                         best_key="heldout_loss", best_mode="min", config=config, progress=progress)
-    _initialise(loop, config, network.sisrnet, {"head": network.head})
+    _initialise(loop, config, network.sisrnet, {"head": network.head}, source)
 
     def losses(x, y, mask):  # [b, 1, p, p, 1] each
         """The cL2 loss of the network's output and, for comparison, of the bicubic frame itself."""
@@ -194,26 +214,29 @@ def evaluate_regnet_accuracy(sisrnet: SISRNet, regnet: RegNet, frames: np.ndarra
     return {"accuracy": accuracy, "opposite_sign_accuracy": opposite, "within_one_pixel": near, "shifts": total}
 
 
-def frozen_sisrnet(config: RegNetPretrainConfig) -> SISRNet:
-    """SISRNet with the weights of `config.SISRNet_pretrain_dir` (ours or the authors')."""
+def frozen_sisrnet(config: RegNetPretrainConfig, source: str | os.PathLike | None = None) -> SISRNet:
+    """SISRNet with the weights of `config.SISRNet_pretrain_dir` (ours or the authors'); errors
+    name that key and `source`, the config's file."""
     sisrnet = SISRNet(config.n_features, channels=1, seed=config.seed)
-    checkpoints.restore_weights(sisrnet, config.SISRNet_pretrain_dir)
+    _restore_from_config(sisrnet, config, "SISRNet_pretrain_dir", source)
     return sisrnet
 
 
 def pretrain_regnet(config: RegNetPretrainConfig, steps: int | None = None,
-                    patches: Mapping[str, np.ndarray] | None = None, progress: bool = True) -> dict[str, list]:
+                    patches: Mapping[str, np.ndarray] | None = None, progress: bool = True,
+                    source: str | os.PathLike | None = None) -> dict[str, list]:
     """Pretrain RegNet on shifts planted in the features of a frozen SISRNet.
 
-    config: a `RegNetPretrainConfig`; steps: total steps (None: `config.steps`); patches: as in
-    `pretrain_sisrnet` (needs `frames` and `scene`). The scenes of `heldout_fraction` are kept
-    out of training; every `skip_step` steps the tap accuracy on (at most `eval_frames` of)
+    config: a `RegNetPretrainConfig`; steps: total steps (None: `config.steps`); patches, source:
+    as in `pretrain_sisrnet` (patches need `frames` and `scene`). The scenes of `heldout_fraction`
+    are kept out of training; every `skip_step` steps the tap accuracy on (at most `eval_frames` of)
     their frames is measured, on whole prepared patches (or their central `eval_size` windows):
     RegNet averages its taps over the window, so its accuracy grows with the window, and inside
     DeepSUM it sees whole training patches. Training uses random `patch_size` crops.
     Returns the loop's history: `loss`, `accuracy` (training batch) per step and
     `heldout_accuracy`, `heldout_opposite_sign_accuracy` per validation.
     """
+    sisrnet = frozen_sisrnet(config, source)  # a missing checkpoint is found before the data set is read
     patches = pdata.read_training_patches(config) if patches is None else patches
     pdata.check_patches(patches, config, ("frames", "scene"))
     heldout = pdata.split_scenes(patches["scene"], config.heldout_fraction, config.seed)
@@ -225,7 +248,6 @@ def pretrain_regnet(config: RegNetPretrainConfig, steps: int | None = None,
         eval_frames = pdata.center_crop(eval_frames, config.eval_size)
     frames_per_stack = int(patches["frames"].shape[1])
 
-    sisrnet = frozen_sisrnet(config)
     regnet = RegNet(config.n_features, config.filter_size, seed=config.seed)
     trainable = list(regnet.tf1_variables().values())
     optimizer = optimization.adam(config.lr)
@@ -234,7 +256,7 @@ def pretrain_regnet(config: RegNetPretrainConfig, steps: int | None = None,
     loop = TrainingLoop(config.checkpoint_dir, {"model": regnet, "optimizer": optimizer}, config.skip_step,
                         title="RegNet pretraining", optional=loss_scale_state, best_key="heldout_accuracy",
                         best_mode="max", config=config, progress=progress)
-    _initialise(loop, config, regnet)
+    _initialise(loop, config, regnet, source=source)
     step_counter = loop.step
 
     @tf.function(reduce_retracing=True, autograph=False)
@@ -292,12 +314,12 @@ def add_pretrain_regnet_arguments(parser: argparse.ArgumentParser) -> None:
 
 def config_from_arguments(args: argparse.Namespace, kind: type) -> config_module.PretrainConfig:
     """The config file of `--config` (a `kind` pretraining config) with `--precision` applied."""
-    return config_module.with_precision(config_module.load_config(args.config, kind=kind), args.precision)
+    return config_module.with_precision(deepsum_training.load_config_of_kind(args.config, kind), args.precision)
 
 
 def run_pretrain_sisrnet(args: argparse.Namespace) -> int:
     config = config_from_arguments(args, SISRNetPretrainConfig)
-    history = pretrain_sisrnet(config, steps=args.steps)
+    history = pretrain_sisrnet(config, steps=args.steps, source=args.config)
     if history.get("loss"):
         print(f"step {history['step'][-1]}: cL2 loss {history['loss'][-1]:.5f} "
               f"(bicubic {history['bicubic_loss'][-1]:.5f}); checkpoints in {config.checkpoint_dir}")
@@ -306,7 +328,7 @@ def run_pretrain_sisrnet(args: argparse.Namespace) -> int:
 
 def run_pretrain_regnet(args: argparse.Namespace) -> int:
     config = config_from_arguments(args, RegNetPretrainConfig)
-    history = pretrain_regnet(config, steps=args.steps)
+    history = pretrain_regnet(config, steps=args.steps, source=args.config)
     if history["validation"]:
         print(f"step {history['validation'][-1]['step']}: held-out tap accuracy "
               f"{history['validation'][-1]['heldout_accuracy']:.3f}; checkpoints in {config.checkpoint_dir}")
