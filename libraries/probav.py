@@ -204,14 +204,15 @@ def read_mask_png(path: str | os.PathLike, shape: tuple[int, int] | None = None,
 
 
 def write_png(path: str | os.PathLike, image: np.ndarray) -> Path:
-    """Write a [h, w] uint16 image (16-bit PNG) or bool mask (8-bit PNG, 0/255) atomically."""
+    """Write a [h, w] uint16 or uint8 image (16-bit or 8-bit PNG) or bool mask (8-bit PNG, 0/255)
+    atomically."""
     image = np.asarray(image)
     if image.ndim != 2:
         raise ValueError(f"{path}: expected a 2-D image, got shape {image.shape}")
     if image.dtype == bool:
         image = image.astype(np.uint8) * np.uint8(255)
-    elif image.dtype != np.uint16:
-        raise ValueError(f"{path}: expected uint16 image or bool mask, got dtype {image.dtype}")
+    elif image.dtype not in (np.uint16, np.uint8):
+        raise ValueError(f"{path}: expected uint16 or uint8 image or bool mask, got dtype {image.dtype}")
     # zlib level 1: files ~5% larger than the default level, encoded several times faster
     return fileio.save_bytes(path, iio.imwrite("<bytes>", image, extension=".png", compress_level=1))
 

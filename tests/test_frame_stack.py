@@ -118,6 +118,11 @@ def test_8_bit_frames_come_back_on_their_own_scale(tmp_path, tiny_config):
     assert stack.kind == "8-bit" and stack.frames.dtype == np.uint8
     sr = inference.superresolve_frames(MeanModel(tiny_config), tiny_config, stack)
     np.testing.assert_allclose(sr, completed_mean(frames), rtol=0, atol=2e-3)
+    # written at the frames' bit depth: in a 16-bit PNG values 0..255 look black
+    inference.write_image(tmp_path / "sr.png", sr + 0.4, stack.kind)
+    back = iio.imread(tmp_path / "sr.png")
+    assert back.dtype == np.uint8
+    np.testing.assert_array_equal(back, np.clip(np.rint(completed_mean(frames) + 0.4), 0, 255).astype(np.uint8))
 
 
 def stack_of(frames: np.ndarray, clear: np.ndarray | None = None) -> inference.FrameStack:
@@ -192,7 +197,10 @@ def test_float_tiff_frames_give_a_float_tiff_on_their_scale(tmp_path, tiny_confi
     stack = inference.read_frame_stack(tmp_path / "frames")
     assert stack.kind == "float"
     sr = inference.superresolve_frames(MeanModel(tiny_config), tiny_config, stack)
-    inference.write_image(tmp_path / "sr.tiff", sr)
+    inference.write_image(tmp_path / "sr.tiff", sr, stack.kind)
+    with pytest.raises(inference.FrameStackError, match=r"sr\.png: the frames are float and a PNG holds integers; "
+                                                        r"expected a \.tif or \.tiff \(float32\) path"):
+        inference.write_image(tmp_path / "sr.png", sr, stack.kind)  # values 0.1..0.6 would round to 0 and 1
     back = tifffile.imread(tmp_path / "sr.tiff")
     assert back.dtype == np.float32 and back.shape == (60, 72)
     np.testing.assert_allclose(back, completed_mean(frames), rtol=0, atol=1e-5)
@@ -319,6 +327,8 @@ BAD_COMMANDS = [
     (["--frames", "{frames}", "--config", "NIR={tmp}/c.json", "--band", "RED", "--checkpoint", "{tmp}/ck",
       "--out", "{tmp}/sr.png"], "--config: no path for band RED"),
     (["--frames", "{frames}", "--checkpoint", "{tmp}/ck", "--out", "{frames}/f2.png"], "f2.png: is one of the frames"),
+    (["--frames", "{tmp}/float_frames", "--checkpoint", "{tmp}/ck", "--out", "{tmp}/sr.png"],
+     "sr.png: the frames are float and a PNG holds integers"),
     (["--data", "{tmp}", "--checkpoint", "{tmp}/ck", "--out", "{tmp}/sub.zip"], "--config: required to super-resolve a split"),
     (["--data", "{tmp}", "--masks", "m/*.png", "--config", "{tmp}/c.json", "--checkpoint", "{tmp}/ck",
       "--out", "{tmp}/sub.zip"], "--masks: the clear masks of --frames"),
@@ -328,6 +338,7 @@ BAD_COMMANDS = [
 @pytest.mark.parametrize("arguments, named", BAD_COMMANDS, ids=[case[1] for case in BAD_COMMANDS])
 def test_a_bad_frames_command_is_one_error_line_and_exit_code_1(tmp_path, arguments, named, capsys):
     _frames(tmp_path / "frames", *frames_16_bit(3))
+    _frames(tmp_path / "float_frames", *(frames_16_bit(3) / 65535.0).astype(np.float32), suffix=".tif")
     _truncated(tmp_path / "truncated")
     before = sorted(tmp_path.rglob("*"))
     status = main(["superresolve"] + [argument.format(tmp=tmp_path, frames=tmp_path / "frames") for argument in arguments])

@@ -39,7 +39,7 @@ from libraries.inference.frames import select_clear_frames, sort_frames_by_clear
 from libraries.inference.superresolve import Superresolver
 
 FRAME_SUFFIXES = (".png", ".tif", ".tiff")
-IMAGE_SUFFIXES = {".png": "16-bit PNG", ".tif": "float32 TIFF", ".tiff": "float32 TIFF"}  # what --out writes
+IMAGE_SUFFIXES = {".png": "PNG", ".tif": "float32 TIFF", ".tiff": "float32 TIFF"}  # what --out writes
 # Smallest LR side: below 16 LR pixels (48 on the HR grid) the registration's largest shift (4)
 # and RegNet's 9x9 filters (reflect padding of 4) cover a large part of the image.
 MIN_SIDE = 16
@@ -318,29 +318,35 @@ def frames_used(prepared: PreparedStack, config: config_module.DeepSUMConfig, n_
 # --------------------------------------------------------------------------- writing
 
 
-def output_kind(path: str | os.PathLike) -> str:
-    """What `write_image` writes to `path`, by its suffix; any other suffix is an error (so a
-    command can refuse it before it runs the network)."""
+def output_kind(path: str | os.PathLike, frames: str = "16-bit") -> str:
+    """What `write_image` writes to `path` for frames of kind `frames`: a `.png` has the frames'
+    bit depth (16-bit or 8-bit: an 8-bit image in a 16-bit PNG looks black), a `.tif`/`.tiff`
+    is float32. Any other suffix, and a PNG of float frames (it would round values such as
+    0..1 to two levels), is an error, so a command refuses it before it runs the network."""
     suffix = Path(path).suffix.lower()
     if suffix not in IMAGE_SUFFIXES:
         raise FrameStackError(f"{path}: unknown image suffix {Path(path).suffix!r}; expected .png "
-                              "(16-bit greyscale), .tif or .tiff (float32)")
-    return IMAGE_SUFFIXES[suffix]
+                              "(the frames' bit depth), .tif or .tiff (float32)")
+    if IMAGE_SUFFIXES[suffix] == "PNG" and frames == "float":
+        raise FrameStackError(f"{path}: the frames are float and a PNG holds integers; expected a .tif or "
+                              ".tiff (float32) path")
+    return f"{frames} PNG" if IMAGE_SUFFIXES[suffix] == "PNG" else IMAGE_SUFFIXES[suffix]
 
 
-def write_image(path: str | os.PathLike, image: np.ndarray) -> Path:
-    """Write a super-resolved image `[H, W]` atomically: `.png` as a 16-bit greyscale PNG
-    (values rounded and clipped to 0..65535), `.tif`/`.tiff` as a float32 TIFF. NaN or Inf is
-    an error. Returns the path."""
+def write_image(path: str | os.PathLike, image: np.ndarray, frames: str = "16-bit") -> Path:
+    """Write a super-resolved image `[H, W]` of frames of kind `frames` atomically (`output_kind`):
+    a 16-bit or 8-bit greyscale PNG (values rounded and clipped to 0..65535 or 0..255), or a
+    float32 TIFF. NaN or Inf is an error. Returns the path."""
     path = Path(path)
-    kind = output_kind(path)
+    kind = output_kind(path, frames)
     image = np.asarray(image)
     if image.ndim != 2:
         raise FrameStackError(f"{path}: expected a 2-D image, got shape {image.shape}")
     if not np.all(np.isfinite(image)):
         raise FrameStackError(f"{path}: the image holds NaN or infinite values; nothing written")
-    if kind == "16-bit PNG":
-        return probav.write_png(path, np.clip(np.rint(image), 0, np.iinfo(np.uint16).max).astype(np.uint16))
+    if kind.endswith("PNG"):
+        dtype = np.uint8 if frames == "8-bit" else np.uint16
+        return probav.write_png(path, np.clip(np.rint(image), 0, np.iinfo(dtype).max).astype(dtype))
     with fileio.atomic_path(path, suffix=path.suffix) as temporary:
         tifffile.imwrite(temporary, image.astype(np.float32))
     return path

@@ -337,6 +337,7 @@ def _superresolve_frames(args: argparse.Namespace) -> None:
     config_path = paths_per_band(args.config, [band], "--config")[band] if args.config else default_config
     checkpoint = paths_per_band(args.checkpoint, [band], "--checkpoint")[band]
     stack = frame_stack.read_frame_stack(args.frames, args.masks)
+    kind = frame_stack.output_kind(args.out, stack.kind)  # a PNG of float frames refused before the network
     if Path(args.out).resolve() in {(stack.folder / name).resolve() for name in stack.frame_names}:
         raise domain.DeepSUMError(f"--out {args.out}: is one of the frames; write the image elsewhere")
     config = _config_of_band(config_path, band, args.band is not None, args)
@@ -345,7 +346,7 @@ def _superresolve_frames(args: argparse.Namespace) -> None:
     prepared = frame_stack.prepare_stack(stack, config)
     image = frame_stack.superresolve_frames(load_model(config, checkpoint), config, prepared, n_slide,
                                             args.windows_per_call)
-    frame_stack.write_image(args.out, image)
+    frame_stack.write_image(args.out, image, stack.kind)
     used = frame_stack.frames_used(prepared, config, n_slide)
     reused = f", reused to make {config.T_in}" if len(used) < config.T_in else ""
     print(f"wrote {args.out}: {image.shape[0]}x{image.shape[1]} {kind} from {len(used)} of the {len(stack.frame_names)} "
