@@ -126,6 +126,10 @@ def test_a_run_killed_or_stopped_resumes_from_its_last_checkpoint(kind, stop, tm
     assert_same_state_and_best(killed_at, uninterrupted / f"ckpt-{step}", kind, range(SKIP_STEP, step + 1, SKIP_STEP))
     # ...and the restarted command computes the uninterrupted run's next losses and weights.
     assert cli.main(arguments(final, killed)) == 0
+    if kind != "train":  # where DeepSUM's config must point to start from it (not where the shipped ones do)
+        key = {"pretrain-sisrnet": "SISRNet_pretrain_dir", "pretrain-regnet": "RegNet_pretrain_dir"}[kind]
+        assert (f'DeepSUM starts from it with "{key}": "{killed}" in its config (the shipped configs name '
+                f'{getattr(config_module.default_config(), key)})') in capsys.readouterr().out.splitlines()
     resumed_losses, uninterrupted_losses = logged_losses(killed), logged_losses(uninterrupted)
     assert set(range(step + 1, final + 1)) <= set(resumed_losses)
     for later in range(step + 1, final + 1):

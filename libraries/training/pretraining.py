@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import argparse
 import os
+from pathlib import Path
 from typing import Any, Mapping
 
 import numpy as np
@@ -317,12 +318,21 @@ def config_from_arguments(args: argparse.Namespace, kind: type) -> config_module
     return config_module.with_precision(deepsum_training.load_config_of_kind(args.config, kind), args.precision)
 
 
+def _how_deepsum_starts_from(key: str, folder: Path) -> str:
+    """The DeepSUM config key that makes training start from a pretraining: the shipped DeepSUM
+    configs name the folders `fetch-weights` fills with the authors' weights, not this one."""
+    shipped = getattr(config_module.default_config(), key)
+    return (f"DeepSUM starts from it with \"{key}\": \"{folder}\" in its config" if Path(folder) == shipped
+            else f"DeepSUM starts from it with \"{key}\": \"{folder}\" in its config (the shipped configs name {shipped})")
+
+
 def run_pretrain_sisrnet(args: argparse.Namespace) -> int:
     config = config_from_arguments(args, SISRNetPretrainConfig)
     history = pretrain_sisrnet(config, steps=args.steps, source=args.config)
     if history.get("loss"):
         print(f"step {history['step'][-1]}: cL2 loss {history['loss'][-1]:.5f} "
               f"(bicubic {history['bicubic_loss'][-1]:.5f}); checkpoints in {config.checkpoint_dir}")
+    print(_how_deepsum_starts_from("SISRNet_pretrain_dir", config.checkpoint_dir))
     return 0
 
 
@@ -332,4 +342,5 @@ def run_pretrain_regnet(args: argparse.Namespace) -> int:
     if history["validation"]:
         print(f"step {history['validation'][-1]['step']}: held-out tap accuracy "
               f"{history['validation'][-1]['heldout_accuracy']:.3f}; checkpoints in {config.checkpoint_dir}")
+    print(_how_deepsum_starts_from("RegNet_pretrain_dir", config.checkpoint_dir))
     return 0
