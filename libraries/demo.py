@@ -65,20 +65,27 @@ def prepare_data(plan: DemoPlan, progress: bool = True) -> str:
 def pretrain(plan: DemoPlan, progress: bool = True) -> dict[str, float]:
     """Pretrain SISRNet then RegNet where the configured folder holds no finished run.
 
-    A folder with a checkpoint resumes to the configured step count (a finished run returns
-    at once); the authors' checkpoints, if put there, are used as they are (real data only).
+    A folder of this project's checkpoints resumes to the configured step count (a finished run
+    returns at once); the authors' TF1 checkpoints, if put there, are used as they are (real
+    data only: the synthetic presets have other feature widths).
     """
     results: dict[str, float] = {}
-    if plan.synthetic or not checkpoints.has_checkpoint(plan.sisrnet.checkpoint_dir):
+    if plan.synthetic or not holds_authors_checkpoint(plan.sisrnet.checkpoint_dir):
         history = pretraining.pretrain_sisrnet(plan.sisrnet, progress=progress)
         if history.get("loss"):
             results["sisrnet_loss"] = float(np.mean(history["loss"][-10:]))
             results["sisrnet_bicubic_loss"] = float(np.mean(history["bicubic_loss"][-10:]))
-    if plan.synthetic or not checkpoints.has_checkpoint(plan.regnet.checkpoint_dir):
+    if plan.synthetic or not holds_authors_checkpoint(plan.regnet.checkpoint_dir):
         history = pretraining.pretrain_regnet(plan.regnet, progress=progress)
         if history["validation"]:
             results["regnet_heldout_accuracy"] = float(history["validation"][-1]["heldout_accuracy"])
     return results
+
+
+def holds_authors_checkpoint(folder: Path) -> bool:
+    """True when `folder`'s latest checkpoint is a TF1 one (the authors' format; ours are TF2):
+    an interrupted pretraining of ours resumes instead of being taken as finished."""
+    return checkpoints.has_checkpoint(folder) and not checkpoints.is_object_based(checkpoints.open_checkpoint(folder)[1])
 
 
 def train(plan: DemoPlan, progress: bool = True) -> dict[str, Any]:

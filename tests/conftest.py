@@ -70,9 +70,10 @@ def shared_data_dir() -> Path:
 # to the workers in this order (pyproject.toml turns off xdist's own reordering by test count), so
 # no long file starts last and keeps one worker busy while the other waits. A run in one process
 # (`-n 0`) keeps the order it was given (`bench/mutation_check.py` names the quickest file first).
-LONGEST_FIRST = ("test_training.py", "test_loop.py", "test_pretraining.py", "test_inference.py", "test_bench.py",
-                 "test_demo.py", "test_inference_notebooks.py", "test_model.py", "test_optimization.py",
-                 "test_training_notebook.py", "test_pretraining_notebook.py", "test_ensemble.py")
+LONGEST_FIRST = ("test_distributed.py", "test_inference.py", "test_loop.py", "test_bench.py", "test_pretraining.py",
+                 "test_training.py", "test_demo.py", "test_inference_notebooks.py", "test_model_precision.py",
+                 "test_model.py", "test_optimization.py", "test_training_notebook.py", "test_main.py",
+                 "test_pretraining_notebook.py", "test_ensemble.py")  # measured: pytest --durations=0, per file
 
 
 def pytest_collection_modifyitems(items: list) -> None:

@@ -2,6 +2,7 @@
 
 import argparse
 import dataclasses
+import shutil
 import zipfile
 from pathlib import Path
 
@@ -269,3 +270,19 @@ def test_help_shows_every_default():
                      f"(default {plan.deepsum['NIR'].n_features} on the synthetic set, 64 with --data)",
                      "evaluated (default 2)"):
         assert expected in text, expected
+
+
+def test_with_real_data_the_authors_pretraining_is_used_and_an_interrupted_one_of_ours_resumes(
+        tmp_path, monkeypatch, reference_dir):
+    """`--data`: the authors' TF1 checkpoints copied into OUT/pretraining are used as they are; a
+    folder holding a TF2 checkpoint of ours (a pretraining stopped at step 2) pretrains again,
+    which resumes it, instead of being taken for a finished one."""
+    plan = demo.make_plan(tmp_path / "out", data_dir=tmp_path / "probav_data")
+    shutil.copytree(reference_dir / "pretraining_checkpoints" / "SISRNet", plan.sisrnet.checkpoint_dir)
+    ours = tf.train.Checkpoint(step=tf.Variable(2, dtype=tf.int64))
+    tf.train.CheckpointManager(ours, str(plan.regnet.checkpoint_dir), max_to_keep=1).save()
+    ran = []
+    monkeypatch.setattr(demo.pretraining, "pretrain_sisrnet", lambda config, **_: ran.append("sisrnet") or {})
+    monkeypatch.setattr(demo.pretraining, "pretrain_regnet",
+                        lambda config, **_: ran.append("regnet") or {"validation": []})
+    assert demo.pretrain(plan, progress=False) == {} and ran == ["regnet"]
