@@ -650,7 +650,7 @@ def copy_repository(destination: Path) -> None:
 def run_tests(copy: Path, tests: tuple[str, ...]) -> tuple[int, str]:
     env = dict(os.environ, PYTHONPATH=str(copy), TF_CPP_MIN_LOG_LEVEL="2")
     # one process (-n 0): under xdist, -x stops a failing run as interrupted (exit 2), not failed (exit 1)
-    run = subprocess.run([sys.executable, "-m", "pytest", "-x", "-q", "-n", "0", "-p", "no:cacheprovider", *tests],
+    run = subprocess.run([sys.executable, "-m", "pytest", "-x", "-q", "-rs", "-n", "0", "-p", "no:cacheprovider", *tests],
                          cwd=copy, env=env, capture_output=True, text=True)
     return run.returncode, run.stdout
 
@@ -667,6 +667,10 @@ def main(argv: list[str] | None = None) -> int:
         assert 1 <= part <= parts
     except (ValueError, AssertionError):
         parser.error(f"--part {args.part}: expected K/N with 1 <= K <= N")
+    for variable in ("DEEPSUM_REFERENCE_DIR", "DEEPSUM_SHARED_DATA"):
+        if not os.environ.get(variable):
+            print(f"warning: {variable} is not set: the tests on the shared data skip, and a mutation only they "
+                  "catch reads as missed", file=sys.stderr)
     chosen = [mutation for mutation in MUTATIONS if any(text in mutation.name for text in args.only)]
     chosen = chosen[part - 1::parts]
     rows, missed = [], 0
@@ -691,6 +695,8 @@ def main(argv: list[str] | None = None) -> int:
                 path.write_text(original)
             failed = [line.split(" ")[1] for line in output.splitlines() if line.startswith("FAILED ")]
             verdict = {0: "MISSED", 1: "caught"}.get(status, f"pytest exit {status}")
+            if status == 0 and "SKIPPED [" in output:  # a test that would catch it may not have run
+                verdict = "MISSED (tests skipped: see pytest -rs)"
             missed += status != 1
             rows.append((mutation.name, verdict, failed[0].split("::")[-1] if failed else "-",
                          time.perf_counter() - start))
