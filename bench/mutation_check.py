@@ -191,6 +191,18 @@ MUTATIONS = (
              "if plan.synthetic or not holds_authors_checkpoint(plan.regnet.checkpoint_dir):",
              "if plan.synthetic or not checkpoints.has_checkpoint(plan.regnet.checkpoint_dir):",
              ("tests/test_demo.py", "-k", "real_data")),
+    Mutation("window outputs shifted by exactly 4 pixels dropped (sliding window)", "libraries/inference/superresolve.py",
+             "kept.append(bool(np.all(np.abs(shift) <= max_shift)))",
+             "kept.append(bool(np.all(np.abs(shift) < max_shift)))", ("tests/test_inference.py", "-k", "fuse_windows")),
+    Mutation("a submission entry not named like a scene written (inference)", "libraries/inference/submission.py",
+             "if not SCENE_NAME.fullmatch(name):", "if False:", ("tests/test_inference.py", "-k", "refuses_what")),
+    Mutation("a scene without baseline scored as a KeyError (scoring)", "libraries/inference/submission.py",
+             "if name not in norm:", "if False:", ("tests/test_inference.py", "-k", "score_refuses")),
+    Mutation("chunks of fewer patches than one batch accepted (training data)", "libraries/training/data.py",
+             "if self.steps_per_epoch == 0:", "if False:", ("tests/test_training.py", "-k", "fewer_patches")),
+    Mutation("a folder refused for another network stays locked (training)", "libraries/training/loop.py",
+             "            self.release()\n            raise TrainingError(f\"{latest}: cannot resume",
+             "            raise TrainingError(f\"{latest}: cannot resume", ("tests/test_loop.py", "-k", "another_network")),
     Mutation("a NaN or infinite number in a config accepted (config)", "libraries/config.py",
              "if isinstance(value, float) and not math.isfinite(value):", "if False:",
              ("tests/test_config.py",)),
@@ -650,7 +662,7 @@ def copy_repository(destination: Path) -> None:
 def run_tests(copy: Path, tests: tuple[str, ...]) -> tuple[int, str]:
     env = dict(os.environ, PYTHONPATH=str(copy), TF_CPP_MIN_LOG_LEVEL="2")
     # one process (-n 0): under xdist, -x stops a failing run as interrupted (exit 2), not failed (exit 1)
-    run = subprocess.run([sys.executable, "-m", "pytest", "-x", "-q", "-rs", "-n", "0", "-p", "no:cacheprovider", *tests],
+    run = subprocess.run([sys.executable, "-m", "pytest", "-x", "-q", "-rfEs", "-n", "0", "-p", "no:cacheprovider", *tests],
                          cwd=copy, env=env, capture_output=True, text=True)
     return run.returncode, run.stdout
 

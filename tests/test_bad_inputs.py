@@ -8,6 +8,7 @@ data that end early with valid checksums, a header declaring a huge size.
 
 from __future__ import annotations
 
+import csv
 import shutil
 import struct
 import zipfile
@@ -187,8 +188,13 @@ def test_a_bad_input_is_one_named_error_and_leaves_nothing(case, clean_set, tmp_
 
 
 def test_score_allow_missing_scores_the_scenes_present_and_says_how_many(clean_set, tmp_path, capsys):
-    images = _hr_images(clean_set)
-    total = len(images)
+    """The SR images differ from the HR (shifted by more than the border, noise): each scene's
+    score is finite and depends on its baseline, so the mean printed and each CSV row are checked
+    against the Kelvins score of the scenes present."""
+    hr = _hr_images(clean_set)
+    total, rng = len(hr), np.random.default_rng(4)
+    images = {name: np.clip(np.roll(image.astype(np.float64), (1, -5), axis=(0, 1)) + 30 + rng.normal(0, 40, image.shape),
+                            0, 65535).round().astype(np.uint16) for name, image in hr.items()}
     del images[sorted(images)[-1]]
     path = inference.write_submission(images, tmp_path / "train.zip")
     assert cli.main(["score", "--data", str(clean_set), "--band", BAND, "--submission", str(path),
@@ -197,6 +203,10 @@ def test_score_allow_missing_scores_the_scenes_present_and_says_how_many(clean_s
     assert f"scored {total - 1} of {total} scenes" in captured.err
     norm = probav.read_norm(clean_set / "norm.csv")
     folder = clean_set / "train" / BAND
-    expected = [metrics.kelvins_score(image, image, probav.read_mask_png(folder / name / "SM.png"), norm[name])
-                for name, image in images.items()]
-    assert float(captured.out) == pytest.approx(float(np.mean(expected)), abs=2e-6)
+    expected = {name: metrics.kelvins_score(image, hr[name], probav.read_mask_png(folder / name / "SM.png"), norm[name])
+                for name, image in images.items()}
+    assert all(0.5 < score < 5 for score in expected.values())  # finite, not the 0 of an exact match
+    assert float(captured.out) == pytest.approx(float(np.mean(list(expected.values()))), abs=2e-6)
+    rows = list(csv.DictReader((tmp_path / "scores.csv").open()))
+    assert {row["scene"]: float(row["score"]) for row in rows} == pytest.approx(expected, rel=1e-6)
+    assert {row["scene"]: float(row["baseline"]) for row in rows} == pytest.approx({n: norm[n] for n in images})

@@ -6,6 +6,7 @@ import os
 import shutil
 import signal
 import zipfile
+import re
 from pathlib import Path
 
 import imageio.v3 as iio
@@ -81,11 +82,13 @@ def smooth_image(seed: int, size: int = HR_SIZE) -> np.ndarray:
 
 def test_fuse_windows_registers_drops_and_averages():
     reference = smooth_image(1)
+    # kept up to 4 pixels in either axis (the limit included, as in the original), dropped beyond
     windows = np.stack([reference, np.roll(reference, (2, -1), axis=(0, 1)) + 10,
-                        np.roll(reference, (6, 0), axis=(0, 1))])  # [3, H, W]
+                        np.roll(reference, (6, 0), axis=(0, 1)), np.roll(reference, (4, -4), axis=(0, 1)) + 20,
+                        np.roll(reference, (0, 5), axis=(0, 1))])  # [5, H, W]
     fused, kept = inference.fuse_windows(windows)
-    assert kept.tolist() == [True, True, False]
-    np.testing.assert_allclose(fused, reference + 5, rtol=1e-6)
+    assert kept.tolist() == [True, True, False, True, False]
+    np.testing.assert_allclose(fused, reference + 10, rtol=1e-6)  # (0 + 10 + 20) / 3
 
 
 # ------------------------------------------------------------------------------ submission
@@ -123,6 +126,33 @@ def test_write_submission_is_atomic(tmp_path):
     with pytest.raises(inference.SubmissionError, match="imgset1161.*NaN"):
         inference.write_submission(images, tmp_path / "submission.zip")
     assert list(tmp_path.iterdir()) == []  # neither the zip nor a temporary file
+
+
+@pytest.mark.parametrize("images, message", [
+    ({}, r"submission.zip: no image to write"),
+    ({"scene_7": np.zeros((6, 6))}, r"^scene_7: expected a scene name like imgset0123$"),
+    ({"imgset0001": np.zeros((2, 6, 6))}, r"^imgset0001: expected a 2-D image, got shape \(2, 6, 6\)$"),
+])
+def test_write_submission_refuses_what_the_platform_would(tmp_path, images, message):
+    with pytest.raises(inference.SubmissionError, match=message):
+        inference.write_submission(images, tmp_path / "submission.zip")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_an_unreadable_zip_and_a_split_without_scenes_are_named(tmp_path, split_dir):
+    broken = tmp_path / "broken.zip"
+    broken.write_bytes(b"PK\x03\x04 cut short")
+    for read in (lambda: inference.validate_submission(broken, split_dir), lambda: inference.read_submission(broken)):
+        with pytest.raises(inference.SubmissionError, match=rf"^{re.escape(str(broken))}: not a readable zip file \("):
+            read()
+    empty = tmp_path / "test"
+    (empty / "NIR" / "imgset0001").mkdir(parents=True)  # a scene folder without frames
+    scene = empty / "NIR" / "imgset0001"
+    with pytest.raises(inference.SubmissionError, match=rf"^{re.escape(str(scene))}: no LR\*\.png frame$"):
+        inference.expected_scenes(empty)
+    (empty / "NIR" / "imgset0001").rmdir()
+    with pytest.raises(inference.SubmissionError, match=r"test: no scene folder imgsetNNNN under bands \['NIR'\]$"):
+        inference.expected_scenes(empty)
 
 
 def write_zip(path: Path, entries: dict[str, bytes]) -> Path:
@@ -412,8 +442,8 @@ def test_score_command_agrees_with_kelvins_score(tmp_path, synthetic_dir, capsys
     assert lines[0] == "scene,band,cpsnr,baseline,score" and len(lines) == 1 + len(folders)
 
 
-def test_score_refuses_a_csv_path_that_is_the_zip_or_a_folder_and_a_scene_without_clear_pixels(tmp_path,
-                                                                                                synthetic_dir):
+def test_score_refuses_a_csv_path_that_is_the_zip_or_a_folder_and_a_scene_without_clear_pixels_or_baseline(
+        tmp_path, synthetic_dir):
     folders = probav.list_scenes(synthetic_dir, "train", "NIR")
     zip_path = inference.write_submission({folder.name: probav.read_image_png(folder / "HR.png") + 5.0
                                            for folder in folders}, tmp_path / "train_nir.zip")
@@ -429,6 +459,12 @@ def test_score_refuses_a_csv_path_that_is_the_zip_or_a_folder_and_a_scene_withou
     cloudy = copy / "train" / "NIR" / folders[1].name / "SM.png"
     probav.write_png(cloudy, np.zeros(probav.read_mask_png(cloudy).shape, bool))
     with pytest.raises(inference.SubmissionError, match=rf"{cloudy}: no clear pixel; the scene cannot be scored"):
+        inference.score_submission(zip_path, copy, "NIR")
+    probav.write_png(cloudy, np.ones(probav.read_mask_png(cloudy).shape, bool))
+    norm = probav.read_norm(copy / "norm.csv")
+    del norm[folders[0].name]
+    probav.write_norm(copy / "norm.csv", norm)
+    with pytest.raises(inference.SubmissionError, match=rf"^{folders[0].name}: no baseline in {copy / 'norm.csv'}$"):
         inference.score_submission(zip_path, copy, "NIR")
 
 

@@ -14,6 +14,7 @@ relative 1e-5 (measured up to 2.5e-6).
 from __future__ import annotations
 
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -401,3 +402,19 @@ def test_a_stop_signal_lets_the_step_finish_saves_it_and_ends_the_run_with_one_e
         resumed.run(stuck, batches, 0)
     assert tf.train.latest_checkpoint(str(tmp_path / "run")) == str(saved)
     assert signal.getsignal(number) is reached_the_test
+
+
+def test_a_folder_of_another_network_is_refused_and_left_unlocked(tmp_path):
+    """A checkpoint folder whose variables do not fit (another width): one error naming the
+    checkpoint, the folder released so that a run with the right network can take it."""
+    first = training.TrainingLoop(tmp_path / "run", {"weight": tf.Variable([1.0, 2.0])}, skip_step=2, progress=False)
+    first.run(lambda batch: {"loss": tf.constant(float(batch))}, lambda start: iter(range(start + 1, 100)), 2)
+    saved = tmp_path / "run" / "ckpt-2"
+    other = training.TrainingLoop(tmp_path / "run", {"weight": tf.Variable([1.0, 2.0, 3.0])}, skip_step=2,
+                                  progress=False)
+    with pytest.raises(training.TrainingError, match=rf"^{re.escape(str(saved))}: cannot resume from this checkpoint "
+                                                     r"\(.*\); use another checkpoint_dir for a different network$"):
+        other.restore()
+    same = training.TrainingLoop(tmp_path / "run", {"weight": tf.Variable([0.0, 0.0])}, skip_step=2, progress=False)
+    assert same.restore() == str(saved)  # not refused as locked by the refused one
+    same.release()

@@ -67,6 +67,25 @@ def test_batch_plan_visits_every_patch_once_per_epoch_in_a_seeded_order():
     assert any(not np.array_equal(plan.rows(s)[1], other_seed.rows(s)[1]) for s in range(5))
 
 
+def test_chunks_of_fewer_patches_than_one_batch_are_refused():
+    with pytest.raises(training.TrainingDataError, match=r"^the training chunks hold \[3, 2\] patches, fewer than one "
+                                                         r"batch of 4$"):
+        training.BatchPlan([3, 2], batch_size=4, seed=0)
+
+
+def test_chunk_arrays_missing_or_of_another_shape_are_named():
+    frames = np.zeros((2, 9, 6, 6), np.float32)
+    arrays = {"frames": frames, "masks": np.ones(frames.shape, bool), "hr": np.zeros((2, 6, 6), np.float32),
+              "hr_clear": np.ones((2, 6, 6), bool)}
+    with pytest.raises(training.TrainingDataError, match=r"^chunk_0: missing arrays \['hr_clear'\]; expected "):
+        training.check_arrays({k: v for k, v in arrays.items() if k != "hr_clear"}, "chunk_0", frames=9)
+    with pytest.raises(training.TrainingDataError, match=r"^chunk_0: frames has shape \(2, 9, 6, 6\), expected "
+                                                         r"\(2, 8, 6, 6\) \(8 frames per input, as T_in in the config\)$"):
+        training.check_arrays(arrays, "chunk_0", frames=8)
+    with pytest.raises(training.TrainingDataError, match=r"^chunk_0: patches are 6x6, the config's patch_size_HR is 9x9$"):
+        training.check_arrays(arrays, "chunk_0", frames=9, patch=9)
+
+
 def test_batch_plan_reads_the_chunks_one_after_another_in_a_new_order_each_epoch():
     """As the authors' loop, an epoch loads one chunk and takes all its batches before the next;
     the order of the chunks is drawn again every epoch."""
