@@ -307,6 +307,67 @@ def test_a_bad_frame_folder_is_one_error_naming_the_file(tmp_path, make, masks_g
         inference.read_frame_stack(tmp_path / "bad_frames", masks_glob)
 
 
+def _nan_mask(folder: Path) -> None:
+    _frames(folder, *frames_16_bit(3))
+    masks = np.ones((3, LR_SIZE, LR_SIZE), np.float32)
+    masks[1, 4, 7] = np.nan  # `NaN != 0` is True: without a check the pixel would count as clear
+    write_frames(folder / "masks", masks, [f"m{k}.tif" for k in range(3)])
+
+
+def _inf_mask(folder: Path) -> None:
+    _frames(folder, *frames_16_bit(3))
+    masks = np.zeros((3, LR_SIZE, LR_SIZE), np.float64)
+    masks[0] = 1.0
+    masks[2, 0, 0] = -np.inf
+    write_frames(folder / "masks", masks, [f"m{k}.tiff" for k in range(3)])
+
+
+def _int32_tiff(folder: Path) -> None:
+    _frames(folder, *frames_16_bit(2).astype(np.int32), suffix=".tif")
+
+
+def _colour_second(folder: Path, suffix: str) -> None:
+    colour = np.zeros((LR_SIZE, LR_SIZE, 3), np.uint8 if suffix == ".png" else np.uint16)
+    write_frames(folder, [frames_16_bit(1)[0], colour], ["f0.png", f"f1{suffix}"])
+
+
+FRAME = "a single-channel 16-bit, 8-bit or float PNG or TIFF frame"
+MASK = "a single-channel PNG or TIFF clear mask (nonzero = clear)"
+# (case, how the folder is made, masks glob, the file named, the rest of the message): exact messages
+BAD_FILES = [
+    ("NaN mask", _nan_mask, "masks/*.tif", "masks/m1.tif", f"NaN or infinite values; expected {MASK}"),
+    ("Inf mask", _inf_mask, "masks/*.tiff", "masks/m2.tiff", f"NaN or infinite values; expected {MASK}"),
+    ("int32 TIFF", _int32_tiff, None, "f0.tif", f"pixels of type int32; expected {FRAME}"),
+    ("colour second PNG", lambda folder: _colour_second(folder, ".png"), None, "f1.png",
+     f"image of shape (16, 16, 3) (several channels or planes); expected {FRAME}"),
+    ("colour second TIFF", lambda folder: _colour_second(folder, ".tif"), None, "f1.tif",
+     f"image of shape (16, 16, 3) (several channels or planes); expected {FRAME}"),
+]
+
+
+@pytest.mark.parametrize("make, masks_glob, named, message", [case[1:] for case in BAD_FILES],
+                         ids=[case[0] for case in BAD_FILES])
+def test_a_bad_frame_or_mask_is_refused_with_its_exact_message(tmp_path, make, masks_glob, named, message):
+    folder = tmp_path / "bad_frames"
+    make(folder)
+    with pytest.raises(inference.FrameStackError) as error:
+        inference.read_frame_stack(folder, masks_glob)
+    assert str(error.value) == f"{folder / named}: {message}"
+
+
+def test_a_file_gone_before_it_is_read_is_named(tmp_path):
+    with pytest.raises(inference.FrameStackError) as error:
+        inference.frame_stack.read_image(tmp_path / "m0.png", (LR_SIZE, LR_SIZE), MASK)
+    assert str(error.value) == f"{tmp_path / 'm0.png'}: file missing (expected {MASK})"
+
+
+def test_a_negative_n_slide_is_refused(tiny_config):
+    stack = stack_of(frames_16_bit(3))
+    with pytest.raises(inference.FrameStackError) as error:
+        inference.superresolve_frames(MeanModel(tiny_config), tiny_config, stack, n_slide=-1)
+    assert str(error.value) == "n_slide: expected an integer >= 0, got -1"
+
+
 def test_a_bad_output_suffix_is_refused(tmp_path):
     with pytest.raises(inference.FrameStackError, match=r"sr\.jpg: unknown image suffix '\.jpg'"):
         inference.write_image(tmp_path / "sr.jpg", np.zeros((48, 48), np.float32))

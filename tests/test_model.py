@@ -198,10 +198,23 @@ def test_bad_inputs_raise_clear_errors(x_shape, dtype, words):
 
 
 def test_masks_of_another_shape_are_refused():
+    """12 rows of masks for 16 rows of frames: each passes the size guard (>= 9) on its own, so
+    only the x-versus-masks check can refuse it."""
     model = model_lib.DeepSUM(SMALL)
     x, masks = _inputs(1, 16)
-    with pytest.raises(ValueError, match="masks"):
-        model(x, masks[:, :, :8])
+    assert masks[:, :, :12].shape == (1, 9, 12, 16, 1)
+    with pytest.raises(model_lib.InputError) as error:
+        model(x, masks[:, :, :12])
+    assert str(error.value) == "masks: expected the shape of x (1, 9, 16, 16, 1), got (1, 9, 12, 16, 1)"
+
+
+def test_masks_of_a_type_that_is_not_bool_or_numbers_are_refused():
+    """Complex masks: `!= 0` would still give a clear map, so only the dtype check refuses them."""
+    model = model_lib.DeepSUM(SMALL)
+    x, masks = _inputs(1, 16)
+    with pytest.raises(model_lib.InputError) as error:
+        model(x, masks.astype(np.complex64))
+    assert str(error.value) == "masks: expected dtype bool or 0/1 numbers, got complex64"
 
 
 def test_nan_input_raises_eager_and_in_tf_function():

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import struct
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -237,3 +239,138 @@ def test_norm_that_is_missing_or_a_folder_is_one_error_saying_which(tmp_path):
     (tmp_path / "norm.csv").mkdir()
     with pytest.raises(probav.ProbaVError, match=r"norm.csv: a folder \(expected norm.csv with lines"):
         probav.read_norm(tmp_path / "norm.csv")
+
+
+# --------------------------------------------------------------------------- guards, one bad input each
+
+
+def _chunk(kind: bytes, body: bytes) -> bytes:
+    """One PNG chunk with a valid CRC (built byte by byte, as tests/test_bad_inputs.py does)."""
+    return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
+
+
+def _png_bytes(*chunks: bytes) -> bytes:
+    return b"\x89PNG\r\n\x1a\n" + b"".join(chunks)
+
+
+def _ihdr(height: int = 4, width: int = 4) -> bytes:
+    return _chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 16, 0, 0, 0, 0))  # 16-bit greyscale
+
+
+def _idat(height: int = 4, width: int = 4) -> bytes:
+    return _chunk(b"IDAT", zlib.compress(b"".join(b"\0" + np.full(width, 1000, ">u2").tobytes() for _ in range(height))))
+
+
+def test_hand_built_png_reads_back():
+    """The builder below is sound: IHDR + IDAT + IEND is a readable 4x4 PNG of 1000s."""
+    content = _png_bytes(_ihdr(), _idat(), _chunk(b"IEND", b""))
+    np.testing.assert_array_equal(probav.decode_png(content, "x.png", "a PNG"), np.full((4, 4), 1000, np.uint16))
+
+
+@pytest.mark.parametrize("chunks, problem", [
+    ((_ihdr(), _idat()), "truncated: no IEND chunk"),
+    ((_idat(), _chunk(b"IEND", b"")), "no IHDR chunk"),
+], ids=["no IEND", "no IHDR"])
+def test_png_without_a_required_chunk(tmp_path, chunks, problem):
+    path = tmp_path / "LR000.png"
+    path.write_bytes(_png_bytes(*chunks))
+    with pytest.raises(probav.ProbaVError) as error:
+        probav.read_image_png(path)
+    assert str(error.value) == f"{path}: not a readable PNG ({problem})"
+
+
+def test_png_whose_image_data_are_not_zlib(tmp_path):
+    path = tmp_path / "LR000.png"
+    garbage = b"these bytes are not a zlib stream"
+    path.write_bytes(_png_bytes(_ihdr(), _chunk(b"IDAT", garbage), _chunk(b"IEND", b"")))
+    with pytest.raises(zlib.error) as zlib_error:  # zlib's own words for these bytes
+        zlib.decompress(garbage)
+    with pytest.raises(probav.ProbaVError) as error:
+        probav.read_image_png(path)
+    assert str(error.value) == (f"{path}: not a readable PNG (image data: {zlib_error.value}); "
+                                "expected a 16-bit greyscale PNG")
+    assert "incorrect header check" in str(error.value)
+
+
+@pytest.mark.parametrize("name, expected", [
+    ("LR001.png", "a 16-bit greyscale PNG"),
+    ("QM001.png", "a greyscale mask PNG with values 0/1 or 0/255"),
+])
+def test_colour_png_as_frame_or_mask(scene_folder, name, expected):
+    folder, _ = scene_folder
+    Image.fromarray(np.full((LR_SIZE, LR_SIZE, 3), 255, np.uint8)).save(folder / name)
+    with pytest.raises(probav.ProbaVError) as error:
+        probav.read_scene(folder)
+    assert str(error.value) == f"{folder / name}: image of shape ({LR_SIZE}, {LR_SIZE}, 3); expected {expected}"
+
+
+def test_qm_mask_without_its_lr_frame(tmp_path):
+    """LR000, LR002 and QM000..QM002: read as they are, 2 frames would get 3 masks and LR002 the
+    mask of QM001."""
+    folder = tmp_path / "test" / "NIR" / "imgset0001"
+    folder.mkdir(parents=True)
+    for number in (0, 2):
+        probav.write_png(folder / f"LR{number:03d}.png", np.full((8, 8), 1000 * (number + 1), np.uint16))
+    for number in (0, 1, 2):
+        probav.write_png(folder / f"QM{number:03d}.png", np.eye(8, dtype=bool) if number == 1 else np.ones((8, 8), bool))
+    with pytest.raises(probav.ProbaVError) as error:
+        probav.read_scene(folder)
+    assert str(error.value) == f"{folder / 'QM001.png'}: mask without its LR frame LR001.png"
+
+
+def test_scene_folder_without_lr_frames(tmp_path):
+    """HR.png and SM.png only: not empty, but no frame to super-resolve."""
+    folder = tmp_path / "train" / "NIR" / "imgset0001"
+    folder.mkdir(parents=True)
+    probav.write_png(folder / "HR.png", np.zeros((24, 24), np.uint16))
+    probav.write_png(folder / "SM.png", np.ones((24, 24), bool))
+    with pytest.raises(probav.ProbaVError) as error:
+        probav.read_scene(folder)
+    assert str(error.value) == f"{folder}: no LR frames (expected files LR000.png, LR001.png, ...)"
+
+
+def _test_scene(tmp_path: Path, hr: bool, sm: bool) -> Path:
+    """A test-split scene (HR/SM optional there) of 2 frames of 8x8, with HR.png and/or SM.png."""
+    lr = np.full((2, 8, 8), 1600, np.uint16)
+    return probav.write_scene(tmp_path / "test" / "RED" / "imgset0002", lr, np.ones(lr.shape, bool),
+                              np.full((24, 24), 1600, np.uint16) if hr else None,
+                              np.ones((24, 24), bool) if sm else None)
+
+
+def test_hr_without_sm_is_refused_when_masks_are_required(tmp_path):
+    folder = _test_scene(tmp_path, hr=True, sm=False)
+    with pytest.raises(probav.ProbaVError) as error:
+        probav.read_scene(folder)
+    assert str(error.value) == f"{folder / 'SM.png'}: file missing (expected the clear mask of HR.png)"
+    scene = probav.read_scene(folder, masks="assume_clear")  # the documented way to read it
+    assert scene.hr_clear.shape == (24, 24) and scene.hr_clear.all()
+
+
+def test_sm_without_hr_is_refused(tmp_path):
+    folder = _test_scene(tmp_path, hr=False, sm=True)
+    for masks in probav.MASK_MODES:
+        with pytest.raises(probav.ProbaVError) as error:
+            probav.read_scene(folder, masks=masks)
+        assert str(error.value) == f"{folder / 'HR.png'}: file missing (SM.png is present, so HR.png is expected)"
+
+
+@pytest.mark.parametrize("text", ["", "\n  \n\n"], ids=["empty", "blank lines"])
+def test_norm_without_rows(tmp_path, text):
+    path = tmp_path / "norm.csv"
+    path.write_text(text)
+    with pytest.raises(probav.ProbaVError) as error:
+        probav.read_norm(path)
+    assert str(error.value) == f"{path}: no rows (expected lines 'imgsetNNNN <cPSNR>')"
+
+
+@pytest.mark.parametrize("image, expected", [
+    (np.zeros((2, 4, 4), np.uint16), "expected a 2-D image, got shape (2, 4, 4)"),
+    (np.zeros((4, 4), np.float32), "expected uint16 or uint8 image or bool mask, got dtype float32"),
+    (np.zeros((4, 4), np.int32), "expected uint16 or uint8 image or bool mask, got dtype int32"),
+], ids=["3-D", "float32", "int32"])
+def test_write_png_refuses_what_it_cannot_write_exactly(tmp_path, image, expected):
+    path = tmp_path / "LR000.png"
+    with pytest.raises(ValueError) as error:
+        probav.write_png(path, image)
+    assert str(error.value) == f"{path}: {expected}"
+    assert list(tmp_path.iterdir()) == []
