@@ -252,7 +252,7 @@ class PretrainConfig:
 
     def __post_init__(self) -> None:
         check_precision(self.precision)
-        _check_numbers(self, ("seed",))
+        _check_numbers(self, ("seed", "border"))
         if self.spectral_band not in ("NIR", "RED"):
             raise ConfigError(f"spectral_band: expected 'NIR' or 'RED', got {self.spectral_band!r}")
         for name in ("lr", "sigma", "sigma_rescaled"):
@@ -265,7 +265,7 @@ class PretrainConfig:
             raise ConfigError(f"heldout_fraction: expected a number in (0, 1), got {self.heldout_fraction}")
         if self.eval_frames < 1:
             raise ConfigError(f"eval_frames: expected a positive integer, got {self.eval_frames}")
-        if self.border < 0 or self.patch_size <= 2 * self.border:
+        if self.patch_size <= 2 * self.border:
             raise ConfigError(f"patch_size: expected more than 2*border = {2 * self.border}, got {self.patch_size}")
 
     def replace(self, **changes: Any) -> "PretrainConfig":

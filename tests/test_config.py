@@ -90,6 +90,18 @@ def test_round_trip_through_json(tmp_path):
         (lambda c: c["others"].update(border=-1), "border: expected an integer >= 0, got -1"),
         (lambda c: c["others"].update(border=48), "patch_size_HR: expected sides larger than 2*border = 96, "
                                                   "got [96, 96]"),
+        # a zero or negative learning rate never trains, a zero sigma divides by zero
+        (lambda c: c["hyperparameters"].update(lr=0), "lr: expected a positive number, got 0.0"),
+        (lambda c: c["hyperparameters"].update(lr=-5e-6), "lr: expected a positive number, got -5e-06"),
+        (lambda c: c["others"].update(sigma=0), "sigma: expected a positive number, got 0.0"),
+        (lambda c: c["others"].update(sigma=-1), "sigma: expected a positive number, got -1.0"),
+        (lambda c: c["others"].update(sigma_rescaled=0), "sigma_rescaled: expected a positive number, got 0.0"),
+        (lambda c: c["hyperparameters"].update(batch_size=0), "batch_size: expected a positive integer, got 0"),
+        (lambda c: c["others"].update(skip_step=0), "skip_step: expected a positive integer, got 0"),
+        (lambda c: c["others"].update(n_chunks=0), "n_chunks: expected a positive integer, got 0"),
+        (lambda c: c["others"].update(n_features=0), "n_features: expected a positive integer, got 0"),
+        (lambda c: c["others"].update(filter_size=-1), "filter_size: expected a positive integer, got -1"),
+        (lambda c: c["others"].update(filter_size=8), "filter_size: expected an odd number, got 8"),
     ],
 )
 def test_bad_config_names_key_and_file(tmp_path, edit, expected):
@@ -145,6 +157,56 @@ def test_config_files_hold_the_authors_settings():
     assert (reg.lr, reg.batch_size, reg.max_shift, reg.filter_size) == (1e-3, 16, 4, 9)
     assert reg.SISRNet_pretrain_dir == sisr.checkpoint_dir  # RegNet freezes our own pretrained SISRNet
     assert config.to_json(sisr)["hyperparameters"] == {"lr": 5e-5, "batch_size": 16}
+
+
+def _section(kind, name: str) -> str:
+    return next(field.metadata["section"] for field in dataclasses.fields(kind) if field.name == name)
+
+
+PRETRAIN_BASE_ERRORS = [
+    (dict(spectral_band="GREEN"), "spectral_band: expected 'NIR' or 'RED', got 'GREEN'"),
+    (dict(lr=0.0), "lr: expected a positive number, got 0.0"),
+    (dict(lr=-1e-3), "lr: expected a positive number, got -0.001"),
+    (dict(sigma=0.0), "sigma: expected a positive number, got 0.0"),
+    (dict(sigma_rescaled=-596.982), "sigma_rescaled: expected a positive number, got -596.982"),
+    (dict(batch_size=0), "batch_size: expected a positive integer, got 0"),
+    (dict(steps=0), "steps: expected a positive integer, got 0"),
+    (dict(skip_step=-6), "skip_step: expected a positive integer, got -6"),
+    (dict(n_chunks=0), "n_chunks: expected a positive integer, got 0"),
+    (dict(n_features=0), "n_features: expected a positive integer, got 0"),
+    # both ends of (0, 1) refused: no held-out scene, or no training scene
+    (dict(heldout_fraction=0.0), "heldout_fraction: expected a number in (0, 1), got 0.0"),
+    (dict(heldout_fraction=1.0), "heldout_fraction: expected a number in (0, 1), got 1.0"),
+    (dict(heldout_fraction=-0.1), "heldout_fraction: expected a number in (0, 1), got -0.1"),
+    (dict(eval_frames=0), "eval_frames: expected a positive integer, got 0"),
+    (dict(border=-1), "border: expected an integer >= 0, got -1"),
+    (dict(border=24), "patch_size: expected more than 2*border = 48, got 48"),
+]
+REGNET_ERRORS = [
+    (dict(filter_size=10), "filter_size: expected an odd number, got 10"),  # max_shift 4 <= 10 // 2
+    # 2*max_shift + 2 = 10 with the default max_shift 4 (and more than 2*border = 6)
+    (dict(patch_size=10), "patch_size: expected more than 2*max_shift + 2, got 10"),
+    (dict(patch_size=12, max_shift=5, filter_size=11), "patch_size: expected more than 2*max_shift + 2, got 12"),
+]
+
+
+@pytest.mark.parametrize(
+    "kind, changes, expected",
+    [(kind, changes, expected) for kind in (SISRNetPretrainConfig, RegNetPretrainConfig)
+     for changes, expected in PRETRAIN_BASE_ERRORS]
+    + [(RegNetPretrainConfig, changes, expected) for changes, expected in REGNET_ERRORS],
+    ids=lambda value: (value.__name__ if isinstance(value, type) else "msg" if isinstance(value, str)
+                       else ",".join(f"{name}={item}" for name, item in value.items())),
+)
+def test_bad_pretraining_config_names_key_and_file(tmp_path, kind, changes, expected):
+    content = config.to_json(kind(**PRETRAIN, dataset_path=tmp_path))
+    assert isinstance(config.from_dict(kind, content, "pretrain.json"), kind)  # valid before the change
+    for name, value in changes.items():
+        content[_section(kind, name)][name] = value
+    with pytest.raises(config.ConfigError, match=re.escape(f"pretrain.json: {expected}")):
+        config.from_dict(kind, content, "pretrain.json")
+    with pytest.raises(config.ConfigError, match=f"^{re.escape(expected)}$"):  # the dataclass alone
+        kind(**{**PRETRAIN, **changes}, dataset_path=tmp_path)
 
 
 def test_config_errors_name_the_key(tmp_path):
