@@ -3,6 +3,8 @@ TensorFlow and NumPy versions, shift search, cloudy crops and input errors."""
 
 from __future__ import annotations
 
+import inspect
+
 import numpy as np
 import pytest
 import tensorflow as tf
@@ -53,10 +55,16 @@ def test_reference_case_loss_psnr_score(reference_case):
 
     assert mse.shape == (2, 49) and count.dtype == tf.int32
     per_offset = np.transpose(mse.numpy())[:, :, None]  # [b,49] -> [49,b,1], the reference layout
+    # cpsnr's defaults are the authors' constants: with sigma (2316.3408) for sigma_rescaled the
+    # cMSE would grow by (2316.3408 / 596.982)^2, cPSNR fall by 11.8 dB; mu cancels in the
+    # brightness correction (it moves y and the output alike), so its default is read from the signature
+    by_default = metrics.cpsnr(y, logits, mask)
+    assert inspect.signature(metrics.cpsnr).parameters["mu"].default == MU
     errors = {
         "loss_per_offset": relative_error(per_offset, reference_case["loss_per_offset"]),
         "loss": relative_error(loss, reference_case["loss"]),
         "cpsnr_per_image": relative_error(cpsnr, reference_case["cpsnr_per_image"][:, 0]),
+        "cpsnr_per_image_by_default": relative_error(by_default, reference_case["cpsnr_per_image"][:, 0]),
         "psnr": relative_error(tf.reduce_mean(cpsnr), reference_case["psnr"]),
         "score": relative_error(tf.reduce_mean(score), reference_case["score"]),
     }
@@ -172,6 +180,9 @@ def test_tf_metrics_reject_mismatched_shapes():
         metrics.cl2_loss(y_true[:, :, :6], y_true[:, :, :6], np.ones_like(y_true[:, :, :6]))
     with pytest.raises(metrics.MetricError, match=r"\[batch, 1, height, width, 1\]"):
         metrics.cl2_loss(y_true[0, 0], y_true[0, 0], y_true[0, 0])
+    for measure in (metrics.cl2_loss, metrics.cpsnr):  # a negative border would search no offset
+        with pytest.raises(metrics.MetricError, match=r"^border: expected >= 0, got -1$"):
+            measure(y_true, y_true, np.ones_like(y_true), border=-1)
 
 
 def test_kelvins_scorer_errors_say_what_was_expected():
@@ -188,6 +199,18 @@ def test_kelvins_scorer_errors_say_what_was_expected():
         metrics.kelvins_cpsnr(np.stack([sr, sr]), hr, clear)
     with pytest.raises(metrics.MetricError, match="positive cPSNR"):
         metrics.kelvins_score(sr, hr, clear, float("nan"))
+    # a bool image would be scored as 0/1 DN, a complex one without its imaginary part, text parsed as numbers
+    for name, bad in (("sr", (sr > 8000, hr)), ("sr", (sr + 0j, hr)), ("hr", (sr, hr.astype(str)))):
+        dtype = (bad[0] if name == "sr" else bad[1]).dtype
+        with pytest.raises(metrics.MetricError,
+                           match=rf"^{name}: expected integer or floating 16-bit values, got dtype {dtype}$"):
+            metrics.kelvins_cpsnr(*bad, clear)
+    # the 3-pixel crop on each side leaves nothing of a 6-pixel side
+    for shape in ((6, 6), (32, 6)):
+        rows, columns = shape
+        with pytest.raises(metrics.MetricError, match=rf"^sr: expected an image larger than 6 pixels per side, "
+                                                      rf"got \({rows}, {columns}\)$"):
+            metrics.kelvins_cpsnr(sr[:rows, :columns], hr[:rows, :columns], clear[:rows, :columns])
 
 
 # --- graph mode ----------------------------------------------------------------------------------
