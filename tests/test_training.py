@@ -379,6 +379,21 @@ def test_checkpoints_config_and_tensorboard_logs_are_written(trained):
     assert steps == [SKIP_STEP, FIRST_STEPS]
 
 
+def test_a_trainer_on_a_folder_with_checkpoints_resumes_their_weights(trained):
+    """Built on the trained folder, a Trainer resumes its last checkpoint: the step, Adam's step
+    count and every weight of the trained run, not pretraining or fresh weights over them."""
+    trainer, _ = trained
+    resumed = training.Trainer(trainer.config, progress=False)
+    try:
+        assert resumed.resumed_from == tf.train.latest_checkpoint(str(trainer.config.checkpoint_dir))
+        assert int(resumed.step) == int(resumed.optimizer.iterations) == FIRST_STEPS and not resumed.pretrained
+        expected = weights(trainer.model)
+        for name, value in weights(resumed.model).items():
+            np.testing.assert_array_equal(value, expected[name], err_msg=name)
+    finally:
+        resumed.loop.release()
+
+
 def test_freezing_keeps_those_weights_unchanged(tmp_path, data_path):
     config = tiny_config(tmp_path, data_path, freeze=("sisrnet", "regnet"), skip_step=100)
     trainer = training.Trainer(config, progress=False)
