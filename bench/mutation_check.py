@@ -247,6 +247,9 @@ MUTATIONS = (
              '    optimizer = optimization.adam(10 * config.lr)\n    applier, loss_scale_state = optimization.with_loss_scaling('
              'optimizer, config.precision, trainable)\n    loop = TrainingLoop(config.checkpoint_dir, {"model": network.sisrnet',
              ("tests/test_pretraining.py", "-k", "authors_sisrnet")),
+    Mutation("convert-tf1 replaces a folder of the user's files (checkpoints)", "libraries/checkpoints.py",
+             'return "checkpoint" in names and all(', 'return True or all(',
+             ("tests/test_checkpoints.py", "-k", "never_replaces")),
     Mutation("a NaN or infinite number in a config accepted (config)", "libraries/config.py",
              "if isinstance(value, float) and not math.isfinite(value):", "if False:",
              ("tests/test_config.py",)),

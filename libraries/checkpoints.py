@@ -35,6 +35,7 @@ from libraries.model import DeepSUM
 
 OBJECT_GRAPH_KEY = "_CHECKPOINTABLE_OBJECT_GRAPH"  # present in TF2 object-based checkpoints only
 CONFIG_FILE = "config.json"
+MODEL_FILE = re.compile(r"model-\d+\.(index|data-\d{5}-of-\d{5})")  # the files of save_model_checkpoint
 ARCHITECTURE = ("n_features", "filter_size", "T_in", "channels", "R")  # config keys that shape the weights
 CHECKPOINT_INDEX = re.compile(r"(.+)-(\d+)\.index")  # `ckpt-12.index`: a checkpoint's name and number
 IGNORED = re.compile(r"/Adam(_\d+)?$|^beta[12]_power$|^global_step$")
@@ -124,6 +125,8 @@ def save_model_checkpoint(model: tf.Module, folder: str | os.PathLike, config=No
     Returns `folder`.
     """
     config = getattr(model, "config", None) if config is None else config
+    fileio.require_replaceable(folder, is_model_folder, "this project", "a model checkpoint folder",
+                               "model-N checkpoint", CheckpointError)
     with fileio.atomic_folder(folder) as temporary:
         manager = tf.train.CheckpointManager(
             tf.train.Checkpoint(model=model), str(temporary), max_to_keep=1, checkpoint_name="model"
@@ -132,6 +135,14 @@ def save_model_checkpoint(model: tf.Module, folder: str | os.PathLike, config=No
         if config is not None:
             fileio.save_json(temporary / CONFIG_FILE, config_lib.to_json(config))
     return Path(folder)
+
+
+def is_model_folder(folder: Path) -> bool:
+    """True for a folder `save_model_checkpoint` wrote: its `checkpoint` file, `model-N` files and
+    `config.json`, nothing else (a training folder, the authors' TF1 files or a user's are not)."""
+    names = [entry.name for entry in Path(folder).iterdir()]
+    return "checkpoint" in names and all(name in ("checkpoint", CONFIG_FILE) or MODEL_FILE.fullmatch(name)
+                                         for name in names)
 
 
 def restore_weights(model: tf.Module, path: str | os.PathLike, extra: Mapping[str, tf.Module] | None = None) -> str:

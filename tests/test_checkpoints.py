@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 import gc
 import numpy as np
 import pytest
@@ -147,6 +148,32 @@ def test_convert_tf1_round_trips_to_identical_outputs(case_checkpoint, reference
     # converting again replaces the folder in one step, leaving no temporary folders behind
     assert main(["convert-tf1", str(case_checkpoint), str(destination)]) == 0
     assert sorted(p.name for p in tmp_path.iterdir()) == ["converted"]
+
+
+@pytest.mark.parametrize("destination", ["notes", "training", "source", "file"])
+def test_convert_tf1_never_replaces_what_it_did_not_write(case_checkpoint, tmp_path, capsys, destination):
+    """A folder of the user's files, a training folder, the TF1 source itself and a file are left
+    as they were: only an absent or empty folder, or one it wrote, is replaced."""
+    source = tmp_path / "source"
+    shutil.copytree(case_checkpoint, source)
+    target = {"notes": tmp_path / "notes", "training": tmp_path / "training", "source": source,
+              "file": tmp_path / "file"}[destination]
+    if destination == "notes":
+        target.mkdir()
+        (target / "notes.txt").write_text("mine\n")
+    elif destination == "training":
+        target.mkdir()
+        for name in ("checkpoint", "ckpt-3.index", "ckpt-3.data-00000-of-00001", "config.json"):
+            (target / name).write_text("a training folder\n")
+    elif destination == "file":
+        target.write_text("mine\n")
+    before = {path: path.read_bytes() for path in tmp_path.rglob("*") if path.is_file()}
+    assert main(["convert-tf1", str(source), str(target)]) == 1
+    error = capsys.readouterr().err
+    expected = ("exists and is not a plain folder" if destination == "file" else
+                "holds files but is not a model checkpoint folder (no model-N checkpoint written by this project)")
+    assert error.startswith(f"error: {target}: {expected}") and error.count("\n") == 1, error
+    assert {path: path.read_bytes() for path in tmp_path.rglob("*") if path.is_file()} == before
 
 
 def test_convert_tf1_refuses_a_pretraining_checkpoint(pretraining, tmp_path, capsys):
