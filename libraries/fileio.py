@@ -80,35 +80,50 @@ def atomic_folder(destination: str | os.PathLike, suffix: str = ".tmp") -> Itera
 
 
 class FolderLock:
-    """One writer per folder: an exclusive OS lock (`flock`) on the folder itself.
+    """One writer per folder: an exclusive OS lock (`flock`) on the folder itself; readers take it
+    shared (`shared=True`: any number of readers, no writer while they read).
 
     The kernel drops the lock when its process ends, however it ends, so a killed run never
-    blocks the next one. While it is held, `folder/.lock` names the holder's process id for
-    the message of a run that is refused; `release` removes it (a killed run's stays, and the
-    next holder overwrites it).
+    blocks the next one. While a writer holds it, `folder/.lock` names the writer's process id
+    for the message of a run that is refused; `release` removes it (a killed run's stays, and
+    the next writer overwrites it). A reader needs the folder to exist and writes nothing.
     """
 
     NAME = ".lock"
 
-    def __init__(self, folder: str | os.PathLike, what: str = "folder"):
+    def __init__(self, folder: str | os.PathLike, what: str = "folder", shared: bool = False):
         self.descriptor: int | None = None
+        self.shared = shared
         self.folder = require_folder_path(folder, what)
-        self.folder.mkdir(parents=True, exist_ok=True)
+        if not shared:
+            self.folder.mkdir(parents=True, exist_ok=True)
         descriptor = os.open(self.folder, os.O_RDONLY | os.O_DIRECTORY)
         try:
-            fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            fcntl.flock(descriptor, (fcntl.LOCK_SH if shared else fcntl.LOCK_EX) | fcntl.LOCK_NB)
         except BlockingIOError:
             os.close(descriptor)
-            holder = self.folder / self.NAME
-            holder = holder.read_text().strip() if holder.is_file() else "unknown"
-            raise domain.DeepSUMError(f"{self.folder}: this {what} is in use by another run (process {holder}); "
+            raise domain.DeepSUMError(f"{self.folder}: this {what} is in use by another run ({self._holder()}); "
                                       "wait for it to end or use another folder") from None
         self.descriptor = descriptor
-        (self.folder / self.NAME).write_text(f"{os.getpid()}\n")
+        if not shared:
+            (self.folder / self.NAME).write_text(f"{os.getpid()}\n")
+
+    def _holder(self) -> str:
+        """Who holds the lock: the writer named by `.lock` if that process lives, else readers."""
+        try:
+            pid = int((self.folder / self.NAME).read_text())
+            os.kill(pid, 0)
+        except (OSError, ValueError):  # no .lock, a killed writer's, or readers (they write none)
+            return "a run that reads it, e.g. train"
+        if pid == os.getpid():  # e.g. a notebook cell that makes a Trainer run again
+            return (f"process {pid}, this one: an earlier object still holds it; release it (a Trainer: "
+                    "`trainer.loop.release()`) or restart the kernel")
+        return f"process {pid}"
 
     def release(self) -> None:
         if self.descriptor is not None:
-            (self.folder / self.NAME).unlink(missing_ok=True)
+            if not self.shared:
+                (self.folder / self.NAME).unlink(missing_ok=True)
             fcntl.flock(self.descriptor, fcntl.LOCK_UN)
             os.close(self.descriptor)
             self.descriptor = None

@@ -85,7 +85,8 @@ def test_a_folder_lock_refuses_a_second_writer_and_frees_the_folder_when_its_pro
     with fileio.FolderLock(folder, "checkpoint folder"):
         assert (folder / ".lock").read_text() == f"{os.getpid()}\n"
         with pytest.raises(domain.DeepSUMError, match=rf"{folder}: this checkpoint folder is in use by another "
-                                                      rf"run \(process {os.getpid()}\)"):
+                                                      rf"run \(process {os.getpid()}, this one: an earlier object "
+                                                      r"still holds it; release it"):
             fileio.FolderLock(folder, "checkpoint folder")
     assert list(folder.iterdir()) == []  # released: the pid file is gone
     # a process that holds the lock and dies by SIGKILL leaves its pid file, but not its lock
@@ -101,6 +102,28 @@ def test_a_folder_lock_refuses_a_second_writer_and_frees_the_folder_when_its_pro
         child.wait()
     with fileio.FolderLock(folder):
         assert (folder / ".lock").read_text() == f"{os.getpid()}\n"
+
+
+def test_readers_share_a_folder_lock_that_keeps_writers_out(tmp_path):
+    """Readers (a training run reading a data set) hold it together and write nothing; a writer
+    (`prepare`) is refused while one reads, and a reader while a writer writes. The `.lock` a
+    killed writer left does not name it as the holder of the readers' lock."""
+    folder = tmp_path / "data"
+    (folder / "NIR").mkdir(parents=True)
+    (folder / ".lock").write_text("999999999\n")  # a killed writer's: no such process
+    first, second = (fileio.FolderLock(folder, "data set", shared=True) for _ in range(2))
+    with pytest.raises(domain.DeepSUMError, match=rf"^{folder}: this data set is in use by another run \(a run that "
+                                                  r"reads it, e\.g\. train\); wait for it to end"):
+        fileio.FolderLock(folder, "data set")
+    first.release()
+    second.release()
+    assert sorted(entry.name for entry in folder.iterdir()) == [".lock", "NIR"]  # readers wrote and removed nothing
+    with fileio.FolderLock(folder, "data set"):
+        with pytest.raises(domain.DeepSUMError, match=rf"process {os.getpid()}, this one"):
+            fileio.FolderLock(folder, "data set", shared=True)
+    with pytest.raises(FileNotFoundError):  # a reader never creates the folder it reads
+        fileio.FolderLock(tmp_path / "missing", "data set", shared=True)
+    assert not (tmp_path / "missing").exists()
 
 
 def test_stale_partial_folders_are_removed_and_finished_outputs_kept(tmp_path):

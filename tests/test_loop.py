@@ -26,7 +26,7 @@ import pytest
 import tensorflow as tf
 
 from libraries import __main__ as cli, config as config_module
-from libraries import checkpoints, fileio, model, training
+from libraries import checkpoints, dataset, domain, fileio, model, training
 from libraries.config import RegNetPretrainConfig, SISRNetPretrainConfig
 from libraries.training import loop, pretraining
 
@@ -418,3 +418,34 @@ def test_a_folder_of_another_network_is_refused_and_left_unlocked(tmp_path):
     same = training.TrainingLoop(tmp_path / "run", {"weight": tf.Variable([0.0, 0.0])}, skip_step=2, progress=False)
     assert same.restore() == str(saved)  # not refused as locked by the refused one
     same.release()
+
+
+def test_prepare_cannot_replace_the_data_set_a_run_reads_nor_a_run_read_one_being_prepared(tmp_path, data_path):
+    """A run holds its data set folder shared: `prepare` into it stops at once (it would swap the
+    chunks under the run, which would go on with a mix of two data sets); and a run does not
+    start on a folder that `prepare` is writing."""
+    probav_dir = data_path.parent / "probav"
+    before = {path: path.stat().st_mtime_ns for path in data_path.rglob("*") if path.is_file()}
+    refused = []
+
+    def step(batch):
+        with pytest.raises(domain.DeepSUMError) as error:
+            dataset.prepare(probav_dir, data_path, bands=("NIR",), n_chunks=1, patch_size=48, processes=1,
+                            progress=False)
+        refused.append(str(error.value))
+        return {"loss": tf.constant(1.0)}
+
+    run = training.TrainingLoop(tmp_path / "run", {"weight": tf.Variable(1.0)}, skip_step=5, progress=False,
+                                reads=data_path)
+    run.run(step, lambda start: iter(range(start, 100)), 1)
+    assert refused == [f"{data_path}: this prepared data set folder is in use by another run (a run that reads it, "
+                       "e.g. train); wait for it to end or use another folder"]
+    assert {path: path.stat().st_mtime_ns for path in data_path.rglob("*") if path.is_file()} == before
+    with fileio.FolderLock(data_path, "prepared data set folder"):  # `prepare` under way in this process
+        waiting = training.TrainingLoop(tmp_path / "later", {"weight": tf.Variable(1.0)}, skip_step=5,
+                                        progress=False, reads=data_path)
+        with pytest.raises(domain.DeepSUMError, match=rf"^{re.escape(str(data_path))}: this prepared data set "
+                                                             rf"folder is in use by another run \(process {os.getpid()}, "
+                                                             r"this one: an earlier object still holds it;"):
+            waiting.run(step, lambda start: iter(range(start, 100)), 1)
+    assert not (tmp_path / "later").exists()  # refused before anything was written

@@ -115,7 +115,7 @@ class Trainer:
         self.loop = TrainingLoop(config.checkpoint_dir, {"model": self.model, "optimizer": self.optimizer},
                                  config.skip_step, title=f"train {config.spectral_band}", optional=loss_scale_state,
                                  best_key="score", best_mode="min", config=config, worker=worker, progress=progress,
-                                 cluster=cluster)
+                                 cluster=cluster, reads=config.dataset_path)
         self.step, self.best_score = self.loop.step, self.loop.best
         self.pretrained: dict[str, list[str]] = {}
         try:  # a start refused (weights missing or unfit) frees the folder and removes it if it made it

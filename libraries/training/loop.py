@@ -103,11 +103,13 @@ class TrainingLoop:
     worker: None for the chief (or a single process), else the task id of a non-chief worker.
     cluster: one of several workers (its saves are collective: SIGINT and SIGTERM keep their
     default effect).
+    reads: the prepared data set folder the run reads, locked shared while it runs.
     """
 
     def __init__(self, folder: str | Path, objects: Mapping[str, Any], skip_step: int, title: str = "train",
                  optional: Mapping[str, Any] | None = None, best_key: str | None = None, best_mode: str = "min",
-                 config: Any = None, worker: int | None = None, progress: bool = True, cluster: bool = False):
+                 config: Any = None, worker: int | None = None, progress: bool = True, cluster: bool = False,
+                 reads: str | Path | None = None):
         if best_mode not in ("min", "max"):
             raise ValueError(f"best_mode: expected 'min' or 'max', got {best_mode!r}")
         self.folder = Path(folder)
@@ -128,6 +130,7 @@ class TrainingLoop:
         # one run per folder: taken before anything is written, dropped when `run` ends (or
         # when the process dies), so a second run on the folder cannot overwrite this one's files
         self.save_dir = save_dir
+        self.reads = None if reads is None else Path(reads)
         self._created = [path for path in (save_dir, *save_dir.parents) if not path.exists()]  # deepest first
         self.lock: fileio.FolderLock | None = fileio.FolderLock(save_dir, "checkpoint folder")
         for folder in (save_dir, save_dir / "best"):
@@ -233,7 +236,12 @@ class TrainingLoop:
             return history
         bar = tqdm(total=steps or None, initial=start, desc=self.title, unit="step", disable=not self.progress)
         doing = f"step {start + 1}"  # what a failed numerics check names
+        data_lock = None
         try:
+            # held shared while the run reads the data set: `prepare` (which takes it exclusively)
+            # cannot replace the chunks under a run, which would go on with a mix of two data sets
+            if self.reads is not None and self.reads.is_dir():
+                data_lock = fileio.FolderLock(self.reads, "prepared data set folder", shared=True)
             iterator = iter(batches(start))
             with stop_requests(not self.cluster) as stop:
                 while not steps or int(self.step) < steps:
@@ -275,6 +283,8 @@ class TrainingLoop:
             bar.close()
             if self._writers is not None:
                 self.train_writer.flush()
+            if data_lock is not None:
+                data_lock.release()
             self.release()
         return history
 

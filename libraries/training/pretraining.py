@@ -126,7 +126,8 @@ def pretrain_sisrnet(config: SISRNetPretrainConfig, steps: int | None = None,
     applier, loss_scale_state = optimization.with_loss_scaling(optimizer, config.precision, trainable)
     loop = TrainingLoop(config.checkpoint_dir, {"model": network.sisrnet, "head": network.head, "optimizer": optimizer},
                         config.skip_step, title="SISRNet pretraining", optional=loss_scale_state,
-                        best_key="heldout_loss", best_mode="min", config=config, progress=progress)
+                        best_key="heldout_loss", best_mode="min", config=config, progress=progress,
+                        reads=config.dataset_path)
     _initialise(loop, config, network.sisrnet, {"head": network.head}, source)
 
     def losses(x, y, mask):  # [b, 1, p, p, 1] each
@@ -256,7 +257,7 @@ def pretrain_regnet(config: RegNetPretrainConfig, steps: int | None = None,
     features_dtype = compute_dtype(config.precision)
     loop = TrainingLoop(config.checkpoint_dir, {"model": regnet, "optimizer": optimizer}, config.skip_step,
                         title="RegNet pretraining", optional=loss_scale_state, best_key="heldout_accuracy",
-                        best_mode="max", config=config, progress=progress)
+                        best_mode="max", config=config, progress=progress, reads=config.dataset_path)
     _initialise(loop, config, regnet, source=source)
     step_counter = loop.step
 
