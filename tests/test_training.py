@@ -8,6 +8,7 @@ and `libraries.dataset.prepare`.
 from __future__ import annotations
 
 import math
+import re
 import shutil
 from pathlib import Path
 
@@ -84,6 +85,11 @@ def test_chunk_arrays_missing_or_of_another_shape_are_named():
         training.check_arrays(arrays, "chunk_0", frames=8)
     with pytest.raises(training.TrainingDataError, match=r"^chunk_0: patches are 6x6, the config's patch_size_HR is 9x9$"):
         training.check_arrays(arrays, "chunk_0", frames=9, patch=9)
+    for frames_of_another_kind in (frames[:, 0], frames.astype(str)):  # a 3-D array, an array of text
+        with pytest.raises(training.TrainingDataError, match=rf"^chunk_0: frames of shape "
+                                                             rf"{re.escape(str(frames_of_another_kind.shape))} and dtype "
+                                                             r"\S+; expected numbers \[scenes, frames, height, width\]$"):
+            training.check_arrays({**arrays, "frames": frames_of_another_kind}, "chunk_0", frames=9)
 
 
 def test_batch_plan_reads_the_chunks_one_after_another_in_a_new_order_each_epoch():

@@ -57,6 +57,9 @@ def check_arrays(arrays: Mapping[str, np.ndarray], source: str, frames: int, pat
     missing = [key for key in TRAINING_KEYS if key not in arrays]
     if missing:
         raise TrainingDataError(f"{source}: missing arrays {missing}; expected {list(TRAINING_KEYS)}")
+    if np.ndim(arrays["frames"]) != 4 or not np.issubdtype(np.asarray(arrays["frames"]).dtype, np.number):
+        raise TrainingDataError(f"{source}: frames of shape {np.shape(arrays['frames'])} and dtype "
+                                f"{np.asarray(arrays['frames']).dtype}; expected numbers [scenes, frames, height, width]")
     count, found_frames, height, width = np.shape(arrays["frames"])
     expected = {"frames": (count, frames, height, width), "masks": (count, frames, height, width),
                 "hr": (count, height, width), "hr_clear": (count, height, width)}
