@@ -546,6 +546,13 @@ def test_an_interrupted_split_resumes_from_the_scenes_it_saved(tmp_path, synthet
     again = superresolver.folder(synthetic_dir, "train", ["NIR"], progress=False, parts=parts)
     assert computed == [names[1]] and f"{damaged}: not a saved scene image" in caplog.text
     np.testing.assert_array_equal(again[names[1]], expected[names[1]])
+    # a saved image of another size than the scene's SR image (3x its LR frames) is computed again
+    fileio.save_npy(damaged, np.zeros((10, 10), np.float32))
+    computed = []
+    again = superresolver.folder(synthetic_dir, "train", ["NIR"], progress=False, parts=parts)
+    assert computed == [names[1]] and f"float32 array of shape (10, 10), expected a finite float32 image of shape " \
+                                      f"{expected[names[1]].shape}" in caplog.text
+    np.testing.assert_array_equal(again[names[1]], expected[names[1]])
     settings = inference.parts.scene_settings(superresolver.model, superresolver.config, 0, False, synthetic_dir, "train")
     with inference.SceneParts(parts / "NIR", settings):
         with pytest.raises(domain.DeepSUMError, match=f"{parts / 'NIR'}: this parts folder is in use by another run"):

@@ -103,16 +103,18 @@ class SceneParts:
     def __exit__(self, *exc_info) -> None:
         self.lock.release()
 
-    def get(self, name: str) -> np.ndarray | None:
-        """The saved image `[H, W]` float32 of scene `name`, or None (not saved, or unreadable:
-        then deleted, with a warning, to be computed again)."""
+    def get(self, name: str, shape: tuple[int, int] | None = None) -> np.ndarray | None:
+        """The saved image `[H, W]` float32 of scene `name`, or None (not saved, unreadable or not
+        of `shape`, the scene's SR size: then deleted, with a warning, to be computed again)."""
         path = self.folder / f"{name}.npy"
         if not path.is_file():
             return None
         try:
             image = np.load(path, allow_pickle=False)
-            problem = None if image.dtype == np.float32 and image.ndim == 2 and np.isfinite(image).all() else (
-                f"{image.dtype} array of shape {image.shape}, expected a finite float32 image")
+            fits = image.ndim == 2 and (shape is None or image.shape == tuple(shape))
+            problem = None if image.dtype == np.float32 and fits and np.isfinite(image).all() else (
+                f"{image.dtype} array of shape {image.shape}, expected a finite float32 image"
+                + ("" if shape is None else f" of shape {tuple(shape)}"))
         except (OSError, ValueError, EOFError) as error:
             problem = f"{type(error).__name__}: {error}"
         if problem is not None:

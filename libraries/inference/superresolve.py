@@ -194,6 +194,11 @@ class Superresolver:
                                                  windows_per_call))[0] for transform in transforms]
         return ensemble.restored_mean(fused, transforms)
 
+    def _sr_shape(self, folder: Path) -> tuple[int, int] | None:
+        """R x the size of a scene folder's first LR frame (None without one: reading it says why)."""
+        frames = sorted(folder.glob("LR*.png"))
+        return tuple(self.config.R * side for side in probav.png_size(frames[0])) if frames else None
+
     def folder(self, data_dir: str | Path, split: str, bands: Iterable[str], n_slide: int = 0,
                windows_per_call: int | None = None, progress: bool = True,
                self_ensemble: bool | None = None, parts: str | Path | None = None) -> dict[str, np.ndarray]:
@@ -210,7 +215,7 @@ class Superresolver:
                 saved = None if parts is None else stack.enter_context(SceneParts(
                     Path(parts) / band, scene_settings(self.model, self.config, n_slide, on, data_dir, split)))
                 for folder in tqdm(scenes, desc=f"super-resolving {split}/{band}", unit="scene", disable=not progress):
-                    image = None if saved is None else saved.get(folder.name)
+                    image = None if saved is None else saved.get(folder.name, self._sr_shape(folder))
                     if image is None:
                         scene = prepare_test_scene(probav.read_scene(folder, band=band, split=split))
                         image = self.scene(scene, n_slide, windows_per_call, self_ensemble)
