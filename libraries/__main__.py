@@ -21,6 +21,7 @@ import tempfile
 from typing import Iterator
 
 from libraries.domain import DeepSUMError
+from libraries.interrupts import Terminated, sigterm_raises
 
 # command -> (module, one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {
@@ -124,10 +125,19 @@ def main(argv: list[str] | None = None) -> int:
     logging.getLogger("libraries").setLevel(logging.INFO)
     logging.getLogger("tensorflow").addFilter(UNREAD_CHECKPOINT_VALUES)  # once: the same filter object
     try:
-        return int(getattr(module, f"run_{snake}")(args) or 0)
+        # SIGTERM (a scheduler's notice, `kill`) unwinds as Ctrl-C does, so that every atomic
+        # writer removes its temporary files; commands that keep work (train, superresolve)
+        # handle both themselves and say what they kept
+        with sigterm_raises():
+            return int(getattr(module, f"run_{snake}")(args) or 0)
     except USER_ERRORS as error:
         print(f"error: {one_line(error)}", file=sys.stderr)
         return 1
+    except (KeyboardInterrupt, Terminated) as stop:
+        how = "interrupted (Ctrl-C)" if isinstance(stop, KeyboardInterrupt) else "stopped by SIGTERM"
+        print(f"error: {command} {how}; nothing half-written is left, the same command starts it again",
+              file=sys.stderr)
+        return 130 if isinstance(stop, KeyboardInterrupt) else 143  # the shells' codes of the two signals
 
 
 def one_line(error: BaseException) -> str:

@@ -6,8 +6,10 @@ import gc
 import logging
 import os
 import re
+import signal
 import subprocess
 import sys
+import time
 
 import numpy as np
 import pytest
@@ -180,3 +182,26 @@ def test_every_command_and_flag_the_readme_shows_is_run_by_a_test():
     unused = sorted((command, flag) for command, command_flags in flags.items() for flag in command_flags
                     if not any(f'"{command}"' in text and f'"{flag}"' in text for text in sources.values()))
     assert not unused, f"README flags no test passes to their command: {unused}"
+
+
+def test_sigterm_unwinds_a_command_and_leaves_nothing_half_written(tmp_path):
+    """SIGTERM while `synth` writes its set (the event: a scene in its temporary folder): one
+    error line, the shells' exit code 143, and neither the set nor its temporary folder left."""
+    process = subprocess.Popen([sys.executable, "-m", "libraries", "synth", "--out", str(tmp_path / "set"), "--seed",
+                                "1", "--scenes", "40", "--lr-size", "128"], cwd=tmp_path, env=subprocess_env(),
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 120  # a safety net only
+        while not list(tmp_path.glob(".set.*.tmp/*/*/imgset*")):
+            assert process.poll() is None, process.communicate()
+            assert time.monotonic() < deadline, "no scene written in time"
+            time.sleep(0.02)
+        process.send_signal(signal.SIGTERM)
+        _, error = process.communicate(timeout=120)
+    finally:
+        process.kill()
+        process.wait()
+    assert process.returncode == 143, error[-2000:]
+    assert error.strip().splitlines()[-1] == ("error: synth stopped by SIGTERM; nothing half-written is left, the same "
+                                              "command starts it again")
+    assert list(tmp_path.iterdir()) == []
