@@ -68,7 +68,7 @@ def command_for(kind: str, tmp_path: Path, data_path: Path, sisrnet: Path | None
 
     def arguments(steps: int, folder: Path) -> list[str]:  # pretraining takes its folder from the config
         path = fileio.save_json(tmp_path / f"{folder.name}.json", config_module.to_json(config.replace(checkpoint_dir=folder)))
-        return [kind, "--config", str(path), "--steps", str(steps)]
+        return [kind, "--config", str(path), "--steps", str(steps), "--no-progress"]
 
     return arguments, config
 

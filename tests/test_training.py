@@ -74,6 +74,14 @@ def test_chunks_of_fewer_patches_than_one_batch_are_refused():
         training.BatchPlan([3, 2], batch_size=4, seed=0)
 
 
+def test_more_chunks_in_the_config_than_prepared_names_the_key(tmp_path, data_path):
+    config = tiny_config(tmp_path, data_path, n_chunks=5)  # the tiny set has 2
+    folder = data_path / config.spectral_band / "best9" / "train"
+    with pytest.raises(training.TrainingDataError, match=rf"^n_chunks: 5 in the config, but {re.escape(str(folder))} "
+                                                         r"holds 2 chunks; expected n_chunks <= 2 \(or prepare --chunks 5\)$"):
+        training.make_training_dataset(config)
+
+
 def test_chunk_arrays_missing_or_of_another_shape_are_named():
     frames = np.zeros((2, 9, 6, 6), np.float32)
     arrays = {"frames": frames, "masks": np.ones(frames.shape, bool), "hr": np.zeros((2, 6, 6), np.float32),

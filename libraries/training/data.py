@@ -110,6 +110,12 @@ class TrainingChunks:
         self.items = list(range(config.n_chunks) if items is None else items)
         if not self.items:
             raise TrainingDataError("no training chunk given")
+        band_dir = store.band_folder(config.dataset_path, config.spectral_band)
+        folder = band_dir / "train" if config.full else band_dir / store.BEST9 / "train"
+        prepared = len(list(folder.glob("chunk_*"))) if folder.is_dir() else None
+        if items is None and prepared is not None and prepared < config.n_chunks:  # else: the reader names the file
+            raise TrainingDataError(f"n_chunks: {config.n_chunks} in the config, but {folder} holds {prepared} "
+                                    f"chunks; expected n_chunks <= {prepared} (or prepare --chunks {config.n_chunks})")
         self._cache: OrderedDict[int, Mapping[str, np.ndarray]] = OrderedDict()
         self._lock = threading.Lock()
         self.sizes = [len(self.get(index)["frames"]) for index in range(len(self.items))]

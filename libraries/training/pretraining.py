@@ -304,6 +304,7 @@ def _add_arguments(parser: argparse.ArgumentParser, default: str) -> None:
     parser.add_argument("--steps", type=config_module.integer_at_least(1), default=None,
                         help="train until this global step (default: the config's steps)")
     config_module.add_precision_argument(parser)
+    parser.add_argument("--no-progress", action="store_true", help="no progress bars")
 
 
 def add_pretrain_sisrnet_arguments(parser: argparse.ArgumentParser) -> None:
@@ -329,7 +330,7 @@ def _how_deepsum_starts_from(key: str, folder: Path) -> str:
 
 def run_pretrain_sisrnet(args: argparse.Namespace) -> int:
     config = config_from_arguments(args, SISRNetPretrainConfig)
-    history = pretrain_sisrnet(config, steps=args.steps, source=args.config)
+    history = pretrain_sisrnet(config, steps=args.steps, source=args.config, progress=not args.no_progress)
     if history.get("loss"):
         print(f"step {history['step'][-1]}: cL2 loss {history['loss'][-1]:.5f} "
               f"(bicubic {history['bicubic_loss'][-1]:.5f}); checkpoints in {config.checkpoint_dir}")
@@ -339,7 +340,7 @@ def run_pretrain_sisrnet(args: argparse.Namespace) -> int:
 
 def run_pretrain_regnet(args: argparse.Namespace) -> int:
     config = config_from_arguments(args, RegNetPretrainConfig)
-    history = pretrain_regnet(config, steps=args.steps, source=args.config)
+    history = pretrain_regnet(config, steps=args.steps, source=args.config, progress=not args.no_progress)
     if history["validation"]:
         print(f"step {history['validation'][-1]['step']}: held-out tap accuracy "
               f"{history['validation'][-1]['heldout_accuracy']:.3f}; checkpoints in {config.checkpoint_dir}")
