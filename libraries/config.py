@@ -99,6 +99,8 @@ def _check_numbers(config: Any, non_negative: tuple[str, ...]) -> None:
     for name in non_negative:
         if getattr(config, name) < 0:
             raise ConfigError(f"{name}: expected an integer >= 0, got {getattr(config, name)!r}")
+    if getattr(config, "seed", 0) >= 2 ** 63:  # TensorFlow's stateless random ops take int64 seeds
+        raise ConfigError(f"seed: expected an integer below 2**63, got {config.seed!r}")
 
 
 def with_precision(config: ConfigT, precision: str | None) -> ConfigT:

@@ -84,6 +84,7 @@ def test_round_trip_through_json(tmp_path):
         (lambda c: c["others"].update(sigma=float("inf")), "sigma: expected a finite number, got inf"),
         (lambda c: c["hyperparameters"].update(lr=float("-inf")), "lr: expected a finite number, got -inf"),
         (lambda c: c["others"].update(seed=-1), "seed: expected an integer >= 0, got -1"),
+        (lambda c: c["others"].update(seed=2 ** 63), f"seed: expected an integer below 2**63, got {2 ** 63}"),
         (lambda c: c["others"].update(n_slide=-2), "n_slide: expected an integer >= 0, got -2"),
         (lambda c: c["others"].update(max_steps=-5), "max_steps: expected an integer >= 0, got -5"),
         (lambda c: c["others"].update(validation_images=-1), "validation_images: expected an integer >= 0, got -1"),
@@ -180,6 +181,7 @@ PRETRAIN_BASE_ERRORS = [
     (dict(heldout_fraction=-0.1), "heldout_fraction: expected a number in (0, 1), got -0.1"),
     (dict(eval_frames=0), "eval_frames: expected a positive integer, got 0"),
     (dict(border=-1), "border: expected an integer >= 0, got -1"),
+    (dict(seed=2 ** 63), f"seed: expected an integer below 2**63, got {2 ** 63}"),
     (dict(border=24), "patch_size: expected more than 2*border = 48, got 48"),
 ]
 REGNET_ERRORS = [
