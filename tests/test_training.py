@@ -233,6 +233,16 @@ def test_an_object_array_in_the_data_set_is_one_error_naming_the_file(tmp_path, 
     assert not (tmp_path / "checkpoints").exists()
 
 
+def test_validation_names_cut_short_are_one_error_naming_the_file(tmp_path, data_path):
+    copy = tmp_path / "prepared"
+    shutil.copytree(data_path, copy)
+    names = copy / "NIR" / "best9" / "validation" / "names.npy"
+    names.write_bytes(names.read_bytes()[:40])  # within numpy's header
+    with pytest.raises(dataset.DatasetError, match=rf"^{re.escape(str(names))}: not a readable array of a prepared "
+                                                   r"dataset \("):
+        training.load_validation_arrays(tiny_config(tmp_path, copy))
+
+
 def test_a_chunk_of_the_wrong_patch_size_is_an_error(tmp_path, data_path):
     config = tiny_config(tmp_path, data_path, patch_size_HR=(96, 96), patch_size_LR=(32, 32))
     with pytest.raises(training.TrainingDataError, match="patches are 48x48, the config's patch_size_HR is 96x96"):

@@ -241,7 +241,7 @@ def load_validation(dataset_path: str | os.PathLike, band: str, full: bool = Fal
     band_dir = band_folder(dataset_path, band)
     if not full:
         arrays = best9_store(band_dir / BEST9 / "validation")
-        arrays["names"] = np.load(band_dir / BEST9 / "validation" / "names.npy", allow_pickle=False)
+        arrays["names"] = load_arrays(band_dir / BEST9 / "validation", ["names"], mmap=False)["names"]
         return arrays
     store = store_for_windows(band_dir, "validation")
     arrays = concatenate(best9_windows(store, *validation_windows(store)))
