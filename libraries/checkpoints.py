@@ -194,8 +194,10 @@ def _other_architecture(prefix: str, config: Any) -> str:
     """Why a checkpoint does not fit, when the config saved beside it (in its folder, or the
     training folder around `best/`) builds another network than `config`: "; <file> has
     n_features 8 (here 64): give that config (--config)", else ""."""
+    if config is None:
+        return ""
     for path in (Path(prefix).parent / CONFIG_FILE, Path(prefix).parent.parent / CONFIG_FILE):
-        if config is None or not path.is_file():
+        if not path.is_file():
             continue
         try:
             saved = fileio.read_json(path)

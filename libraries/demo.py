@@ -297,7 +297,7 @@ def run_demo(args: argparse.Namespace) -> int:
     if args.data is not None and not args.data.is_dir():  # before anything is written
         raise probav.ProbaVError(f"{args.data}: folder missing (expected a PROBA-V folder with norm.csv, train/ and test/)")
     out = Path(args.out).absolute()
-    created = [folder for folder in (out, *out.parents) if not folder.exists()]  # innermost first
+    created = fileio.folders_to_create(out)
     try:
         plan = make_plan(out, args.data, args.seed, args.steps, args.pretrain_steps, args.patch_size, args.features,
                          args.precision)
@@ -305,16 +305,6 @@ def run_demo(args: argparse.Namespace) -> int:
         run_pipeline(plan, args.scenes, args.test_scenes, args.lr_size, tuple(range(args.n_slide + 1)),
                      not args.no_progress)
     except BaseException:
-        remove_empty_folders(created)
+        fileio.remove_empty_folders(created)  # an error leaves no empty --out behind
         raise
     return 0
-
-
-def remove_empty_folders(folders: list[Path]) -> None:
-    """Remove, innermost first, the `folders` a failed run created while they are empty: an error
-    leaves no empty --out behind (a folder with any file is kept, and so are its parents)."""
-    for folder in folders:
-        try:
-            folder.rmdir()  # only an empty folder
-        except OSError:  # not empty, or never made
-            return

@@ -17,7 +17,7 @@ import os
 import shutil
 import tempfile
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any, Callable, Iterable, Iterator
 
 import numpy as np
 
@@ -158,6 +158,21 @@ def require_folder_path(path: str | os.PathLike, what: str = "output folder") ->
     if not existing.is_dir():
         raise domain.DeepSUMError(f"{path}: {what} cannot be created, {existing} is a file (expected a folder)")
     return path
+
+
+def folders_to_create(*paths: str | os.PathLike) -> list[Path]:
+    """The folders among `paths` and their parents that do not exist yet, innermost first: those
+    a command is about to create, for `remove_empty_folders` if it fails."""
+    missing = {folder for path in paths for folder in (Path(path), *Path(path).parents) if not folder.exists()}
+    return sorted(missing, key=lambda folder: len(folder.parts), reverse=True)
+
+
+def remove_empty_folders(folders: Iterable[Path]) -> None:
+    """Remove, in their order (innermost first), those of `folders` that are empty folders: a
+    failed command leaves none it created empty; one holding any file stays, and so its parents."""
+    for folder in folders:
+        if folder.is_dir() and not any(folder.iterdir()):
+            folder.rmdir()
 
 
 def require_replaceable(folder: str | os.PathLike, is_own: Callable[[Path], bool], writer: str, kind: str,

@@ -311,7 +311,7 @@ def fetch_weights(
     entries = [entry for entry in AUTHORS_CHECKPOINTS if entry.group in groups]
     # the folders this call may create: on a failure, those left empty are removed again
     targets = [dest / folder for entry in entries for folder in (entry.destination, entry.converted) if folder]
-    absent = {folder for target in targets for folder in (target, *target.parents) if not folder.exists()}
+    absent = fileio.folders_to_create(*targets)
     fetched: dict[str, FetchedCheckpoint] = {}
     complete: list[str] = []
     try:
@@ -328,9 +328,7 @@ def fetch_weights(
         raise WeightsError(f"{error}; kept: {', '.join(complete)} (complete, verified)") from error
     finally:
         if len(fetched) < len(entries):
-            for folder in sorted(absent, key=lambda path: len(path.parts), reverse=True):
-                if folder.is_dir() and not any(folder.iterdir()):
-                    folder.rmdir()
+            fileio.remove_empty_folders(absent)
     return fetched
 
 

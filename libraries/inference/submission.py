@@ -26,7 +26,7 @@ from libraries import config as config_module
 from libraries import domain, fileio, metrics, probav
 from libraries.inference import frame_stack
 from libraries.inference.parts import parts_folder, remove_parts, saved_count
-from libraries.inference.superresolve import Superresolver, load_model
+from libraries.inference.superresolve import Superresolver, load_model, scene_sr_shape
 from libraries.interrupts import Terminated, sigterm_raises
 
 SCENE_NAME = re.compile(r"imgset\d{4}")
@@ -72,15 +72,10 @@ def expected_scenes(split_dir: str | Path, bands: Iterable[str] | None = None, s
         if not (split_dir / band).is_dir():
             raise SubmissionError(f"{split_dir / band}: no such folder (expected PROBA-V scenes of band {band})")
         for folder in sorted(path for path in (split_dir / band).glob("imgset*") if path.is_dir()):
-            hr = folder / "HR.png"
-            if hr.is_file():
-                expected[folder.name] = probav.png_size(hr)
-            else:
-                lr = sorted(folder.glob("LR*.png"))
-                if not lr:
-                    raise SubmissionError(f"{folder}: no LR*.png frame")
-                height, width = probav.png_size(lr[0])
-                expected[folder.name] = (scale * height, scale * width)
+            shape = scene_sr_shape(folder, scale)
+            if shape is None:
+                raise SubmissionError(f"{folder}: no LR*.png frame")
+            expected[folder.name] = shape
     if not expected:
         raise SubmissionError(f"{split_dir}: no scene folder imgsetNNNN under bands {bands}")
     return expected
@@ -179,7 +174,7 @@ def score_submission(zip_path: str | Path, data_dir: str | Path, band: str = "al
         raise SubmissionError(f"{zip_path}: not a readable zip file ({error})") from None
     if not named & set(train):
         raise SubmissionError(f"{zip_path}: no scene of the zip has an HR image under {data_dir / 'train'} ({band})")
-    held = [one for one in bands if named & set(expected_scenes(data_dir / "train", [one]))]
+    held = [one for one in bands if any((data_dir / "train" / one / name).is_dir() for name in named & set(train))]
     if not allow_missing and held != list(bands):  # a zip of one band scored with --band all
         raise SubmissionError(f"{zip_path}: no {' or '.join(set(bands) - set(held))} scene in the zip; score it "
                               f"with --band {held[0]} (or --allow-missing to score the scenes present)")

@@ -194,11 +194,6 @@ class Superresolver:
                                                  windows_per_call))[0] for transform in transforms]
         return ensemble.restored_mean(fused, transforms)
 
-    def _sr_shape(self, folder: Path) -> tuple[int, int] | None:
-        """R x the size of a scene folder's first LR frame (None without one: reading it says why)."""
-        frames = sorted(folder.glob("LR*.png"))
-        return tuple(self.config.R * side for side in probav.png_size(frames[0])) if frames else None
-
     def folder(self, data_dir: str | Path, split: str, bands: Iterable[str], n_slide: int = 0,
                windows_per_call: int | None = None, progress: bool = True,
                self_ensemble: bool | None = None, parts: str | Path | None = None) -> dict[str, np.ndarray]:
@@ -215,7 +210,7 @@ class Superresolver:
                 saved = None if parts is None else stack.enter_context(SceneParts(
                     Path(parts) / band, scene_settings(self.model, self.config, n_slide, on, data_dir, split)))
                 for folder in tqdm(scenes, desc=f"super-resolving {split}/{band}", unit="scene", disable=not progress):
-                    image = None if saved is None else saved.get(folder.name, self._sr_shape(folder))
+                    image = None if saved is None else saved.get(folder.name, scene_sr_shape(folder, self.config.R))
                     if image is None:
                         scene = prepare_test_scene(probav.read_scene(folder, band=band, split=split))
                         image = self.scene(scene, n_slide, windows_per_call, self_ensemble)
@@ -225,6 +220,15 @@ class Superresolver:
                 if saved is not None and saved.reused:
                     LOG.info("%s: %d of %d scenes read back from %s", band, saved.reused, len(scenes), saved.folder)
         return images
+
+
+def scene_sr_shape(folder: Path, scale: int = domain.SCALE) -> tuple[int, int] | None:
+    """The size of a PROBA-V scene folder's super-resolved image, read from PNG headers: its
+    HR.png's, else `scale` x its first LR frame's; None without either."""
+    if (folder / "HR.png").is_file():
+        return probav.png_size(folder / "HR.png")
+    frames = sorted(folder.glob("LR*.png"))
+    return tuple(scale * side for side in probav.png_size(frames[0])) if frames else None
 
 
 def fuse_windows(images: np.ndarray, max_shift: int = MAX_SR_SHIFT) -> tuple[np.ndarray, np.ndarray]:

@@ -131,7 +131,7 @@ class TrainingLoop:
         # when the process dies), so a second run on the folder cannot overwrite this one's files
         self.save_dir = save_dir
         self.reads = None if reads is None else Path(reads)
-        self._created = [path for path in (save_dir, *save_dir.parents) if not path.exists()]  # deepest first
+        self._created = fileio.folders_to_create(save_dir)
         self.lock: fileio.FolderLock | None = fileio.FolderLock(save_dir, "checkpoint folder")
         for folder in (save_dir, save_dir / "best"):
             rebuilt = checkpoints.rebuild_state(folder)
@@ -305,9 +305,7 @@ class TrainingLoop:
         if self.lock is not None:
             self.lock.release()
             self.lock = None
-            for folder in self._created:
-                if folder.is_dir() and not any(folder.iterdir()):
-                    folder.rmdir()
+            fileio.remove_empty_folders(self._created)
 
     def _validate_and_save(self, validate: Validation | None, history: dict[str, list]) -> None:
         step = int(self.step)
