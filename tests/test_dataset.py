@@ -304,6 +304,64 @@ def test_a_prepared_array_of_another_kind_is_one_error_naming_the_file(tmp_path,
     assert str(error.value) == expected
 
 
+def _copy_band(prepared: Path, tmp_path: Path) -> Path:
+    copy = tmp_path / "prepared"
+    shutil.copytree(prepared, copy)
+    return copy / BAND
+
+
+@pytest.mark.parametrize("damage, file, message", [
+    (lambda arrays: {"offsets": arrays["offsets"][:-1]}, "frames.npy", r"\d+ rows, expected \d+ \(one per frame of offsets.npy\)"),
+    (lambda arrays: {"baseline": arrays["baseline"][:-1]}, "baseline.npy", r"\d+ rows, expected \d+ \(one per scene"),
+    (lambda arrays: {"frames": arrays["frames"][:-2]}, "frames.npy", r"\d+ rows, expected \d+ \(one per frame"),
+    (lambda arrays: {"offsets": arrays["offsets"][::-1]}, "offsets.npy", r"expected the non-decreasing integer rows"),
+    (lambda arrays: {"offsets": arrays["offsets"].astype(np.float32)}, "offsets.npy", r"expected the non-decreasing"),
+], ids=["offsets short", "baseline short", "frames short", "offsets reversed", "offsets float"])
+def test_a_scene_store_whose_arrays_disagree_with_its_offsets_names_the_file(prepared, tmp_path, damage, file, message):
+    """A store cut short or edited hands one scene another's frames (or fails deep inside a step)."""
+    band = _copy_band(prepared, tmp_path)
+    folder = band / "train"
+    arrays = dataset.store.load_arrays(folder, ["frames", "offsets", "hr", "baseline"], mmap=False)
+    for key, value in damage(arrays).items():
+        np.save(folder / f"{key}.npy", value, allow_pickle=False)
+    with pytest.raises(dataset.DatasetError, match=rf"^{re.escape(str(folder / file))}: {message}"):
+        dataset.load_training_chunk(band.parent, BAND, 0, full=True)
+
+
+@pytest.mark.parametrize("manifest, chunk, message", [
+    ({"patches": {"patch_size": "48"}}, {}, r"manifest.json: patches.patch_size is '48', expected the side"),
+    ({"patches": None}, {}, r"manifest.json: patches.patch_size is None"),
+    ({}, {"corners": lambda c: c + 1000}, r"chunk_0: window 0 \(scene \d+, corner \[\d+, \d+\]\) is not a 48x48 window"),
+    ({}, {"scene": lambda s: s + 1000}, r"chunk_0: window 0 \(scene 10\d\d, corner .* of the \d+ scenes of 96x96"),
+    ({}, {"corners": lambda c: c[:, :1]}, r"chunk_0: scene \(\d+,\) int32 and corners \(\d+, 1\) int32; expected"),
+], ids=["size text", "no patches", "corner outside", "scene outside", "corners of one column"])
+def test_full_mode_names_a_damaged_manifest_or_window_chunk(prepared, tmp_path, manifest, chunk, message):
+    band = _copy_band(prepared, tmp_path)
+    if manifest:
+        content = json.loads((band / "manifest.json").read_text())
+        content.update(manifest)
+        (band / "manifest.json").write_text(json.dumps(content))
+    folder = band / "train" / "chunk_0"
+    for key, change in chunk.items():
+        np.save(folder / f"{key}.npy", change(np.load(folder / f"{key}.npy")), allow_pickle=False)
+    with pytest.raises(dataset.DatasetError, match=message):
+        dataset.load_training_chunk(band.parent, BAND, 0, full=True)
+
+
+@pytest.mark.parametrize("edit, message", [
+    (lambda split: {**split, "validation": split["validation"][:1] + ["imgset9999"]},
+     r"validation scenes \['imgset9999'\] are not scenes of the raw train store \(\d+ scenes\)"),
+    (lambda split: {**split, "validation": "imgset0001"}, r"expected a list of scene names under 'validation'"),
+    (lambda split: [split["train"]], r"expected a list of scene names under 'validation'"),
+], ids=["unknown scene", "a name, not a list", "a list"])
+def test_an_edited_split_file_names_the_file(prepared, tmp_path, edit, message):
+    band = _copy_band(prepared, tmp_path)
+    path = band / "split.json"
+    path.write_text(json.dumps(edit(json.loads(path.read_text()))))
+    with pytest.raises(dataset.DatasetError, match=rf"^{re.escape(str(path))}: {message}"):
+        dataset.create_scene_store(band, "validation", processes=1, progress=False)
+
+
 def test_parallel_processes_give_the_same_dataset(prepared, synthetic_set, tmp_path, no_pickle, monkeypatch):
     out = tmp_path / "parallel"
     pools = []

@@ -295,6 +295,29 @@ def test_a_nan_or_inf_found_by_a_numerics_check_is_one_error_naming_the_step_and
         loop_in(tmp_path / "other").run(other_error, batches, 4)
 
 
+@pytest.mark.parametrize("failure, expected", [
+    (OSError(5, "Input/output error", "/data/NIR/best9/train/chunk_1/frames.npy"),
+     "train step 3: OSError: [Errno 5] Input/output error: '/data/NIR/best9/train/chunk_1/frames.npy'"),
+    (training.TrainingDataError("training chunk 1 of /data (NIR): frames holds NaN or Inf in rows [4]"),
+     "train step 3: training chunk 1 of /data (NIR): frames holds NaN or Inf in rows [4]"),
+], ids=["OSError", "TrainingDataError"])
+def test_a_batch_that_cannot_be_read_mid_run_is_one_error_naming_the_step_and_the_loaders_message(
+        tmp_path, failure, expected):
+    """A loader's exception inside `tf.data` reaches the loop as an OpError of a graph traceback
+    and the loader's Python traceback; the loop keeps the loader's own line (the file, the rows)."""
+    def batch_of_step(step: int) -> tuple[np.ndarray]:
+        if step == 2:  # the batch of the third step
+            raise failure
+        return (np.float32(step + 1),)
+
+    loop = loop_in(tmp_path / "run")
+    with pytest.raises(training.TrainingError) as raised:
+        loop.run(lambda batch: {"loss": batch[0]},
+                 lambda start: iter(training.data.step_dataset(batch_of_step, [tf.float32], [[]], start)), 4)
+    assert str(raised.value) == expected
+    assert int(loop.step) == 2 and tf.train.latest_checkpoint(str(tmp_path / "run")).endswith("ckpt-2")
+
+
 def test_a_non_finite_value_a_step_returns_is_one_error_naming_the_step_and_nothing_is_saved(tmp_path):
     """Steps without a numerics check of their own (the pretrainings') return their loss as it
     is: the loop checks every value a step returns before it counts the step."""

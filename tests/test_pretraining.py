@@ -8,6 +8,7 @@ the long from-scratch RegNet accuracy run is `bench/regnet_from_scratch.py`.
 from __future__ import annotations
 
 import argparse
+import re
 import shutil
 from pathlib import Path
 
@@ -15,10 +16,12 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+from libraries import __main__ as cli
 from libraries import checkpoints, config, dataset, fileio, metrics, model
 from libraries.model import RegNet, SISRNet
 from libraries.config import RegNetPretrainConfig, SISRNetPretrainConfig
 from libraries.training import loop
+from libraries.training.data import TrainingDataError
 from libraries.training import pretraining as P
 from libraries.training import pretraining_data
 
@@ -253,6 +256,44 @@ def test_both_pretrainings_train_float32_weights_in_mixed_bfloat16(sisrnet_run, 
     differences = [relative_error(results["mixed_bfloat16"][name], value) for name, value in results["float32"].items()
                    if name.endswith("/W")]
     assert 0 < max(differences) < 0.01
+
+
+@pytest.mark.parametrize("damage, message", [
+    (lambda chunk: {"frames": chunk["frames"][:, :8]}, r"frames has shape \(\d+, 8, 48, 48\), expected \(\d+, 9, 48, 48\)"),
+    (lambda chunk: {"scene": chunk["scene"][:-1]}, r"scene has shape \(\d+,\), expected \(\d+,\)"),
+    (lambda chunk: {"scene": chunk["scene"] + 50}, r"scene is 5\d in row 0; expected the integer index of one of "
+                                                   r"the \d+ scenes of the train store"),
+    (lambda chunk: {"frames": np.where(np.arange(len(chunk["frames"]))[:, None, None, None] == 2, np.nan,
+                                       chunk["frames"])}, r"frames holds NaN or Inf in rows \[2\] \(scenes \['imgset"),
+], ids=["8 frames", "scene short", "scene outside", "NaN"])
+def test_a_damaged_training_chunk_stops_a_pretraining_with_one_line_naming_it(sisrnet_run, prepared, tmp_path, capsys,
+                                                                              damage, message):
+    """Both pretrainings read the chunks DeepSUM trains on, with the same checks: before them a
+    chunk of another shape stopped in a NumPy traceback, a NaN reached the loss."""
+    copy = tmp_path / "prepared"
+    shutil.copytree(prepared, copy)
+    folder = copy / "NIR" / "best9" / "train" / "chunk_0"
+    chunk = {key: np.load(folder / f"{key}.npy") for key in ("frames", "scene")}
+    for key, value in damage(chunk).items():
+        np.save(folder / f"{key}.npy", value, allow_pickle=False)
+    source = re.escape(f"training chunk 0 of {copy} (NIR)")
+    regnet = {"SISRNet_pretrain_dir": sisrnet_run[0].checkpoint_dir}
+    for kind, command, extra in ((SISRNetPretrainConfig, "pretrain-sisrnet", {}),
+                                 (RegNetPretrainConfig, "pretrain-regnet", regnet)):
+        cfg = kind(**TINY, dataset_path=copy, checkpoint_dir=tmp_path / command, heldout_fraction=0.3, **extra)
+        config_file = fileio.save_json(tmp_path / f"{command}.json", config.to_json(cfg))
+        capsys.readouterr()
+        assert cli.main([command, "--config", str(config_file), "--no-progress"]) == 1
+        assert re.fullmatch(rf"error: {source}: {message}.*", capsys.readouterr().err.strip()), command
+        assert not (tmp_path / command).exists()
+
+
+def test_more_chunks_than_prepared_stop_a_pretraining_naming_the_key(prepared, tmp_path):
+    cfg = SISRNetPretrainConfig(**TINY, dataset_path=prepared, checkpoint_dir=tmp_path / "sisrnet", n_chunks=3)
+    folder = re.escape(str(prepared / "NIR" / "best9" / "train"))
+    with pytest.raises(TrainingDataError, match=rf"^n_chunks: 3 in the config, but {folder} holds 1 chunks; "
+                                                r"expected n_chunks <= 1 \(or prepare --chunks 3\)$"):
+        P.pretrain_sisrnet(cfg, progress=False)
 
 
 def test_an_init_checkpoint_that_is_none_is_named_and_leaves_no_checkpoint_folder(prepared, tmp_path):

@@ -93,6 +93,18 @@ def test_chunk_arrays_missing_or_of_another_shape_are_named():
         training.check_arrays(arrays, "chunk_0", frames=8)
     with pytest.raises(training.TrainingDataError, match=r"^chunk_0: patches are 6x6, the config's patch_size_HR is 9x9$"):
         training.check_arrays(arrays, "chunk_0", frames=9, patch=9)
+    # per-scene arrays cut short (a validation baseline.npy of one scene fewer stopped in a traceback)
+    for key, value in (("baseline", np.ones(1, np.float32)), ("names", np.array(["a", "b", "c"])),
+                       ("scene", np.zeros(3, np.int32))):
+        with pytest.raises(training.TrainingDataError, match=rf"^chunk_0: {key} has shape \({len(value)},\), "
+                                                             r"expected \(2,\) "):
+            training.check_arrays({**arrays, key: value}, "chunk_0", frames=9)
+    for scene, shown in ((np.array([0, 4]), "4 in row 1"), (np.array([-1, 0]), "-1 in row 0"),
+                         (np.array([0.0, 1.0]), "0.0 in row 0")):
+        with pytest.raises(training.TrainingDataError, match=rf"^chunk_0: scene is {shown}; expected the integer "
+                                                             r"index of one of the 4 scenes of the train store"):
+            training.check_arrays({**arrays, "scene": scene}, "chunk_0", frames=9, scene_names=list("abcd"))
+    training.check_arrays({**arrays, "scene": np.array([3, 0])}, "chunk_0", frames=9, scene_names=list("abcd"))
     for frames_of_another_kind in (frames[:, 0], frames.astype(str)):  # a 3-D array, an array of text
         with pytest.raises(training.TrainingDataError, match=rf"^chunk_0: frames of shape "
                                                              rf"{re.escape(str(frames_of_another_kind.shape))} and dtype "

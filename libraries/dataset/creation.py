@@ -182,15 +182,7 @@ def create_scene_store(band_dir: str | os.PathLike, split: str, processes: Worke
         raise DatasetError(f"split {split!r} is not one of ('train', 'validation', 'test')")
     source = band_dir / store.RAW / ("test" if split == "test" else "train")
     raw = store.load_arrays(source, ["names", "offsets"] + ([] if split == "test" else ["hr", "hr_clear", "baseline"]))
-    position = {str(name): index for index, name in enumerate(raw["names"])}
-    if split == "test":
-        indices = list(range(len(position)))
-    else:
-        split_path = band_dir / store.SPLIT_FILE
-        if not split_path.is_file():
-            raise DatasetError(f"{split_path}: file missing (run split_train_validation first)")
-        split_file = fileio.read_json(split_path, "the split written by split_train_validation", DatasetError)
-        indices = [position[name] for name in split_file[split]]
+    indices = list(range(len(raw["names"]))) if split == "test" else store.split_indices(band_dir, split, raw["names"])
     items = [(str(source), index, split == "test") for index in indices]
     counts = {"scenes_in": len(indices), "frames_in": 0, "frames_corrupt": 0, "frames_shifted": 0,
               "frames_reused": 0, "frames_of_dropped_scenes": 0, "dropped_scenes": {}, "seconds": {"read": 0.0, "upsample": 0.0, "register": 0.0}}

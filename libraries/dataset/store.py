@@ -84,6 +84,24 @@ def save_arrays(folder: Path, arrays: Mapping[str, np.ndarray]) -> None:
         fileio.save_npy(folder / f"{key}.npy", value)
 
 
+def split_indices(band_dir: Path, split: str, names: Sequence[str]) -> list[int]:
+    """The rows in the raw train store (`names`) of the scenes `split.json` puts in `split`
+    ("train" or "validation"); raises `DatasetError` naming the file for a missing or edited one."""
+    path = band_dir / SPLIT_FILE
+    if not path.is_file():
+        raise DatasetError(f"{path}: file missing (run split_train_validation first)")
+    content = fileio.read_json(path, "the split written by split_train_validation", DatasetError)
+    chosen = content.get(split) if isinstance(content, dict) else None
+    if not isinstance(chosen, list) or not all(isinstance(name, str) for name in chosen):
+        raise DatasetError(f"{path}: expected a list of scene names under {split!r}; run split_train_validation again")
+    position = {str(name): index for index, name in enumerate(names)}
+    unknown = sorted(set(chosen) - set(position))
+    if unknown:
+        raise DatasetError(f"{path}: {split} scenes {unknown[:3]} are not scenes of the raw train store "
+                           f"({len(position)} scenes); run split_train_validation again")
+    return [position[name] for name in chosen]
+
+
 def names_array(names: Sequence[str]) -> np.ndarray:
     """Fixed-width unicode array (never object) of names."""
     width = max((len(name) for name in names), default=1)
@@ -106,7 +124,28 @@ def load_arrays(folder: Path, keys: Iterable[str], mmap: bool = True) -> dict[st
         if arrays[key].dtype.kind not in "biufU":
             raise DatasetError(f"{path}: array of dtype {arrays[key].dtype}, expected numbers, booleans or "
                                f"names; run `python -m libraries prepare` again")
+    if "offsets" in arrays:
+        check_ragged(folder, arrays)
     return arrays
+
+
+def check_ragged(folder: Path, arrays: Mapping[str, np.ndarray]) -> None:
+    """Raise `DatasetError` naming the file unless the arrays of a ragged store agree with its
+    `offsets` [S+1] (0, then each scene's end row): per-scene arrays (`domain.PER_SCENE`) hold S
+    rows, per-frame arrays `offsets[-1]`. A store cut short would otherwise hand one scene
+    another's frames, or fail deep inside a step."""
+    offsets = arrays["offsets"]
+    if (offsets.ndim != 1 or offsets.dtype.kind not in "iu" or offsets.size == 0 or offsets[0] != 0
+            or (np.diff(offsets) < 0).any()):
+        raise DatasetError(f"{folder / 'offsets.npy'}: expected the non-decreasing integer rows [scenes + 1] "
+                           f"of each scene's frames from 0, got {offsets.dtype} {offsets.shape}; "
+                           f"run `python -m libraries prepare` again")
+    for key, value in arrays.items():
+        rows = offsets.size - 1 if key in domain.PER_SCENE else int(offsets[-1])
+        if key != "offsets" and (value.ndim == 0 or len(value) != rows):
+            raise DatasetError(f"{folder / f'{key}.npy'}: {len(value) if value.ndim else 'no'} rows, expected {rows} "
+                               f"({'one per scene' if key in domain.PER_SCENE else 'one per frame'} of offsets.npy); "
+                               f"run `python -m libraries prepare` again")
 
 
 def read_manifest(band_dir: Path) -> dict[str, Any]:
@@ -230,9 +269,38 @@ def load_training_chunk(dataset_path: str | os.PathLike, band: str, chunk: int, 
     band_dir = band_folder(dataset_path, band)
     if not full:
         return best9_store(band_dir / BEST9 / "train" / f"chunk_{chunk}")
-    windows = load_arrays(band_dir / "train" / f"chunk_{chunk}", ["corners", "scene"], mmap=False)
-    size = int(read_manifest(band_dir)["patches"]["patch_size"])
-    return concatenate(best9_windows(store_for_windows(band_dir, "train"), windows["scene"], windows["corners"], size))
+    folder = band_dir / "train" / f"chunk_{chunk}"
+    windows = load_arrays(folder, ["corners", "scene"], mmap=False)
+    scenes = store_for_windows(band_dir, "train")
+    size = check_windows(folder, windows, scenes, read_manifest(band_dir))
+    return concatenate(best9_windows(scenes, windows["scene"], windows["corners"], size))
+
+
+def check_windows(folder: Path, windows: Mapping[str, np.ndarray], scenes: Mapping[str, np.ndarray],
+                  manifest: Mapping[str, Any]) -> int:
+    """The patch side of a chunk of windows (`scene` [N] int, `corners` [N, 2] int) of the
+    scene store `scenes`, from the manifest's `patches.patch_size`; raises `DatasetError`
+    naming the file unless every window lies inside an image of a scene of the store."""
+    patches = manifest.get("patches") if isinstance(manifest, dict) else None
+    size = patches.get("patch_size") if isinstance(patches, dict) else None
+    height, width = np.shape(scenes["hr"])[-2:]
+    if not isinstance(size, int) or isinstance(size, bool) or not 0 < size <= min(height, width):
+        raise DatasetError(f"{folder.parent.parent / MANIFEST}: patches.patch_size is {size!r}, expected the side "
+                           f"of the prepared patches (1 to {min(height, width)}); run `python -m libraries prepare` again")
+    scene, corners = np.asarray(windows["scene"]), np.asarray(windows["corners"])
+    count = len(scenes["names"])
+    if (scene.ndim != 1 or corners.shape != (scene.size, 2) or scene.dtype.kind not in "iu"
+            or corners.dtype.kind not in "iu"):
+        raise DatasetError(f"{folder}: scene {scene.shape} {scene.dtype} and corners {corners.shape} {corners.dtype}; "
+                           f"expected integers [N] and [N, 2]; run `python -m libraries prepare` again")
+    outside = np.flatnonzero((scene < 0) | (scene >= count) | (corners < 0).any(axis=1)
+                             | (corners[:, 0] > height - size) | (corners[:, 1] > width - size))
+    if outside.size:
+        row = int(outside[0])
+        raise DatasetError(f"{folder}: window {row} (scene {int(scene[row])}, corner {corners[row].tolist()}) is not a "
+                           f"{size}x{size} window of the {count} scenes of {height}x{width} of the train store; "
+                           f"run `python -m libraries prepare` again")
+    return size
 
 
 def load_validation(dataset_path: str | os.PathLike, band: str, full: bool = False) -> dict[str, np.ndarray]:

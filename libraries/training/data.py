@@ -65,10 +65,20 @@ def check_arrays(arrays: Mapping[str, np.ndarray], source: str, frames: int, pat
                 "hr": (count, height, width), "hr_clear": (count, height, width)}
     if "shifts" in arrays:
         expected["shifts"] = (count, frames, 2)
+    expected.update({key: (count,) for key in ("baseline", "scene", "names") if key in arrays})
     for key, shape in expected.items():
         if tuple(np.shape(arrays[key])) != shape:
             raise TrainingDataError(f"{source}: {key} has shape {tuple(np.shape(arrays[key]))}, expected {shape} "
                                     f"({frames} frames per input, as T_in in the config)")
+    if scene_names is not None and "scene" in arrays:  # `scene` indexes the train store's scenes
+        scene = np.asarray(arrays["scene"])
+        integers = scene.dtype.kind in "iu"
+        outside = np.flatnonzero((scene < 0) | (scene >= len(scene_names))) if integers else np.arange(min(1, count))
+        if outside.size:
+            row = int(outside[0])
+            raise TrainingDataError(f"{source}: scene is {scene[row].item()!r} in row {row}; expected the integer "
+                                    f"index of one of the {len(scene_names)} scenes of the train store "
+                                    f"(re-run `python -m libraries prepare`)")
     if patch is not None and (height, width) != (patch, patch):
         raise TrainingDataError(f"{source}: patches are {height}x{width}, the config's patch_size_HR is {patch}x{patch}")
     for key in ("frames", "hr"):
@@ -95,6 +105,17 @@ def check_arrays(arrays: Mapping[str, np.ndarray], source: str, frames: int, pat
                                     f"cPSNR of norm.csv (re-run `python -m libraries prepare`)")
 
 
+def check_chunk_count(dataset_path: Any, band: str, n_chunks: int, full: bool = False) -> None:
+    """Raise `TrainingDataError` naming the config key when `n_chunks` is more than the data set
+    holds (a missing folder is left to the reader, which names the file)."""
+    band_dir = store.band_folder(dataset_path, band)
+    folder = band_dir / "train" if full else band_dir / store.BEST9 / "train"
+    prepared = len(list(folder.glob("chunk_*"))) if folder.is_dir() else None
+    if prepared is not None and prepared < n_chunks:
+        raise TrainingDataError(f"n_chunks: {n_chunks} in the config, but {folder} holds {prepared} "
+                                f"chunks; expected n_chunks <= {prepared} (or prepare --chunks {n_chunks})")
+
+
 class TrainingChunks:
     """The training chunks, read on demand; the two most recently used stay in memory.
 
@@ -110,12 +131,8 @@ class TrainingChunks:
         self.items = list(range(config.n_chunks) if items is None else items)
         if not self.items:
             raise TrainingDataError("no training chunk given")
-        band_dir = store.band_folder(config.dataset_path, config.spectral_band)
-        folder = band_dir / "train" if config.full else band_dir / store.BEST9 / "train"
-        prepared = len(list(folder.glob("chunk_*"))) if folder.is_dir() else None
-        if items is None and prepared is not None and prepared < config.n_chunks:  # else: the reader names the file
-            raise TrainingDataError(f"n_chunks: {config.n_chunks} in the config, but {folder} holds {prepared} "
-                                    f"chunks; expected n_chunks <= {prepared} (or prepare --chunks {config.n_chunks})")
+        if items is None:
+            check_chunk_count(config.dataset_path, config.spectral_band, config.n_chunks, config.full)
         self._cache: OrderedDict[int, Mapping[str, np.ndarray]] = OrderedDict()
         self._lock = threading.Lock()
         self.sizes = [len(self.get(index)["frames"]) for index in range(len(self.items))]

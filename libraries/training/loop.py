@@ -65,7 +65,15 @@ class TrainingError(domain.DeepSUMError):
 # with its message and what it found: "<message> : Tensor had NaN values", after a graph
 # traceback of many lines.
 NUMERICS_CHECK = re.compile(r"([^\n]+) : Tensor had (NaN|Inf|NaN and Inf) values")
+# the Python exception of a batch loader (`tf.numpy_function` in a `tf.data` map), as TensorFlow
+# reports it: "...Error in user-defined function passed to <op> ... Iterator::...: OSError: text"
+LOADER_ERROR = re.compile(r"Error in user-defined function passed to [^\n]*?Iterator::[\w:]+: (\w+): ([^\n]*)")
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+
+def _error_names(kind: type) -> set[str]:
+    """Names of `kind` and of its subclasses: the project's errors, whose messages stand alone."""
+    return {kind.__name__}.union(*(_error_names(sub) for sub in kind.__subclasses__()))
 
 
 @contextlib.contextmanager
@@ -272,13 +280,16 @@ class TrainingLoop:
                                             f"saved as {self.latest()}; the same command resumes from there")
         except tf.errors.UnavailableError as error:  # only collectives of a multi-worker cluster raise it
             raise self._cluster_error(error) from None
-        except tf.errors.InvalidArgumentError as error:
-            found = NUMERICS_CHECK.search(error.message)
-            if found is None:
-                raise
+        except tf.errors.OpError as error:
             # nothing of this step or validation is saved: the last checkpoint is the last good state
-            raise TrainingError(f"{self.title} {doing}: {found[1]} ({found[2]} values; lower the learning rate, "
-                                f"or check the data)") from None
+            numerics, loader = NUMERICS_CHECK.search(error.message), LOADER_ERROR.search(error.message)
+            if numerics and isinstance(error, tf.errors.InvalidArgumentError):
+                raise TrainingError(f"{self.title} {doing}: {numerics[1]} ({numerics[2]} values; lower the "
+                                    f"learning rate, or check the data)") from None
+            if loader:  # reading a batch failed (a damaged or vanished file): the loader's own message
+                ours = loader[1] in _error_names(domain.DeepSUMError)
+                raise TrainingError(f"{self.title} {doing}: {'' if ours else loader[1] + ': '}{loader[2]}") from None
+            raise
         finally:
             bar.close()
             if self._writers is not None:

@@ -23,7 +23,7 @@ import tensorflow as tf
 from libraries import domain, preprocessing, probav
 from libraries.config import PretrainConfig
 from libraries.dataset import store
-from libraries.training.data import BatchPlan, step_dataset
+from libraries.training.data import BatchPlan, check_arrays, check_chunk_count, step_dataset
 
 MIN_CLEAR_FRACTION = 0.5  # single-frame samples with fewer clear target pixels are not used
 
@@ -92,8 +92,15 @@ def read_training_patches(config: PretrainConfig) -> dict[str, np.ndarray]:
     Returns the arrays of `dataset.load_training_chunk` (frames [N, 9, P, P] float32 DN,
     masks [N, 9, P, P] bool registered, shifts [N, 9, 2] int32, hr [N, P, P], hr_clear, scene [N]).
     """
-    chunks = [store.load_training_chunk(config.dataset_path, config.spectral_band, chunk)
-              for chunk in range(config.n_chunks)]
+    check_chunk_count(config.dataset_path, config.spectral_band, config.n_chunks)
+    train = store.band_folder(config.dataset_path, config.spectral_band) / "train"
+    names = store.load_arrays(train, ["names"])["names"]  # the scenes `scene` indexes
+    chunks = []
+    for chunk in range(config.n_chunks):
+        arrays = store.load_training_chunk(config.dataset_path, config.spectral_band, chunk)
+        check_arrays(arrays, f"training chunk {chunk} of {config.dataset_path} ({config.spectral_band})",
+                     domain.T_IN, scene_names=names)
+        chunks.append(arrays)
     keys = ("frames", "masks", "shifts", "hr", "hr_clear", "scene")
     return {key: np.concatenate([chunk[key] for chunk in chunks]) for key in keys}
 
