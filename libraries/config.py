@@ -390,13 +390,16 @@ def from_dict(kind: type[ConfigT], content: Any, source: str = "<dict>") -> Conf
         raise ConfigError(f"{source}: {error}") from None
 
 
+def config_path(path: str | os.PathLike) -> Path:
+    """`path`, or the repository's file of that relative path when the current folder has none."""
+    inside = REPOSITORY_ROOT / path
+    return inside if not Path(path).is_absolute() and not Path(path).exists() and inside.exists() else Path(path)
+
+
 def load_config(path: str | os.PathLike, kind: type[ConfigT] = DeepSUMConfig) -> ConfigT:  # type: ignore[assignment]
     """Read a JSON config file into an immutable `kind` (DeepSUMConfig by default)."""
-    path = Path(path)
-    if not path.is_absolute() and not path.exists() and (REPOSITORY_ROOT / path).exists():
-        path = REPOSITORY_ROOT / path
-    content = fileio.read_json(path, "a JSON config", ConfigError)
-    return from_dict(kind, content, str(path))
+    path = config_path(path)
+    return from_dict(kind, fileio.read_json(path, "a JSON config", ConfigError), str(path))
 
 
 def to_json(config: Any) -> dict[str, dict[str, Any]]:

@@ -233,10 +233,15 @@ def add_superresolve_arguments(parser: argparse.ArgumentParser) -> None:
                              "default: the config's self_ensemble)")
 
 
+def names_bands(values: list[str]) -> bool:
+    """True for `--option NIR=PATH [--option RED=PATH]` (paths named per band), False for `--option PATH`."""
+    return len(values) > 1 or values[0].partition("=")[0] in domain.BANDS
+
+
 def paths_per_band(values: list[str], bands: Iterable[str], option: str) -> dict[str, str]:
     """`--option PATH` (every band) or `--option NIR=PATH --option RED=PATH` -> {band: path}."""
-    prefix = values[0].partition("=")[0] if len(values) == 1 else None
-    if prefix is not None and prefix not in domain.BANDS:
+    if not names_bands(values):
+        prefix = values[0].partition("=")[0]
         if prefix.upper() in domain.BANDS:  # `nir=PATH` would otherwise be read as a path
             raise domain.DeepSUMError(f"{option} {values[0]!r}: band {prefix!r}; expected BAND=PATH with BAND in "
                                       f"{domain.BANDS} (upper case)")
@@ -286,7 +291,7 @@ def _superresolve(args: argparse.Namespace) -> None:
     split = "test" if args.split is None else args.split
     config_paths = paths_per_band(args.config, bands, "--config")
     checkpoint_paths = paths_per_band(args.checkpoint, bands, "--checkpoint")
-    named = len(args.config) > 1 or args.config[0].partition("=")[0] in domain.BANDS or args.band in domain.BANDS
+    named = names_bands(args.config) or args.band in domain.BANDS
     # every band's config, weights and scene folder before the first scene: a mistake in the RED
     # arguments must not wait for the NIR scenes
     superresolvers, n_slides, data = {}, {}, {}

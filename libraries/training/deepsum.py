@@ -274,9 +274,7 @@ def load_config_of_kind(path: str | os.PathLike, kind: type) -> Any:
     """`config.load_config(path, kind)`, where a config file of another kind (a pretraining config
     given to `train`, a DeepSUM config to `pretrain-sisrnet`...) is one error saying which kind
     the file is and which kind the command expects, rather than its first key `kind` lacks."""
-    path = Path(path)
-    if not path.is_absolute() and not path.exists() and (config_module.REPOSITORY_ROOT / path).exists():
-        path = config_module.REPOSITORY_ROOT / path  # where load_config finds it
+    path = config_module.config_path(path)  # where load_config finds it
     try:
         return config_module.load_config(path, kind)
     except config_module.ConfigError as error:
