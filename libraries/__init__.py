@@ -9,7 +9,7 @@ package has no import cycle and no import inside a function (`tests/test_package
 | 0 | `reports` | the text-table formatter, `plot_history` and `plot_validation_scene` |
 | 1 | `fileio` | atomic writes of files, folders, JSON and arrays; `read_json` (a key written twice refused) |
 | 2 | `config` | JSON configs (the original layout) -> frozen dataclasses, for DeepSUM and both pretrainings |
-| 2 | `interrupts` | signal handlers set for a block and put back (the training loop's stop requests, `superresolve`'s SIGTERM) |
+| 2 | `interrupts` | signal handlers set for a block and put back (the training loop's stop requests, every command's SIGTERM, stops held while worker processes start) |
 | 2 | `metrics` | cL2 loss, cPSNR and the Kelvins score (TensorFlow and NumPy), its per-pixel error map |
 | 2 | `preprocessing` | array operations of dataset creation (upsampling, registration, best-9, patches) |
 | 3 | `probav` | PROBA-V scene folders, PNG readers and writers, norm.csv |

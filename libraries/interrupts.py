@@ -1,9 +1,10 @@
 """Signals that stop a command: handlers set for a block and put back after it.
 
 `handled` serves the training loop (SIGINT and SIGTERM recorded, the step under way finished and
-saved: `training.loop.stop_requests`) and `superresolve` (SIGTERM raised as `Terminated`, as
-Ctrl-C raises KeyboardInterrupt: `sigterm_raises`). Handlers can be set only in the main thread;
-elsewhere (a notebook's worker thread) nothing changes.
+saved: `training.loop.stop_requests`) and every command (SIGTERM raised as `Terminated`, as
+Ctrl-C raises KeyboardInterrupt: `sigterm_raises`). `deferred` holds both while worker processes
+start, and `leave_stops_to_the_parent` makes those workers ignore them. Handlers can be set only
+in the main thread; elsewhere (a notebook's worker thread) nothing changes.
 """
 
 from __future__ import annotations
@@ -12,6 +13,9 @@ import contextlib
 import signal
 import threading
 from typing import Callable, Iterable, Iterator
+
+
+STOPS = (signal.SIGINT, signal.SIGTERM)
 
 
 class Terminated(BaseException):
@@ -45,3 +49,35 @@ def sigterm_raises() -> Iterator[None]:
 
     with handled((signal.SIGTERM,), terminated):
         yield
+
+
+@contextlib.contextmanager
+def deferred() -> Iterator[None]:
+    """Within the block SIGINT and SIGTERM wait: their handlers run as it ends. For what a stop
+    must not cut midway: a worker process whose start is cut short (its parent's pipe closed
+    before the child has read its bootstrap data) prints a traceback of its own after the
+    command's error line. Processes started within the block inherit the signals blocked, so a
+    terminal's Ctrl-C, sent to the whole process group, cannot interrupt their imports either
+    (`leave_stops_to_the_parent` then ignores and unblocks them)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    caught: list[int] = []
+    mask = signal.pthread_sigmask(signal.SIG_BLOCK, STOPS)
+    try:
+        # a signal another thread receives still runs the Python handler here: record it
+        with handled(STOPS, lambda number, frame: caught.append(number)):
+            yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, mask)  # signals held by the mask run their handlers now
+        for number in caught[:1]:
+            signal.raise_signal(number)
+
+
+def leave_stops_to_the_parent() -> None:
+    """Initializer of worker processes: SIGINT and SIGTERM ignored, then unblocked (`deferred`).
+    The parent owns the stop: it cancels the queued work, waits for the items under way and
+    removes what it wrote; a worker stopped by Ctrl-C would print its own traceback."""
+    for number in STOPS:
+        signal.signal(number, signal.SIG_IGN)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, STOPS)

@@ -34,7 +34,7 @@ from typing import Any, Callable, Iterable, Iterator, Sequence
 import numpy as np
 from tqdm.auto import tqdm
 
-from libraries import domain, fileio, preprocessing, probav
+from libraries import domain, fileio, interrupts, preprocessing, probav
 from libraries.config import integer_at_least
 from libraries.dataset import store
 from libraries.dataset.scenes import PreparedScene, preprocess_scene
@@ -54,7 +54,8 @@ def worker_pool(processes: int | None) -> Iterator[int | concurrent.futures.Exec
     if processes == 1:
         yield 1
         return
-    pool = concurrent.futures.ProcessPoolExecutor(processes, mp_context=multiprocessing.get_context("spawn"))
+    pool = concurrent.futures.ProcessPoolExecutor(processes, mp_context=multiprocessing.get_context("spawn"),
+                                                  initializer=interrupts.leave_stops_to_the_parent)
     try:
         yield pool
     finally:  # after an error, do not wait for the scenes still queued
@@ -76,7 +77,8 @@ def _parallel_map(function: Callable, items: Sequence, processes: Workers, descr
         if processes == 1:
             results = map(function, items)
         else:
-            results = processes.map(function, items)
+            with interrupts.deferred():  # map submits every item now, starting the workers
+                results = processes.map(function, items)
         for result in results:
             yield result
             bar.update()
