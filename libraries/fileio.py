@@ -32,6 +32,16 @@ def _umask() -> int:
 
 
 @contextlib.contextmanager
+def _naming(destination: Path) -> Iterator[None]:
+    """An OSError of the block (the folder not writable, full) names `destination`, the file the
+    user asked for, not the hidden temporary name beside it that was being created."""
+    try:
+        yield
+    except OSError as error:
+        raise type(error)(error.errno, error.strerror, str(destination)) from None
+
+
+@contextlib.contextmanager
 def atomic_path(destination: str | os.PathLike, suffix: str = "") -> Iterator[Path]:
     """Yield a temporary path beside `destination`; rename it into place on success.
 
@@ -40,9 +50,9 @@ def atomic_path(destination: str | os.PathLike, suffix: str = "") -> Iterator[Pa
     """
     destination = Path(destination)
     destination.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(
-        prefix=f".{destination.name}.", suffix=f".tmp{suffix}", dir=destination.parent
-    )
+    with _naming(destination):
+        handle, temporary = tempfile.mkstemp(prefix=f".{destination.name}.", suffix=f".tmp{suffix}",
+                                             dir=destination.parent)
     os.close(handle)
     temporary = Path(temporary)
     try:
@@ -63,7 +73,8 @@ def atomic_folder(destination: str | os.PathLike, suffix: str = ".tmp") -> Itera
     """
     destination = Path(destination)
     destination.parent.mkdir(parents=True, exist_ok=True)
-    temporary = Path(tempfile.mkdtemp(prefix=f".{destination.name}.", suffix=suffix, dir=destination.parent))
+    with _naming(destination):
+        temporary = Path(tempfile.mkdtemp(prefix=f".{destination.name}.", suffix=suffix, dir=destination.parent))
     try:
         yield temporary
         os.chmod(temporary, 0o777 & ~_umask())  # mkdtemp's 0700 -> what a plain mkdir gives

@@ -50,6 +50,24 @@ def test_atomic_path_leaves_nothing_when_the_writer_fails(tmp_path):
     assert [p.name for p in tmp_path.iterdir()] == ["out.json"]
 
 
+@pytest.mark.parametrize("make", ["mkstemp", "mkdtemp"])
+def test_a_folder_that_cannot_be_written_names_the_destination_not_the_hidden_temporary_name(tmp_path, monkeypatch,
+                                                                                             make):
+    """The temporary name (".submission.zip.k2x8.tmp") is the project's, not the user's: a
+    read-only or full folder is reported with the path the user gave."""
+    def refused(*args, dir=None, prefix="", suffix="", **kwargs):
+        raise PermissionError(13, "Permission denied", os.path.join(dir, f"{prefix}k2x8{suffix}"))
+
+    monkeypatch.setattr(fileio.tempfile, make, refused)
+    destination = tmp_path / "submission.zip"
+    writer = fileio.atomic_path if make == "mkstemp" else fileio.atomic_folder
+    with pytest.raises(PermissionError) as raised:
+        with writer(destination):
+            pass
+    assert str(raised.value) == f"[Errno 13] Permission denied: '{destination}'"
+    assert sorted(tmp_path.iterdir()) == []
+
+
 def test_atomic_folder_replaces_the_old_folder_only_on_success(tmp_path):
     destination = tmp_path / "store"
     with fileio.atomic_folder(destination) as folder:
