@@ -102,9 +102,9 @@ class FolderLock:
 
     NAME = ".lock"
 
-    def __init__(self, folder: str | os.PathLike, what: str = "folder", shared: bool = False):
+    def __init__(self, folder: str | os.PathLike, what: str = "folder", shared: bool = False, readers: str = "train"):
         self.descriptor: int | None = None
-        self.shared = shared
+        self.shared, self.readers = shared, readers  # readers: the commands that read such a folder
         self.folder = require_folder_path(folder, what)
         if not shared:
             self.folder.mkdir(parents=True, exist_ok=True)
@@ -125,7 +125,7 @@ class FolderLock:
             pid = int((self.folder / self.NAME).read_text())
             os.kill(pid, 0)
         except (OSError, ValueError):  # no .lock, a killed writer's, or readers (they write none)
-            return "a run that reads it, e.g. train"
+            return f"a run that reads it, e.g. {self.readers}"
         if pid == os.getpid():  # e.g. a notebook cell that makes a Trainer run again
             return (f"process {pid}, this one: an earlier object still holds it; release it (a Trainer: "
                     "`trainer.loop.release()`) or restart the kernel")

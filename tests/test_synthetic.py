@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import json
+import re
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -11,8 +15,10 @@ from scipy import ndimage
 from skimage.registration import phase_cross_correlation
 from skimage.transform import resize
 
-from libraries import domain, metrics, probav, synthetic
+from libraries import dataset, domain, fileio, metrics, probav, synthetic
 from libraries.__main__ import main
+
+from helpers import subprocess_env
 
 SEED = 3
 N_TRAIN, N_TEST, LR_SIZE = 3, 4, 32
@@ -261,3 +267,32 @@ def test_an_interrupted_set_leaves_nothing(tmp_path, monkeypatch):
     with pytest.raises(KeyboardInterrupt):
         synthetic.write_dataset(tmp_path / "set", seed=1, n_scenes=2, n_test_scenes=0, lr_size=16, progress=False)
     assert len(calls) == 3 and list(tmp_path.iterdir()) == []
+
+
+def test_synth_cannot_replace_a_set_that_prepare_reads_nor_prepare_read_one_being_replaced(tmp_path, capsys):
+    """`prepare` reads a PROBA-V folder shared; `synth` replaces one holding it exclusively: a set
+    replaced under a `prepare` run would give it the scenes of two sets."""
+    out, small = tmp_path / "set", {"seed": 2, "lr_size": 16, "progress": False}
+    synthetic.write_dataset(out, n_scenes=2, n_test_scenes=0, **small)
+    norm = (out / "norm.csv").read_bytes()
+    with fileio.FolderLock(out, "PROBA-V folder", shared=True):  # as prepare holds its input
+        assert main(["synth", "--out", str(out), "--seed", "3", "--scenes", "1", "--lr-size", "16"]) == 1
+    assert capsys.readouterr().err == (f"error: {out}: this synthetic data set folder is in use by another run (a "
+                                       f"run that reads it, e.g. prepare); wait for it to end or use another folder\n")
+    assert (out / "norm.csv").read_bytes() == norm and not (out / fileio.FolderLock.NAME).exists()
+    # a synth run replacing the set (another process, seen by its lock file) refuses prepare
+    child = subprocess.Popen([sys.executable, "-m", "libraries", "synth", "--out", str(out), "--seed", "4",
+                              "--scenes", "40", "--lr-size", "64"], env=subprocess_env(), stdout=subprocess.DEVNULL,
+                             stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 60
+        while not (out / fileio.FolderLock.NAME).exists():  # the event: synth holds the folder
+            assert child.poll() is None and time.monotonic() < deadline, "synth did not take its folder"
+            time.sleep(0.01)
+        with pytest.raises(domain.DeepSUMError, match=rf"^{re.escape(str(out))}: this PROBA-V folder is in use by "
+                                                      rf"another run \(process {child.pid}\)"):
+            dataset.prepare(out, tmp_path / "prepared", bands=("NIR",), processes=1, progress=False)
+    finally:
+        child.kill()
+        child.wait()
+    assert not (tmp_path / "prepared").exists() and (out / "norm.csv").read_bytes() == norm  # killed: the old set

@@ -356,11 +356,14 @@ def prepare(data_dir: str | os.PathLike, out_dir: str | os.PathLike, bands: Sequ
     partial = Path(tempfile.mkdtemp(prefix=".prepare-", suffix=".partial", dir=out_dir))
     try:
         with worker_pool(processes) as workers:
-            for band in bands:  # read everything first: a bad input stops before any processing
-                store.update_manifest(partial / band, "parameters", parameters)
-                save_scene_arrays(data_dir, partial / band, band, workers, progress)
-                hr = store.load_arrays(partial / band / store.RAW / "train", ["hr"])["hr"]
-                store.check_patch_size(patch_size, min(hr.shape[-2:]))
+            # read shared: `synth` cannot replace the folder while its scenes are read
+            with fileio.FolderLock(data_dir, "PROBA-V folder", shared=True) if Path(data_dir).is_dir() else \
+                    contextlib.nullcontext():
+                for band in bands:  # read everything first: a bad input stops before any processing
+                    store.update_manifest(partial / band, "parameters", parameters)
+                    save_scene_arrays(data_dir, partial / band, band, workers, progress)
+                    hr = store.load_arrays(partial / band / store.RAW / "train", ["hr"])["hr"]
+                    store.check_patch_size(patch_size, min(hr.shape[-2:]))
             for band in bands:
                 split_train_validation(partial / band, seed, share)
                 for split in domain.PREPARED_SPLITS:
