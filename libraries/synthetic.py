@@ -354,8 +354,9 @@ def write_dataset(
     seeds = np.random.SeedSequence(seed).spawn(len(plan))
     baselines: dict[str, float] = {}
     truth: dict[str, Any] = {}
-    # not while a run reads the set it replaces (`prepare` holds its input shared), nor beside another synth
-    lock = fileio.FolderLock(out_dir, "synthetic data set folder", readers="prepare") if out_dir.is_dir() else None
+    # not while a run reads the set it replaces (`prepare`, `superresolve` hold it shared), nor beside another synth
+    lock = fileio.FolderLock(out_dir, "synthetic data set folder", readers="prepare or superresolve") \
+        if out_dir.is_dir() else None
     with lock or contextlib.nullcontext(), fileio.atomic_folder(out_dir) as folder:  # the whole set or none
         for number, (split, band, index) in enumerate(tqdm(plan, desc="synthetic scenes", disable=not progress)):
             rng = np.random.default_rng(seeds[number])

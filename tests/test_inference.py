@@ -653,6 +653,29 @@ def test_superresolve_command_precision_runs_the_network_in_mixed_bfloat16(tmp_p
     assert 0 < np.abs(bfloat16 - float32).max() and np.abs(bfloat16 - float32).mean() < 0.01 * float32.mean()
 
 
+def test_synth_cannot_replace_the_folder_superresolve_reads(tmp_path, synthetic_dir, tiny_files, monkeypatch):
+    """A split takes an hour: a set replaced under it would mix the scenes of two sets in one zip."""
+    config_path, checkpoint = tiny_files
+    data = tmp_path / "probav"
+    shutil.copytree(synthetic_dir, data)
+    refused, folder = [], inference.Superresolver.folder
+
+    def folder_while_synth_runs(self, *args, **kwargs):
+        try:
+            synthetic.write_dataset(data, seed=1, n_scenes=1, n_test_scenes=1, lr_size=16, progress=False)
+        except domain.DeepSUMError as error:
+            refused.append(str(error))
+        return folder(self, *args, **kwargs)
+
+    monkeypatch.setattr(inference.Superresolver, "folder", folder_while_synth_runs)
+    assert main(["superresolve", "--config", str(config_path), "--checkpoint", str(checkpoint), "--data", str(data),
+                 "--split", "test", "--band", "NIR", "--out", str(tmp_path / "test.zip"), "--n-slide", "0"]) == 0
+    assert refused == [f"{data}: this synthetic data set folder is in use by another run (a run that reads it, e.g. "
+                       f"prepare or superresolve); wait for it to end or use another folder"]
+    assert sorted(inference.read_submission(tmp_path / "test.zip")) == sorted(
+        path.name for path in probav.list_scenes(synthetic_dir, "test", "NIR"))
+
+
 def test_superresolve_train_split_with_per_band_paths_then_score_all(tmp_path, synthetic_dir, tiny_files,
                                                                      separate_superresolver, capsys):
     config_path, checkpoint = tiny_files

@@ -278,7 +278,7 @@ def test_synth_cannot_replace_a_set_that_prepare_reads_nor_prepare_read_one_bein
     with fileio.FolderLock(out, "PROBA-V folder", shared=True):  # as prepare holds its input
         assert main(["synth", "--out", str(out), "--seed", "3", "--scenes", "1", "--lr-size", "16"]) == 1
     assert capsys.readouterr().err == (f"error: {out}: this synthetic data set folder is in use by another run (a "
-                                       f"run that reads it, e.g. prepare); wait for it to end or use another folder\n")
+                                       f"run that reads it, e.g. prepare or superresolve); wait for it to end or use another folder\n")
     assert (out / "norm.csv").read_bytes() == norm and not (out / fileio.FolderLock.NAME).exists()
     # a synth run replacing the set (another process, seen by its lock file) refuses prepare
     child = subprocess.Popen([sys.executable, "-m", "libraries", "synth", "--out", str(out), "--seed", "4",

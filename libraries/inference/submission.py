@@ -10,6 +10,7 @@ scenes of a PROBA-V folder, `score_submission` scores it against HR images and n
 from __future__ import annotations
 
 import argparse
+import contextlib
 import csv
 import io
 import re
@@ -303,20 +304,23 @@ def _superresolve(args: argparse.Namespace) -> None:
         superresolvers[band] = Superresolver(load_model(config, checkpoint_paths[band]), config)
     parts = parts_folder(args.out)  # each scene kept as computed: a rerun of an interrupted run goes on
     images = {}
-    try:
-        with sigterm_raises():
-            for band in bands:
-                superresolver = superresolvers[band]
-                images.update(superresolver.folder(data[band], split, [band], n_slides[band], args.windows_per_call,
-                                                   parts=parts))
-                print(f"{band}: {checkpoint_paths[band]}, n_slide {n_slides[band]}"
-                      + (", self-ensemble" if superresolver.config.self_ensemble else ""), file=sys.stderr)
-    except (KeyboardInterrupt, Terminated) as stop:  # Ctrl-C or SIGTERM: one line saying what is kept
-        how = "interrupted" if isinstance(stop, KeyboardInterrupt) else "stopped by SIGTERM"
-        raise domain.DeepSUMError(f"superresolve {how}: scenes computed so far: {saved_count(parts)}, kept in "
-                                  f"{parts}; the same command computes the others") from None
-    write_submission(images, args.out)
-    validate_submission(args.out, data[bands[-1]] / split, bands)
+    with contextlib.ExitStack() as reading:  # read shared: `synth` cannot replace a folder whose scenes are read
+        for folder in dict.fromkeys(data.values()):
+            reading.enter_context(fileio.FolderLock(folder, "PROBA-V folder", shared=True))
+        try:
+            with sigterm_raises():
+                for band in bands:
+                    superresolver = superresolvers[band]
+                    images.update(superresolver.folder(data[band], split, [band], n_slides[band],
+                                                       args.windows_per_call, parts=parts))
+                    print(f"{band}: {checkpoint_paths[band]}, n_slide {n_slides[band]}"
+                          + (", self-ensemble" if superresolver.config.self_ensemble else ""), file=sys.stderr)
+        except (KeyboardInterrupt, Terminated) as stop:  # Ctrl-C or SIGTERM: one line saying what is kept
+            how = "interrupted" if isinstance(stop, KeyboardInterrupt) else "stopped by SIGTERM"
+            raise domain.DeepSUMError(f"superresolve {how}: scenes computed so far: {saved_count(parts)}, kept in "
+                                      f"{parts}; the same command computes the others") from None
+        write_submission(images, args.out)
+        validate_submission(args.out, data[bands[-1]] / split, bands)
     remove_parts(parts)
     print(f"wrote {args.out}: {len(images)} scenes ({', '.join(bands)}), validated")
 
