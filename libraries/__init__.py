@@ -12,6 +12,7 @@ package has no import cycle and no import inside a function (`tests/test_package
 | 2 | `interrupts` | signal handlers set for a block and put back (the training loop's stop requests, every command's SIGTERM, stops held while worker processes start) |
 | 2 | `metrics` | cL2 loss, cPSNR and the Kelvins score (TensorFlow and NumPy), its per-pixel error map |
 | 2 | `preprocessing` | array operations of dataset creation (upsampling, registration, best-9, patches) |
+| 3 | `arguments` | command-line flags and argparse types shared by several commands (`--precision`, integers with a minimum) |
 | 3 | `probav` | PROBA-V scene folders, PNG readers and writers, norm.csv |
 | 3 | `model` | the network: `hardware` (CPU flags, GPUs, which reduced-precision kernels are native), `kernel_gradients` (oneDNN or XLA, chosen by measurement), `layers`, `fusion` (XLA-fused element-wise work or not, measured), `strips` (frame-by-frame convolutions in strips or not, measured), `networks` (SISRNet, RegNet, FusionNet), `deepsum` (registration, fill, DeepSUM) |
 | 4 | `checkpoints` | the one checkpoint format (TF2) and the read-only importer of the authors' TF1 checkpoints (`convert-tf1`) |

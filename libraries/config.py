@@ -13,15 +13,15 @@ against the repository root, so a config works from any current directory.
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import json
 import math
+import numbers
 import os
 import types
 import typing
 from pathlib import Path
-from typing import Any, Callable, TypeVar
+from typing import Any, TypeVar
 
 from libraries import domain, fileio
 
@@ -62,29 +62,6 @@ def compute_dtype_name(precision: str) -> str:
     """The compute type of a precision: float32, bfloat16 or float16."""
     check_precision(precision)
     return precision.removeprefix("mixed_")
-
-
-def add_precision_argument(parser: Any) -> None:
-    """The `--precision` flag of the commands that run the network (an argparse parser)."""
-    parser.add_argument("--precision", choices=PRECISIONS,
-                        help="override the config's precision: float32 (the authors' numbers), mixed_bfloat16 "
-                             "(CPUs with AMX or AVX512-BF16, recent GPUs) or mixed_float16 (GPUs)")
-
-
-def integer_at_least(minimum: int) -> Callable[[str], int]:
-    """An argparse `type`: an integer flag below `minimum` is a usage error naming the flag."""
-
-    def parse(text: str) -> int:
-        try:
-            value = int(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
-        if value < minimum:
-            raise argparse.ArgumentTypeError(f"expected an integer >= {minimum}, got {value}")
-        return value
-
-    parse.__name__ = f"integer >= {minimum}"  # argparse names the type in its message
-    return parse
 
 
 def _check_numbers(config: Any, non_negative: tuple[str, ...]) -> None:
@@ -174,6 +151,7 @@ class DeepSUMConfig:
                                               "auto: if a short measurement finds it faster on this machine")
 
     def __post_init__(self) -> None:
+        _check_types(self)
         # Value checks that the type system cannot express; the loader names the file.
         if self.spectral_band not in ("NIR", "RED"):
             raise ConfigError(f"spectral_band: expected 'NIR' or 'RED', got {self.spectral_band!r}")
@@ -253,6 +231,7 @@ class PretrainConfig:
     precision: str = other("float32", "float32, mixed_bfloat16 or mixed_float16, as DeepSUM's `precision`")
 
     def __post_init__(self) -> None:
+        _check_types(self)
         check_precision(self.precision)
         _check_numbers(self, ("seed", "border"))
         if self.spectral_band not in ("NIR", "RED"):
@@ -302,51 +281,63 @@ class RegNetPretrainConfig(PretrainConfig):
             raise ConfigError(f"eval_size: expected 0 or more than 2*max_shift + 2, got {self.eval_size}")
 
 
-def _convert(value: Any, annotation: Any, key: str) -> Any:
-    """Check `value` (parsed JSON) against `annotation` and convert it; raise naming `key`."""
+def _check_types(config: Any) -> None:
+    """Every field of `config` of its annotated type, as `_convert` (in Python form) makes it: a
+    value given in code (`replace`) of another type is refused, never kept to fail deep in a run
+    (`n_features=8.5`) or read by its truth (`jit_compile="no"` is true)."""
+    for name, annotation in typing.get_type_hints(type(config)).items():
+        object.__setattr__(config, name, _convert(getattr(config, name), annotation, name, from_json=False))
+
+
+def _convert(value: Any, annotation: Any, key: str, from_json: bool = True) -> Any:
+    """Check `value` (parsed JSON, or given in code: `from_json` False) against `annotation` and
+    convert it; raise naming `key`. A relative path of a file resolves against the repository."""
     origin = typing.get_origin(annotation)
     if annotation is bool:
         if isinstance(value, bool):
             return value
     elif annotation is int:
-        if isinstance(value, int) and not isinstance(value, bool):
-            return value
+        if isinstance(value, numbers.Integral) and not isinstance(value, bool):
+            return int(value)
     elif annotation is float:
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
+        if isinstance(value, numbers.Real) and not isinstance(value, bool):
             return float(value)
     elif annotation is str:
         if isinstance(value, str):
             return value
     elif annotation is Path:
-        if isinstance(value, str) and value:
+        if isinstance(value, (str, os.PathLike)) and str(value):
             path = Path(os.path.expanduser(value))
-            return path if path.is_absolute() else (REPOSITORY_ROOT / path)
+            return path if path.is_absolute() or not from_json else (REPOSITORY_ROOT / path)
     elif origin is tuple:
         items = typing.get_args(annotation)
-        if isinstance(value, list):
+        if isinstance(value, (list, tuple)):
             if len(items) == 2 and items[1] is Ellipsis:
-                return tuple(_convert(v, items[0], key) for v in value)
+                return tuple(_convert(v, items[0], key, from_json) for v in value)
             if len(value) == len(items):
-                return tuple(_convert(v, t, key) for v, t in zip(value, items))
+                return tuple(_convert(v, t, key, from_json) for v, t in zip(value, items))
     elif origin in (typing.Union, types.UnionType):
         for option in typing.get_args(annotation):
             if option is type(None) and value is None:
                 return None
             try:
-                return _convert(value, option, key)
+                return _convert(value, option, key, from_json)
             except ConfigError:
                 pass
     else:  # pragma: no cover - a field type this loader does not know is a programming error
         raise TypeError(f"config field {key}: unsupported type {annotation!r}")
-    raise ConfigError(f"{key}: expected {_describe(annotation)}, got {json.dumps(value)}")
+    shown = json.dumps(value) if from_json else repr(value)
+    raise ConfigError(f"{key}: expected {_describe(annotation)}, got {shown}")
 
 
 def _describe(annotation: Any) -> str:
     if typing.get_origin(annotation) is tuple:
         items = typing.get_args(annotation)
         if len(items) == 2 and items[1] is Ellipsis:
-            return f"a list of {_describe(items[0])}"
+            return f"a list of {_describe(items[0]).split(' ', 1)[1]}s"
         return f"a list of {len(items)} values ({', '.join(_describe(t) for t in items)})"
+    if typing.get_origin(annotation) in (typing.Union, types.UnionType):
+        return " or ".join("null" if option is type(None) else _describe(option) for option in typing.get_args(annotation))
     return {bool: "true or false", int: "an integer", float: "a number", str: "a string",
             Path: "a path (string)"}.get(annotation, str(annotation))
 

@@ -34,7 +34,7 @@ from typing import Any
 
 import numpy as np
 
-from libraries import checkpoints, dataset, demo_figures, domain, fileio, inference, probav, reports, synthetic
+from libraries import arguments, checkpoints, dataset, demo_figures, domain, fileio, inference, probav, reports, synthetic
 from libraries import config as config_module
 from libraries.demo_plan import BANDS, DEMO_OUT, DemoPlan, check_out_folder, load_presets, make_plan
 from libraries.training import deepsum as deepsum_training
@@ -253,14 +253,14 @@ def run_pipeline(plan: DemoPlan, n_scenes: int = 14, n_test_scenes: int = 4, lr_
 
 def patch_size_argument(text: str) -> int:
     """An argparse `type`: a training patch size on the HR grid, a multiple of the scale."""
-    value = config_module.integer_at_least(domain.SCALE)(text)
+    value = arguments.integer_at_least(domain.SCALE)(text)
     if value % domain.SCALE:  # patch_size_LR is patch_size_HR / 3
         raise argparse.ArgumentTypeError(f"expected a multiple of {domain.SCALE} (the scale), got {value}")
     return value
 
 
 def add_demo_arguments(parser: argparse.ArgumentParser) -> None:
-    at_least = config_module.integer_at_least
+    at_least = arguments.integer_at_least
     (demo, demo_sisrnet, demo_regnet), (paper, paper_sisrnet, paper_regnet) = load_presets(True), load_presets(False)
 
     def steps(deepsum: dict[str, config_module.DeepSUMConfig]) -> str:
@@ -289,7 +289,7 @@ def add_demo_arguments(parser: argparse.ArgumentParser) -> None:
                         f"{demo['NIR'].n_features} on the synthetic set, {paper['NIR'].n_features} with --data)")
     parser.add_argument("--n-slide", type=at_least(0), default=2, help="largest sliding-window n_slide evaluated "
                                                                        "(default %(default)s)")
-    config_module.add_precision_argument(parser)
+    arguments.add_precision_argument(parser)
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
 
 

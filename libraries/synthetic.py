@@ -34,7 +34,7 @@ from scipy import ndimage
 from tqdm.auto import tqdm
 
 from libraries import domain, fileio, metrics, preprocessing, probav
-from libraries.config import integer_at_least
+from libraries.arguments import integer_at_least
 
 CORRUPT_VALUE = 65520  # the no-data value of the real corrupt frames
 MAX_SHIFT = 4.0  # HR pixels

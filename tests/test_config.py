@@ -228,3 +228,40 @@ def test_config_errors_name_the_key(tmp_path):
         SISRNetPretrainConfig(**PRETRAIN, dataset_path=tmp_path, heldout_fraction=float("nan"))
     with pytest.raises(config.ConfigError, match="seed: expected an integer >= 0, got -3"):
         RegNetPretrainConfig(**{**PRETRAIN, "seed": -3}, dataset_path=tmp_path)
+
+
+@pytest.mark.parametrize("changes, expected", [
+    ({"jit_compile": "no"}, "jit_compile: expected true or false, got 'no'"),  # a non-empty string is true
+    ({"n_features": 8.5}, "n_features: expected an integer, got 8.5"),
+    ({"seed": 1.5}, "seed: expected an integer, got 1.5"),
+    ({"batch_size": "2"}, "batch_size: expected an integer, got '2'"),
+    ({"n_slide": 1.7}, "n_slide: expected an integer, got 1.7"),
+    ({"mu": "7754"}, "mu: expected a number, got '7754'"),
+    ({"frame_strips": 1.5}, "frame_strips: expected an integer or a string, got 1.5"),
+    ({"freeze": "sisrnet"}, "freeze: expected a list of strings, got 'sisrnet'"),
+    ({"dataset_path": ""}, "dataset_path: expected a path (string), got ''"),
+], ids=lambda value: str(value))
+def test_a_value_of_another_type_given_in_code_is_refused_naming_the_key(changes, expected):
+    """`replace` (the notebooks' `changes`, a researcher's script) checks types as the loader
+    does for a file: such a value stopped 9-35 frames deep in Keras, or was read by its truth."""
+    with pytest.raises(config.ConfigError) as raised:
+        config.default_config().replace(**changes)
+    assert str(raised.value) == expected
+
+
+def test_values_given_in_code_take_their_fields_form():
+    """What a JSON file cannot hold but code may pass: a tuple for a list, a NumPy integer, a
+    path as text (kept relative, as given) or a Path, an integer for a float."""
+    import numpy as np
+
+    changed = config.default_config().replace(freeze=["regnet"], batch_size=np.int64(4), dataset_path="data/here",
+                                              checkpoint_dir=Path("/runs/a"), lr=1, patch_size_HR=[48, 48],
+                                              patch_size_LR=(16, 16))
+    assert changed.freeze == ("regnet",) and changed.patch_size_HR == (48, 48)
+    assert type(changed.batch_size) is int and changed.batch_size == 4
+    assert changed.dataset_path == Path("data/here") and changed.checkpoint_dir == Path("/runs/a")
+    assert type(changed.lr) is float and changed.lr == 1.0
+    pretraining = SISRNetPretrainConfig(**PRETRAIN, dataset_path="data/here")
+    assert pretraining.dataset_path == Path("data/here")
+    with pytest.raises(config.ConfigError, match=r"^n_features: expected an integer, got 8.5$"):
+        pretraining.replace(n_features=8.5)

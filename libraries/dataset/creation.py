@@ -35,7 +35,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from libraries import domain, fileio, interrupts, preprocessing, probav
-from libraries.config import integer_at_least
+from libraries.arguments import integer_at_least
 from libraries.dataset import store
 from libraries.dataset.scenes import PreparedScene, preprocess_scene
 from libraries.dataset.views import counts_table

@@ -24,7 +24,7 @@ import imageio.v3 as iio
 import numpy as np
 
 from libraries import config as config_module
-from libraries import domain, fileio, metrics, probav
+from libraries import arguments, domain, fileio, metrics, probav
 from libraries.inference import frame_stack
 from libraries.inference.parts import parts_folder, remove_parts, saved_count
 from libraries.inference.superresolve import Superresolver, load_model, scene_sr_shape
@@ -219,16 +219,16 @@ def add_superresolve_arguments(parser: argparse.ArgumentParser) -> None:
                         help="'all' (the default): both bands in one zip; with --frames: the model, NIR (default) or RED")
     parser.add_argument("--out", required=True, help="submission zip to write; with --frames: the image to write "
                                                      "(.png: 16-bit greyscale, .tif/.tiff: float32)")
-    parser.add_argument("--n-slide", type=config_module.integer_at_least(0), default=None,
+    parser.add_argument("--n-slide", type=arguments.integer_at_least(0), default=None,
                         help="sliding-window passes (default: the config's n_slide)")
-    parser.add_argument("--windows-per-call", type=config_module.integer_at_least(1), default=None,
+    parser.add_argument("--windows-per-call", type=arguments.integer_at_least(1), default=None,
                         help="windows per network call, for n-slide > 0 (memory grows with it; default: 1 when the "
                              "network runs frame by frame, as on CPUs, else 3)")
     parser.add_argument("--frames", help="instead of a split: a folder of PNG or TIFF frames of one scene (16-bit, "
                                          "8-bit or float, one size), super-resolved into the one image --out")
     parser.add_argument("--masks", help="with --frames: glob of their clear masks (nonzero = clear), relative to the "
                                         "folder or absolute, matched to the frames in sorted order (default: all clear)")
-    config_module.add_precision_argument(parser)
+    arguments.add_precision_argument(parser)
     parser.add_argument("--self-ensemble", action=argparse.BooleanOptionalAction, default=None,
                         help="average each scene's outputs under its 8 flips and rotations (8x the time; "
                              "default: the config's self_ensemble)")

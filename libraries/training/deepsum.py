@@ -24,7 +24,7 @@ import numpy as np
 import tensorflow as tf
 from tqdm.auto import tqdm
 
-from libraries import checkpoints, fileio, metrics
+from libraries import arguments, checkpoints, fileio, metrics
 from libraries import config as config_module
 from libraries.model import DeepSUM
 from libraries.training import data, evaluation, optimization
@@ -238,7 +238,7 @@ class Trainer:
 
 def add_train_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--config", required=True, type=Path, help="JSON config (config_files/DeepSUM_config_NIR.json)")
-    parser.add_argument("--steps", type=config_module.integer_at_least(0), default=None,
+    parser.add_argument("--steps", type=arguments.integer_at_least(0), default=None,
                         help="train until this global step (default: the config's max_steps; 0: until interrupted)")
     parser.add_argument("--checkpoint-dir", type=Path, help="override checkpoint_dir (checkpoints, logs, config.json)")
     parser.add_argument("--dataset-path", type=Path, help="override dataset_path (folder written by `prepare`)")
@@ -249,7 +249,7 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--init-from", type=Path, help="start from these full-model weights (e.g. NIR to fine-tune RED)")
     parser.add_argument("--require-pretrained", action="store_true",
                         help="fail (instead of warning) when a pretraining checkpoint folder is empty")
-    config_module.add_precision_argument(parser)
+    arguments.add_precision_argument(parser)
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
 
 

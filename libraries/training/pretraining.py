@@ -37,7 +37,7 @@ import numpy as np
 import tensorflow as tf
 from tqdm.auto import tqdm
 
-from libraries import checkpoints, domain, metrics
+from libraries import arguments, checkpoints, domain, metrics
 from libraries import config as config_module
 from libraries.config import RegNetPretrainConfig, SISRNetPretrainConfig
 from libraries.model import Conv, RegNet, SISRNet
@@ -301,9 +301,9 @@ def real_frame_accuracy(frames: np.ndarray, sisrnet_dir: Any, regnet_dir: Any, n
 
 def _add_arguments(parser: argparse.ArgumentParser, default: str) -> None:
     parser.add_argument("--config", default=default, help=f"JSON config (default {default})")
-    parser.add_argument("--steps", type=config_module.integer_at_least(1), default=None,
+    parser.add_argument("--steps", type=arguments.integer_at_least(1), default=None,
                         help="train until this global step (default: the config's steps)")
-    config_module.add_precision_argument(parser)
+    arguments.add_precision_argument(parser)
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
 
 
