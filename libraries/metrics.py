@@ -52,6 +52,12 @@ def _as_images(values: tf.Tensor, name: str, dtype: tf.DType = tf.float32) -> tf
     else:
         raise MetricError(f"{name}: expected [batch, 1, height, width, 1] or [batch, height, width, 1], "
                           f"got shape {values.shape}")
+    # called eagerly (a notebook, a script) a NaN would become the loss or score; in training and
+    # validation the loss's own numerics check stops the step
+    if tf.executing_eagerly() and values.dtype.is_floating:
+        bad = int(np.count_nonzero(~np.isfinite(values.numpy())))
+        if bad:
+            raise MetricError(f"{name}: expected finite values, found {bad} NaN or Inf")
     if dtype == tf.bool:
         return values if values.dtype == tf.bool else tf.not_equal(values, 0)
     return tf.cast(values, dtype)
@@ -176,6 +182,15 @@ def normalized_score(cpsnr_values: tf.Tensor, baseline: tf.Tensor) -> tf.Tensor:
     """
     cpsnr_values = tf.reshape(tf.cast(cpsnr_values, tf.float32), [-1])  # [b] or [b,1] -> [b]
     baseline = tf.reshape(tf.cast(baseline, tf.float32), [-1])  # [b] or [b,1] -> [b]
+    if tf.executing_eagerly():  # in a graph the shapes are checked by the division
+        if cpsnr_values.shape != baseline.shape:
+            raise MetricError(f"normalized_score: {cpsnr_values.shape[0]} cPSNR values and {baseline.shape[0]} "
+                              f"baselines; expected one baseline per image")
+        for name, values in (("baseline", baseline.numpy()), ("cpsnr_values", cpsnr_values.numpy())):
+            bad = np.flatnonzero(~(values > 0) | (np.isinf(values) & (name == "baseline")))
+            if bad.size:
+                raise MetricError(f"{name}: {float(values[bad[0]])!r} for image {int(bad[0])}; expected a positive "
+                                  f"{'finite ' if name == 'baseline' else ''}cPSNR in dB")
     return baseline / cpsnr_values
 
 

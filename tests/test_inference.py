@@ -131,7 +131,14 @@ def test_write_submission_is_atomic(tmp_path):
 @pytest.mark.parametrize("images, message", [
     ({}, r"submission.zip: no image to write"),
     ({"scene_7": np.zeros((6, 6))}, r"^scene_7: expected a scene name like imgset0123$"),
-    ({"imgset0001": np.zeros((2, 6, 6))}, r"^imgset0001: expected a 2-D image, got shape \(2, 6, 6\)$"),
+    ({"imgset0001": np.zeros((2, 6, 6))}, r"^imgset0001: expected a 2-D image of numbers, got shape \(2, 6, 6\) of "
+                                          r"float64$"),
+    ({"imgset0001": np.ones((6, 6), bool)}, r"^imgset0001: expected a 2-D image of numbers, got shape \(6, 6\) of bool$"),
+    ({"imgset0001": np.full((6, 6), 7000 + 1j)}, r"^imgset0001: expected a 2-D image of numbers, .* of complex128$"),
+    ({"imgset0001": np.full((6, 6), -5.0)}, r"^imgset0001: values -5 to -5, 100% outside 0..65535; expected DN, as "
+                                            r"superresolve writes them \(a normalised image: domain.denormalise"),
+    ({"imgset0001": np.linspace(-3, 4, 36).reshape(6, 6)}, r"^imgset0001: values -3 to 4, 42% outside 0..65535"),
+    ({"imgset0001": np.linspace(0, 1, 36).reshape(6, 6)}, r"^imgset0001: values 0 to 1, 0% outside 0..65535"),
 ])
 def test_write_submission_refuses_what_the_platform_would(tmp_path, images, message):
     with pytest.raises(inference.SubmissionError, match=message):
@@ -271,6 +278,43 @@ def textured_scene(frames: int, seed: int = 0, clear_share: float = 0.97) -> dic
     masks = rng.uniform(size=(frames, HR_SIZE, HR_SIZE)) < (clear_share - 0.01 * np.arange(frames))[:, None, None]
     return {"name": "imgset0002", "frames": texture + 100 * np.arange(frames, dtype=np.float32)[:, None, None],
             "masks": masks, "shifts": rng.integers(-3, 4, size=(frames, 2)).astype(np.int32)}
+
+
+def _damaged(change):
+    scene = textured_scene(10)
+    return {**scene, **change(scene)}
+
+
+@pytest.mark.parametrize("scene, message", [
+    (_damaged(lambda s: {"masks": s["masks"].astype(np.uint8) * 255}),
+     "masks hold values other than 0 and 1 (e.g. 0/255); expected clear masks of bool (true = clear) or 0/1"),
+    (_damaged(lambda s: {"masks": np.where(s["masks"], 1.0, np.nan)}), "masks hold values other than 0 and 1"),
+    (_damaged(lambda s: {"frames": np.where(np.arange(10)[:, None, None] == 2, np.nan, s["frames"])}),
+     "frame 2 holds NaN or Inf; expected finite DN values"),
+    (_damaged(lambda s: {"masks": s["masks"][:, :-6, :-6]}), "frames (10, 96, 96) float32, masks (10, 90, 90), shifts"),
+    (_damaged(lambda s: {"shifts": s["shifts"][:5]}), "frames (10, 96, 96) float32, masks (10, 96, 96), shifts (5, 2) int32; expected"),
+    (_damaged(lambda s: {"frames": s["frames"][..., None]}), "frames (10, 96, 96, 1) float32"),
+    ({"name": "imgset0002", "frames": np.zeros((9, 24, 24))}, "no ['masks', 'shifts']; expected frames [K, H, W]"),
+    (_damaged(lambda s: {key: s[key][:, :5, :5] for key in ("frames", "masks")}),
+     "10 frames of 5x5; expected at least one, of sides >= 9 (the config's filter_size)"),
+], ids=["0/255 masks", "NaN masks", "NaN frame", "masks of another size", "shifts of 5 frames", "frames [K, H, W, 1]",
+        "no masks", "5x5"])
+def test_a_scene_built_by_hand_that_the_network_cannot_take_is_one_error_naming_it(tiny_config, separate_superresolver,
+                                                                                   scene, message):
+    """Before, 0/255 masks counted every frame fully clear in the frame selection (another
+    image, 935 DN apart), a 5x5 scene was super-resolved although the network refuses it, and
+    the others stopped in TensorFlow or NumPy errors without the scene's name."""
+    with pytest.raises(domain.DeepSUMError) as raised:
+        separate_superresolver.scene(scene, n_slide=1)
+    assert str(raised.value).startswith(f"scene imgset0002: {message}"), str(raised.value)
+    with pytest.raises(domain.DeepSUMError, match=re.escape(f"scene imgset0002: {message}")):
+        inference.window_inputs(scene, tiny_config)
+
+
+@pytest.mark.parametrize("n_slide", [-3, 1.7, "2", True])
+def test_n_slide_must_be_a_count_of_windows(tiny_config, n_slide):
+    with pytest.raises(domain.DeepSUMError, match=rf"^n_slide: expected an integer >= 0, got {re.escape(repr(n_slide))}$"):
+        inference.window_inputs(textured_scene(10), tiny_config, n_slide=n_slide)
 
 
 def test_window_inputs_register_each_mask_with_its_own_shift(tiny_config):

@@ -185,6 +185,39 @@ def test_tf_metrics_reject_mismatched_shapes():
             measure(y_true, y_true, np.ones_like(y_true), border=-1)
 
 
+@pytest.mark.parametrize("where", ["y_true", "y_pred", "mask"])
+@pytest.mark.parametrize("value", [np.nan, np.inf])
+def test_tf_metrics_called_eagerly_refuse_non_finite_values(where, value):
+    """A notebook calling cl2_loss or cpsnr on a NaN got a NaN loss or score and no error (a NaN
+    mask even counted as clear); inside training the loss's numerics check stops the step."""
+    rng = np.random.default_rng(2)
+    arrays = {"y_true": rng.normal(size=(2, 1, 16, 16, 1)).astype(np.float32),
+              "y_pred": rng.normal(size=(2, 1, 16, 16, 1)).astype(np.float32),
+              "mask": np.ones((2, 1, 16, 16, 1), np.float32)}
+    arrays[where][1, 0, 3, 4, 0] = value
+    for function in (metrics.cl2_loss, metrics.cpsnr):
+        with pytest.raises(metrics.MetricError, match=rf"^{where}: expected finite values, found 1 NaN or Inf$"):
+            function(arrays["y_true"], arrays["y_pred"], arrays["mask"])
+
+
+@pytest.mark.parametrize("psnr, baseline, message", [
+    ([40.0, 41.0], [38.0], r"^normalized_score: 2 cPSNR values and 1 baselines; expected one baseline per image$"),
+    ([40.0, 41.0], [38.0, 39.0, 40.0], r"^normalized_score: 2 cPSNR values and 3 baselines"),
+    ([40.0, 41.0], [38.0, -39.0], r"^baseline: -39.0 for image 1; expected a positive finite cPSNR in dB$"),
+    ([40.0, 41.0], [np.nan, 39.0], r"^baseline: nan for image 0; expected a positive finite cPSNR in dB$"),
+    ([40.0, 41.0], [38.0, np.inf], r"^baseline: inf for image 1"),
+    ([np.nan, 41.0], [38.0, 39.0], r"^cpsnr_values: nan for image 0; expected a positive cPSNR in dB$"),
+    ([40.0, 0.0], [38.0, 39.0], r"^cpsnr_values: 0.0 for image 1"),
+])
+def test_normalized_score_refuses_what_is_not_one_positive_baseline_per_image(psnr, baseline, message):
+    with pytest.raises(metrics.MetricError, match=message):
+        metrics.normalized_score(np.float32(psnr), np.float32(baseline))
+
+
+def test_normalized_score_is_baseline_over_cpsnr_and_zero_for_a_perfect_image():
+    np.testing.assert_allclose(metrics.normalized_score([40.0, np.inf], [[38.0], [39.0]]).numpy(), [0.95, 0.0])
+
+
 def test_kelvins_scorer_errors_say_what_was_expected():
     sr, hr, clear = realistic_pair(np.random.default_rng(9), 32)
     with pytest.raises(metrics.MetricError, match="at least one clear pixel"):

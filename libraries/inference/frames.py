@@ -42,6 +42,35 @@ def scene_count(scenes: Mapping[str, np.ndarray] | Iterable[Any]) -> int | None:
     return len(scenes) if hasattr(scenes, "__len__") else None
 
 
+def check_scene(scene: Mapping[str, Any], minimum_side: int = 1) -> None:
+    """Raise `DeepSUMError` naming the scene unless it holds finite `frames` [K, H, W] (K >= 1,
+    sides >= `minimum_side`: the network's filter_size), `masks` of their shape, bool or the
+    numbers 0 and 1 (0/255 masks would count every frame fully clear in the frame selection), and
+    integer `shifts` [K, 2]: a scene built by hand, as a notebook may, that is none of these
+    stopped in a TensorFlow or NumPy error without its name, or was super-resolved regardless."""
+    name = scene.get("name", "?")
+    missing = [key for key in ("frames", "masks", "shifts") if key not in scene]
+    if missing:
+        raise domain.DeepSUMError(f"scene {name}: no {missing}; expected frames [K, H, W], masks [K, H, W] and "
+                                  f"shifts [K, 2]")
+    frames, masks, shifts = (np.asarray(scene[key]) for key in ("frames", "masks", "shifts"))
+    if (frames.ndim != 3 or frames.dtype.kind not in "uif" or masks.shape != frames.shape
+            or shifts.shape != (len(frames), 2) or shifts.dtype.kind not in "iu"):
+        raise domain.DeepSUMError(f"scene {name}: frames {frames.shape} {frames.dtype}, masks {masks.shape}, shifts "
+                                  f"{shifts.shape} {shifts.dtype}; expected frames [K, H, W] of numbers, masks of "
+                                  f"their shape and integer shifts [K, 2]")
+    if len(frames) == 0 or min(frames.shape[1:]) < minimum_side:
+        raise domain.DeepSUMError(f"scene {name}: {len(frames)} frames of {frames.shape[1]}x{frames.shape[2]}; "
+                                  f"expected at least one, of sides >= {minimum_side} (the config's filter_size)")
+    if masks.dtype != bool and not np.isin(masks, (0, 1)).all():
+        raise domain.DeepSUMError(f"scene {name}: masks hold values other than 0 and 1 (e.g. 0/255); expected "
+                                  f"clear masks of bool (true = clear) or 0/1")
+    finite = np.isfinite(frames).reshape(len(frames), -1).all(axis=1)  # [K]
+    if not finite.all():
+        raise domain.DeepSUMError(f"scene {name}: frame {int(np.flatnonzero(~finite)[0])} holds NaN or Inf; "
+                                  f"expected finite DN values")
+
+
 def sort_frames_by_clearance(scene: Mapping[str, Any]) -> dict[str, Any]:
     """The scene with its frames in decreasing order of clear pixels; masks and shifts follow.
 
@@ -96,9 +125,12 @@ def scene_frames(scene: Mapping[str, Any], config: config_module.DeepSUMConfig,
     the masks are registered by their own shifts to the scene's reference (the clearest frame,
     window 0's first).
     """
+    check_scene(scene, config.filter_size)
+    if not domain.is_integer_at_least(n_slide, 0):
+        raise domain.DeepSUMError(f"n_slide: expected an integer >= 0, got {n_slide!r}")
     frames_per_window = config.T_in
     chosen = select_clear_frames(sort_frames_by_clearance(scene), frames_per_window)
-    windows = min(max(int(n_slide), 0), chosen["frames"].shape[0] - frames_per_window) + 1
+    windows = min(int(n_slide), chosen["frames"].shape[0] - frames_per_window) + 1
     chosen = _take_frames(chosen, np.arange(windows + frames_per_window - 1))  # the frames the windows read
     index = np.arange(windows)[:, None] + np.arange(frames_per_window)[None, :]  # [windows, T_in]
     registered = np.asarray(preprocessing.translate_masks(chosen["masks"], chosen["shifts"]), dtype=bool)  # [K,H,W]
@@ -120,4 +152,5 @@ def bicubic_baseline(scene: Mapping[str, Any]) -> np.ndarray:
     """The organisers' baseline: the mean of the frames with the most clear pixels, upsampled
     bicubically. The frames are already bicubic-upsampled, and bicubic upsampling is linear, so
     this is the mean of those upsampled frames. Returns float64 `[H, W]`."""
+    check_scene(scene)
     return preprocessing.bicubic_baseline(scene["frames"], scene["masks"], scale=1)

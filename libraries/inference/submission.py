@@ -39,12 +39,19 @@ class SubmissionError(domain.DeepSUMError):
 
 
 def image_to_png(name: str, image: np.ndarray) -> bytes:
-    """A 2-D DN image as 16-bit PNG bytes (rounded, clipped to 0..65535); NaN is an error."""
+    """A 2-D DN image as 16-bit PNG bytes (rounded, clipped to 0..65535); NaN is an error, and so
+    is an image in other units (most pixels outside 0..65535, or all within 0..2: normalised or
+    0..1 values), which clipping would turn into a valid-looking PNG of zeros and ones."""
     image = np.asarray(image)
-    if image.ndim != 2:
-        raise SubmissionError(f"{name}: expected a 2-D image, got shape {image.shape}")
+    if image.ndim != 2 or image.dtype.kind not in "uif":
+        raise SubmissionError(f"{name}: expected a 2-D image of numbers, got shape {image.shape} of {image.dtype}")
     if not np.all(np.isfinite(image)):
         raise SubmissionError(f"{name}: the image holds NaN or infinite values")
+    outside = np.count_nonzero((image < 0) | (image > np.iinfo(np.uint16).max)) / max(image.size, 1)
+    if outside > 0.25 or np.abs(image).max(initial=0) < 2:
+        raise SubmissionError(f"{name}: values {float(image.min()):.4g} to {float(image.max()):.4g}, {outside:.0%} "
+                              f"outside 0..65535; expected DN, as superresolve writes them (a normalised image: "
+                              f"domain.denormalise(image, mu, sigma_rescaled) first)")
     pixels = np.clip(np.rint(image), 0, np.iinfo(np.uint16).max).astype(np.uint16)
     return iio.imwrite("<bytes>", pixels, extension=".png", plugin="pillow")
 

@@ -32,7 +32,7 @@ from libraries import checkpoints, domain, metrics, probav, reports
 from libraries import config as config_module
 from libraries.dataset.scenes import prepare_test_scene
 from libraries.inference import ensemble
-from libraries.inference.frames import bicubic_baseline, iterate_scenes, scene_count, scene_frames
+from libraries.inference.frames import bicubic_baseline, check_scene, iterate_scenes, scene_count, scene_frames
 from libraries.inference.parts import SceneParts, scene_settings
 from libraries.model import DeepSUM, fusion, hardware, strips
 
@@ -189,6 +189,7 @@ class Superresolver:
         With the self-ensemble (`self_ensemble`; None: the config's), the mean of the 8 transformed
         scenes' sliding-window images, each transformed back (8x the time).
         """
+        check_scene(scene, self.config.filter_size)  # named here, before the transforms read it
         transforms = self.transforms(self_ensemble)
         fused = [fuse_windows(self.window_images(ensemble.transform_scene(scene, transform), n_slide,
                                                  windows_per_call))[0] for transform in transforms]
