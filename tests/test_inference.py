@@ -806,6 +806,39 @@ def test_evaluate_sliding_window_matches_superresolve_per_n_slide(separate_super
     assert inference.format_table(rows).splitlines()[3].split()[:2] == ["DeepSUM", "2"]
 
 
+def _validation_scenes() -> dict:
+    scenes = [textured_scene(9, seed=4), textured_scene(9, seed=5)]
+    ragged = {key: np.concatenate([scene[key] for scene in scenes]) for key in ("frames", "masks", "shifts")}
+    ragged.update(offsets=np.array([0, 9, 18]), names=np.array(["imgset0004", "imgset0005"]),
+                  hr=np.stack([smooth_image(4), smooth_image(5)]), hr_clear=np.ones((2, HR_SIZE, HR_SIZE), bool),
+                  baseline=np.array([40.0, 42.0], np.float32))
+    return ragged
+
+
+@pytest.mark.parametrize("damage, message", [
+    (lambda data: data["hr"][1].__setitem__((3, 3), np.nan), r"^scene imgset0005: hr: expected finite values"),
+    (lambda data: data["baseline"].__setitem__(1, np.nan), r"^scene imgset0005: baseline: expected a positive cPSNR"),
+    (lambda data: data.update(names=data["names"][:1]), r"^scenes: 1 names and 2 scenes in offsets; expected a "
+                                                        r"load_scenes dict \(one name per scene\)$"),
+    (lambda data: data.pop("hr"), r"^scene imgset0004: no \['hr'\]; expected a validation scene"),
+    (lambda data: [data.pop(key) for key in ("names", "offsets")] and data.update(names=[], offsets=[0]),
+     r"^no scene to evaluate"),
+], ids=["NaN in an HR image", "NaN baseline", "a name short", "no hr", "no scene"])
+def test_sliding_window_evaluation_names_the_scene_it_cannot_score(separate_superresolver, damage, message):
+    """A notebook's evaluation of hand-made or damaged scenes: the error says which scene, where it
+    said only "hr: ..."; a names array cut short skipped a scene without a word."""
+    data = _validation_scenes()
+    damage(data)
+    with pytest.raises(domain.DeepSUMError, match=message):
+        inference.evaluate_sliding_window(separate_superresolver, data, n_slides=(0,), progress=False)
+
+
+@pytest.mark.parametrize("n_slides", [(), (-1,), (1.5,), ("2",)])
+def test_sliding_window_evaluation_refuses_n_slides_that_are_not_counts(separate_superresolver, n_slides):
+    with pytest.raises(domain.DeepSUMError, match=r"^n_slides: expected one or more integers >= 0"):
+        inference.evaluate_sliding_window(separate_superresolver, _validation_scenes(), n_slides=n_slides, progress=False)
+
+
 def test_a_real_probav_scene_with_corrupt_frames_gives_a_valid_384_submission(tmp_path, shared_data_dir,
                                                                               separate_superresolver):
     source = shared_data_dir / "probav_real" / "lr_only" / "train" / "NIR" / "imgset0594"  # 21 frames, 3 corrupt

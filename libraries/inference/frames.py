@@ -30,6 +30,9 @@ PER_FRAME = ("frames", "masks", "shifts", "frame_names")  # scene arrays with on
 def iterate_scenes(scenes: Mapping[str, np.ndarray] | Iterable[Mapping[str, Any]]) -> Iterator[dict[str, Any]]:
     """The scene dicts of a `load_scenes` dict (ragged arrays) or of an iterable of scene dicts."""
     if isinstance(scenes, Mapping):
+        if "offsets" in scenes and len(scenes["offsets"]) != len(scenes["names"]) + 1:  # a scene would be skipped
+            raise domain.DeepSUMError(f"scenes: {len(scenes['names'])} names and {len(scenes['offsets']) - 1} scenes "
+                                      f"in offsets; expected a load_scenes dict (one name per scene)")
         for index in range(len(scenes["names"])):
             yield domain.scene_slice(scenes, index)
     else:

@@ -271,17 +271,23 @@ def evaluate_sliding_window(superresolver: Superresolver, dataset: Mapping[str, 
     Returns rows {"method", "n_slide", "self_ensemble", "cpsnr", "score", "seconds", "scenes"}:
     bicubic first (n_slide and self_ensemble None), then per n_slide one row per setting.
     """
+    n_slides = list(n_slides)
+    if not n_slides or not all(domain.is_integer_at_least(n, 0) for n in n_slides):
+        raise domain.DeepSUMError(f"n_slides: expected one or more integers >= 0, got {n_slides}")
     n_slides = sorted(set(int(n) for n in n_slides))
-    if not n_slides or n_slides[0] < 0:
-        raise ValueError(f"n_slides: expected one or more integers >= 0, got {n_slides}")
     settings = _ensemble_settings(superresolver, self_ensemble)
     results: dict[Any, list[tuple[float, float, float]]] = {"bicubic": [], **{(n, on): [] for n in n_slides
                                                                                for on in settings}}
     for number, scene in enumerate(tqdm(iterate_scenes(dataset), total=scene_count(dataset), desc="sliding window",
                                         disable=not progress)):
+        name = scene.get("name", f"#{number}")
+        missing = [key for key in ("hr", "hr_clear", "baseline") if key not in scene]
+        if missing:
+            raise domain.DeepSUMError(f"scene {name}: no {missing}; expected a validation scene (load_scenes(..., "
+                                      f"\"validation\")), with its HR image, clear mask and baseline")
         if number == 0:
             superresolver.window_images(scene, max(n_slides))  # untimed: tracing, first call at this size
-        hr, clear, baseline = scene["hr"], scene["hr_clear"], float(scene["baseline"])
+        hr, clear, baseline = scene["hr"], scene["hr_clear"], scene["baseline"]
         start = time.perf_counter()
         candidates = {"bicubic": (bicubic_baseline(scene), time.perf_counter() - start)}
         windows: dict[ensemble.Transform, tuple[np.ndarray, float, float]] = {}  # shared by both settings
@@ -289,8 +295,13 @@ def evaluate_sliding_window(superresolver: Superresolver, dataset: Mapping[str, 
             per_n_slide = _sliding_window_images(superresolver, scene, n_slides, superresolver.transforms(on), windows)
             candidates.update({(n, on): value for n, value in per_n_slide.items()})
         for key, (image, seconds) in candidates.items():
-            results[key].append((metrics.kelvins_cpsnr(image, hr, clear),
-                                 metrics.kelvins_score(image, hr, clear, baseline), seconds))
+            try:
+                results[key].append((metrics.kelvins_cpsnr(image, hr, clear),
+                                     metrics.kelvins_score(image, hr, clear, baseline), seconds))
+            except metrics.MetricError as error:  # a damaged HR image or baseline: which scene
+                raise metrics.MetricError(f"scene {name}: {error}") from None
+    if not results["bicubic"]:
+        raise domain.DeepSUMError("no scene to evaluate; expected the scenes of load_scenes(..., \"validation\")")
     rows = []
     for key, values in results.items():
         cpsnr, score, seconds = np.mean(np.array(values, dtype=np.float64), axis=0)
