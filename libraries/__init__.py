@@ -6,7 +6,7 @@ package has no import cycle and no import inside a function (`tests/test_package
 | layer | module | holds |
 |---|---|---|
 | 0 | `domain` | constants of PROBA-V and DeepSUM, `normalise`/`denormalise`, `tap_index`, `scene_slice` |
-| 0 | `reports` | the text-table formatter, `plot_history` and `plot_validation_scene` |
+| 1 | `reports` | the text-table formatter, `plot_history` and `plot_validation_scene` |
 | 1 | `fileio` | atomic writes of files, folders, JSON and arrays; `read_json` (a key written twice refused) |
 | 2 | `config` | JSON configs (the original layout) -> frozen dataclasses, for DeepSUM and both pretrainings |
 | 2 | `interrupts` | signal handlers set for a block and put back (the training loop's stop requests, every command's SIGTERM, stops held while worker processes start) |

@@ -208,11 +208,11 @@ def write_png(path: str | os.PathLike, image: np.ndarray) -> Path:
     atomically."""
     image = np.asarray(image)
     if image.ndim != 2:
-        raise ValueError(f"{path}: expected a 2-D image, got shape {image.shape}")
+        raise ProbaVError(f"{path}: expected a 2-D image, got shape {image.shape}")
     if image.dtype == bool:
         image = image.astype(np.uint8) * np.uint8(255)
     elif image.dtype not in (np.uint16, np.uint8):
-        raise ValueError(f"{path}: expected uint16 or uint8 image or bool mask, got dtype {image.dtype}")
+        raise ProbaVError(f"{path}: expected uint16 or uint8 image or bool mask, got dtype {image.dtype}")
     # zlib level 1: files ~5% larger than the default level, encoded several times faster
     return fileio.save_bytes(path, iio.imwrite("<bytes>", image, extension=".png", compress_level=1))
 
@@ -267,7 +267,7 @@ def read_scene(
     """
     folder = Path(folder)
     if masks not in MASK_MODES:
-        raise ValueError(f"masks={masks!r}; expected one of {MASK_MODES}")
+        raise ProbaVError(f"masks={masks!r}; expected one of {MASK_MODES}")
     if not folder.is_dir():
         raise ProbaVError(f"{folder}: scene folder missing (expected a folder with LR*.png frames)")
     band = _infer(band, folder.parent.name, domain.BANDS, "band", folder)
@@ -321,7 +321,7 @@ def _read_target(folder: Path, lr_shape: tuple[int, ...], required: bool):
 def list_scenes(data_dir: str | os.PathLike, split: str, band: str) -> list[Path]:
     """Sorted `imgset*` folders of `data_dir/split/band`; error if missing or empty."""
     if split not in domain.SPLITS or band not in domain.BANDS:
-        raise ValueError(f"split={split!r}, band={band!r}; expected split in {domain.SPLITS}, band in {domain.BANDS}")
+        raise ProbaVError(f"split={split!r}, band={band!r}; expected split in {domain.SPLITS}, band in {domain.BANDS}")
     folder = Path(data_dir) / split / band
     if not folder.is_dir():
         raise ProbaVError(f"{folder}: folder missing (expected a PROBA-V {split}/{band} folder of imgset*)")

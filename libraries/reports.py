@@ -14,6 +14,8 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
+from libraries import domain
+
 
 def _cell(value: Any, digits: int | str) -> str:
     if value is None:
@@ -47,6 +49,8 @@ def format_table(header: Sequence[str], rows: Sequence[Sequence[Any]],
 
 def moving_average(values: Sequence[float], window: int) -> np.ndarray:
     """The mean of each value and the `window - 1` before it (fewer at the start): `[n]`."""
+    if not domain.is_integer_at_least(window, 1):
+        raise domain.DeepSUMError(f"window: expected a number of steps >= 1, got {window!r}")
     values = np.asarray(values, dtype=np.float64)
     if values.size == 0:
         return values
@@ -71,6 +75,13 @@ def plot_history(history: Mapping[str, Any], keys: Sequence[str] = ("loss",),
     """
     import matplotlib.pyplot as plt  # the figure backend is chosen by the caller's environment
 
+    validation = history.get("validation", [])
+    # a misspelt key drew an empty figure; an empty history (a finished run resumed) draws none
+    unknown = [key for key in keys if history.get("step") and key not in history] + [
+        key for key in validation_keys if validation and not any(key in entry for entry in validation)]
+    if unknown:
+        known = sorted({*history, *(key for entry in validation for key in entry)} - {"step", "validation"})
+        raise domain.DeepSUMError(f"plot_history: no {unknown} in the history; it holds {known}")
     if ax is None:
         _, ax = plt.subplots(figsize=(7, 3.5))
     smoothed = []
@@ -87,7 +98,6 @@ def plot_history(history: Mapping[str, Any], keys: Sequence[str] = ("loss",),
         low, high = min(curve.min() for curve in smoothed), max(curve.max() for curve in smoothed)
         margin = 0.15 * (high - low) or 0.05 * abs(high) or 1.0
         ax.set_ylim(low - margin, high + margin)
-    validation = history.get("validation", [])
     target = ax if validation_ax is None else validation_ax
     for key in validation_keys:
         points = [(entry["step"], entry[key]) for entry in validation if key in entry]

@@ -130,6 +130,7 @@ def test_write_submission_is_atomic(tmp_path):
 
 @pytest.mark.parametrize("images, message", [
     ({}, r"submission.zip: no image to write"),
+    ([np.zeros((6, 6))], r"submission.zip: expected a dict of scene name -> image, got a list$"),
     ({"scene_7": np.zeros((6, 6))}, r"^scene_7: expected a scene name like imgset0123$"),
     ({"imgset0001": np.zeros((2, 6, 6))}, r"^imgset0001: expected a 2-D image of numbers, got shape \(2, 6, 6\) of "
                                           r"float64$"),
@@ -850,3 +851,10 @@ def test_a_real_probav_scene_with_corrupt_frames_gives_a_valid_384_submission(tm
     (split_dir / "NIR" / "imgset0594").symlink_to(source)
     zip_path = inference.write_submission({"imgset0594": sr}, tmp_path / "real.zip")
     assert inference.validate_submission(zip_path, split_dir) == ["imgset0594"]
+
+
+@pytest.mark.parametrize("images", [np.zeros((0, 8, 8)), np.zeros((8, 8)), np.full((2, 8, 8), np.nan),
+                                    np.zeros((2, 8, 8), bool)], ids=["no window", "one image", "NaN", "bool"])
+def test_fuse_windows_refuses_what_is_not_the_sr_images_of_windows(images):
+    with pytest.raises(domain.DeepSUMError, match=r"^fuse_windows: images of shape .*; expected the finite SR images"):
+        inference.fuse_windows(images)

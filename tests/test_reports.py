@@ -89,3 +89,21 @@ def test_plot_validation_scene_shows_images_errors_fills_and_the_note():
     assert [text.get_text() for text in figure.axes[7].texts] == ["a note"]
     assert figure.get_suptitle() == "scene"
     plt.close(figure)
+
+
+@pytest.mark.parametrize("window", [0, -3, 2.5, True])
+def test_moving_average_refuses_a_window_that_is_not_a_count_of_steps(window):
+    with pytest.raises(reports.domain.DeepSUMError, match=rf"^window: expected a number of steps >= 1, got {window!r}$"):
+        reports.moving_average([1.0, 2.0, 3.0], window)
+
+
+def test_plot_history_names_a_key_the_history_does_not_hold_and_draws_an_empty_one():
+    matplotlib.use("Agg")
+    history = {"step": [1, 2], "loss": [4.0, 3.0], "validation": [{"step": 2, "loss": 3.5, "score": 1.1}]}
+    with pytest.raises(reports.domain.DeepSUMError, match=r"^plot_history: no \['los'\] in the history; it holds "
+                                                          r"\['loss', 'score'\]$"):
+        reports.plot_history(history, keys=("los",))
+    with pytest.raises(reports.domain.DeepSUMError, match=r"^plot_history: no \['cpsnr'\]"):
+        reports.plot_history(history, validation_keys=("cpsnr",))
+    ax = reports.plot_history({"step": [], "validation": []})  # a finished run resumed: nothing to draw, no error
+    assert ax.get_lines() == []

@@ -22,6 +22,8 @@ from typing import Any, Mapping, NamedTuple, Sequence
 
 import numpy as np
 
+from libraries import domain
+
 IMAGE_AXES = (-2, -1)  # (height, width) of `[..., H, W]`
 
 
@@ -81,6 +83,6 @@ def restored_mean(images: Sequence[np.ndarray], transforms: Sequence[Transform])
     """The mean of the images `[H', W']` of the transformed scenes, each transformed back first:
     float32 `[H, W]` (summed in float64). One image under the identity comes back unchanged."""
     if len(images) != len(transforms) or not images:
-        raise ValueError(f"expected one image per transform, got {len(images)} images for {len(transforms)} transforms")
+        raise domain.DeepSUMError(f"expected one image per transform, got {len(images)} images for {len(transforms)} transforms")
     restored = [restore_image(image, transform) for image, transform in zip(images, transforms)]
     return np.mean(restored, axis=0, dtype=np.float64).astype(np.float32)

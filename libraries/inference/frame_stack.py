@@ -300,7 +300,7 @@ def superresolve_frames(superresolver_or_model: Any, config: config_module.DeepS
     if isinstance(superresolver_or_model, Superresolver):
         superresolver = superresolver_or_model
         if superresolver.config != config:
-            raise ValueError("superresolve_frames: the Superresolver was built for another config")
+            raise FrameStackError("superresolve_frames: the Superresolver was built for another config")
     else:
         superresolver = Superresolver(superresolver_or_model, config)
     prepared = stack if isinstance(stack, PreparedStack) else prepare_stack(stack, config)

@@ -96,7 +96,7 @@ def select_clear_frames(scene: Mapping[str, Any], frames_needed: int = 9) -> dic
     """
     masks = np.asarray(scene["masks"])
     if masks.shape[0] == 0:
-        raise ValueError(f"scene {scene.get('name', '?')}: no frame to super-resolve")
+        raise domain.DeepSUMError(f"scene {scene.get('name', '?')}: no frame to super-resolve")
     clear_fraction = masks.mean(axis=(1, 2))  # [K], same value as sum / (H*W)
     threshold = CLEAR_START
     # repeated subtraction as in the original (0.9, 0.85, 0.8000000000000002, ...); below 0 every frame passes

@@ -59,6 +59,8 @@ def image_to_png(name: str, image: np.ndarray) -> bytes:
 def write_submission(images: Mapping[str, np.ndarray], zip_path: str | Path) -> Path:
     """Write one 16-bit PNG `imgsetNNNN.png` per scene into a zip, atomically (no zip on error)."""
     zip_path = Path(zip_path)
+    if not isinstance(images, Mapping):
+        raise SubmissionError(f"{zip_path}: expected a dict of scene name -> image, got a {type(images).__name__}")
     if not images:
         raise SubmissionError(f"{zip_path}: no image to write")
     with fileio.atomic_path(zip_path, suffix=".zip") as temporary:

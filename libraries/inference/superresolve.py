@@ -238,6 +238,10 @@ def fuse_windows(images: np.ndarray, max_shift: int = MAX_SR_SHIFT) -> tuple[np.
     images: `[windows, H, W]`. Images shifted by more than `max_shift` pixels in either axis are
     dropped. Returns (float32 `[H, W]` mean, bool `[windows]` kept).
     """
+    images = np.asarray(images)
+    if images.ndim != 3 or len(images) == 0 or images.dtype.kind not in "uif" or not np.isfinite(images).all():
+        raise domain.DeepSUMError(f"fuse_windows: images of shape {images.shape} and dtype {images.dtype}; expected "
+                                  f"the finite SR images of one or more windows [windows, H, W]")
     reference = images[0]
     registered, kept = [reference], [True]
     for image in images[1:]:
