@@ -281,7 +281,10 @@ def kelvins_score(sr: np.ndarray, hr: np.ndarray, sm: np.ndarray, baseline: floa
 
     baseline: the scene's baseline cPSNR in dB from norm.csv.
     """
-    baseline = float(baseline)
+    try:
+        baseline = float(baseline)
+    except (TypeError, ValueError):  # text, an array of several values
+        raise MetricError(f"baseline: expected a positive cPSNR in dB from norm.csv, got {baseline!r}") from None
     if not np.isfinite(baseline) or baseline <= 0:
         raise MetricError(f"baseline: expected a positive cPSNR in dB from norm.csv, got {baseline}")
     return baseline / kelvins_cpsnr(sr, hr, sm)

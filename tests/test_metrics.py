@@ -286,3 +286,12 @@ def test_kelvins_error_map_is_the_residual_at_the_best_offset_without_bias():
     np.testing.assert_allclose(error, expected, rtol=1e-9, atol=1e-9)
     # the same search as the score: its mean square is the MSE of kelvins_cpsnr
     assert 10 * np.log10(65535.0 ** 2 / np.nanmean(error ** 2)) == pytest.approx(metrics.kelvins_cpsnr(sr, hr, clear))
+
+
+@pytest.mark.parametrize("baseline, shown", [("abc", "'abc'"), ([40.0, 41.0], r"\[40.0, 41.0\]"), (np.nan, "nan"),
+                                             (-3.0, "-3.0"), (0, "0.0")])
+def test_kelvins_score_refuses_a_baseline_that_is_not_one_positive_cpsnr(baseline, shown):
+    image = np.full((12, 12), 1000.0)
+    with pytest.raises(metrics.MetricError, match=rf"^baseline: expected a positive cPSNR in dB from norm.csv, "
+                                                  rf"got {shown}$"):
+        metrics.kelvins_score(image, image + 5, np.ones((12, 12), bool), baseline)
