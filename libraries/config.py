@@ -229,11 +229,15 @@ class PretrainConfig:
     heldout_fraction: float = other(0.1, "share of scenes kept out of training for the evaluation")
     eval_frames: int = other(256, "held-out frames used per evaluation (at most)")
     precision: str = other("float32", "float32, mixed_bfloat16 or mixed_float16, as DeepSUM's `precision`")
+    xla_kernel_gradients: bool | str = other(AUTO, "as DeepSUM's: the float32 convolution kernels' gradients by XLA "
+                                                   "(true), oneDNN (false) or the faster here (auto: measured)")
 
     def __post_init__(self) -> None:
         _check_types(self)
         check_precision(self.precision)
         _check_numbers(self, ("seed", "border"))
+        if self.xla_kernel_gradients not in (True, False, AUTO):
+            raise ConfigError(f"xla_kernel_gradients: expected true, false or {AUTO!r}, got {self.xla_kernel_gradients!r}")
         if self.spectral_band not in ("NIR", "RED"):
             raise ConfigError(f"spectral_band: expected 'NIR' or 'RED', got {self.spectral_band!r}")
         for name in ("lr", "sigma", "sigma_rescaled"):

@@ -171,6 +171,7 @@ PRETRAIN_BASE_ERRORS = [
     (dict(sigma=0.0), "sigma: expected a positive number, got 0.0"),
     (dict(sigma_rescaled=-596.982), "sigma_rescaled: expected a positive number, got -596.982"),
     (dict(batch_size=0), "batch_size: expected a positive integer, got 0"),
+    (dict(xla_kernel_gradients="fast"), "xla_kernel_gradients: expected true, false or 'auto', got 'fast'"),
     (dict(steps=0), "steps: expected a positive integer, got 0"),
     (dict(skip_step=-6), "skip_step: expected a positive integer, got -6"),
     (dict(n_chunks=0), "n_chunks: expected a positive integer, got 0"),

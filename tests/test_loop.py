@@ -38,7 +38,7 @@ BEST = {"train": ("score", min), "pretrain-sisrnet": ("heldout_loss", min), "pre
 BEST_TENSOR = "best/.ATTRIBUTES/VARIABLE_VALUE"
 PRETRAIN = dict(lr=1e-3, batch_size=4, steps=FINAL, skip_step=SKIP_STEP, spectral_band="NIR", mu=7754.664,
                 sigma=2316.3408, sigma_rescaled=596.982, patch_size=32, n_features=8, seed=3, heldout_fraction=0.3,
-                eval_frames=8)
+                eval_frames=8, xla_kernel_gradients=False)  # not "auto": see the helpers' tiny_config
 
 
 @pytest.fixture(scope="module")

@@ -304,3 +304,14 @@ def test_an_init_checkpoint_that_is_none_is_named_and_leaves_no_checkpoint_folde
     assert str(error.value).startswith(f"{tmp_path / 'nonexist'}: not a checkpoint")
     assert str(error.value).endswith("(config init_checkpoint in sisrnet.json)")
     assert sorted(tmp_path.iterdir()) == []  # the checkpoint folder and its parent, made for the run, removed
+
+
+@pytest.mark.parametrize("setting", [True, False, "auto"])
+def test_pretraining_networks_compute_kernel_gradients_as_the_config_says(prepared, setting):
+    """As DeepSUM's `xla_kernel_gradients`: "auto" measures, true or false force the choice (two
+    processes that must agree to the bit, as a killed run and its restart, force one)."""
+    for kind, network in ((SISRNetPretrainConfig, lambda cfg: P.single_frame_network(cfg)),
+                          (RegNetPretrainConfig, lambda cfg: P.with_kernel_gradients(RegNet(8, 9), cfg))):
+        cfg = kind(**TINY, dataset_path=prepared, xla_kernel_gradients=setting)
+        convs = [module for module in network(cfg).submodules if isinstance(module, model.Conv)]
+        assert convs and {conv.xla_kernel_gradient for conv in convs} == {setting}

@@ -31,7 +31,7 @@ from __future__ import annotations
 import argparse
 import os
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Mapping, TypeVar
 
 import numpy as np
 import tensorflow as tf
@@ -46,6 +46,8 @@ from libraries.training import deepsum as deepsum_training
 from libraries.training import optimization
 from libraries.training import pretraining_data as pdata
 from libraries.training.loop import TrainingLoop
+
+ModuleT = TypeVar("ModuleT", bound=tf.Module)
 
 SISRNET_HEAD = "conv_up_8"  # the pretraining-only output layer of SISRNet
 
@@ -76,7 +78,17 @@ class SingleFrameSR(tf.Module):
 
 def single_frame_network(config: config_module.PretrainConfig) -> SingleFrameSR:
     """A freshly initialised (seeded) SISRNet + `conv_up_8` for `config`."""
-    return SingleFrameSR(config.n_features, config.sigma / config.sigma_rescaled, config.seed, config.precision)
+    return with_kernel_gradients(SingleFrameSR(config.n_features, config.sigma / config.sigma_rescaled, config.seed,
+                                               config.precision), config)
+
+
+def with_kernel_gradients(network: ModuleT, config: config_module.PretrainConfig) -> ModuleT:
+    """`network` with its convolutions' kernel gradients computed as `config.xla_kernel_gradients`
+    says (as DeepSUM's: "auto" measures which is faster here, once per process)."""
+    for conv in network.submodules:
+        if isinstance(conv, Conv):
+            conv.xla_kernel_gradient = config.xla_kernel_gradients
+    return network
 
 
 def _restore_from_config(model: tf.Module, config: Any, key: str, source: str | os.PathLike | None = None,
@@ -250,7 +262,7 @@ def pretrain_regnet(config: RegNetPretrainConfig, steps: int | None = None,
         eval_frames = pdata.center_crop(eval_frames, config.eval_size)
     frames_per_stack = int(patches["frames"].shape[1])
 
-    regnet = RegNet(config.n_features, config.filter_size, seed=config.seed)
+    regnet = with_kernel_gradients(RegNet(config.n_features, config.filter_size, seed=config.seed), config)
     trainable = list(regnet.tf1_variables().values())
     optimizer = optimization.adam(config.lr)
     applier, loss_scale_state = optimization.with_loss_scaling(optimizer, config.precision, trainable)
