@@ -291,7 +291,7 @@ MUTATIONS = (
              "            with contextlib.nullcontext():\n", ("tests/test_interrupts.py", "-k", "while_workers")),
     Mutation("a stop held while workers start is lost (interrupts)", "libraries/interrupts.py",
              "        for number in caught[:1]:\n            signal.raise_signal(number)", "        pass",
-             ("tests/test_interrupts.py", "-k", "while_workers")),
+             ("tests/test_interrupts.py", "-k", "while_workers or another_thread")),
     Mutation("workers start with Ctrl-C unblocked while they import (interrupts)", "libraries/interrupts.py",
              "    mask = signal.pthread_sigmask(signal.SIG_BLOCK, STOPS)", "    mask = signal.pthread_sigmask(signal.SIG_BLOCK, [])",
              ("tests/test_interrupts.py", "-k", "blocked")),

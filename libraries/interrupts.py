@@ -52,22 +52,23 @@ def sigterm_raises() -> Iterator[None]:
 
 
 @contextlib.contextmanager
-def deferred() -> Iterator[None]:
+def deferred() -> Iterator[list[int]]:
     """Within the block SIGINT and SIGTERM wait: their handlers run as it ends. For what a stop
     must not cut midway: a worker process whose start is cut short (its parent's pipe closed
     before the child has read its bootstrap data) prints a traceback of its own after the
     command's error line. Processes started within the block inherit the signals blocked, so a
     terminal's Ctrl-C, sent to the whole process group, cannot interrupt their imports either
-    (`leave_stops_to_the_parent` then ignores and unblocks them)."""
+    (`leave_stops_to_the_parent` then ignores and unblocks them). Yields the list of the stops
+    recorded so far: those another thread received (the mask holds those sent to this one)."""
     if threading.current_thread() is not threading.main_thread():
-        yield
+        yield []
         return
     caught: list[int] = []
     mask = signal.pthread_sigmask(signal.SIG_BLOCK, STOPS)
     try:
         # a signal another thread receives still runs the Python handler here: record it
         with handled(STOPS, lambda number, frame: caught.append(number)):
-            yield
+            yield caught
     finally:
         signal.pthread_sigmask(signal.SIG_SETMASK, mask)  # signals held by the mask run their handlers now
         for number in caught[:1]:

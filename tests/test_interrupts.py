@@ -9,6 +9,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -132,3 +133,26 @@ def test_a_process_started_while_stops_are_held_starts_with_them_blocked(tmp_pat
         child.kill()
         child.wait()
     assert not _holds(_status(os.getpid(), "SigBlk"), signal.SIGTERM)  # this process's mask put back
+
+
+def test_a_stop_another_thread_receives_within_the_block_is_raised_as_it_ends():
+    """The block's mask holds a stop sent to this thread; one the kernel gives another thread
+    (TensorFlow's, tqdm's, whose masks do not hold it) runs the Python handler at once, in this
+    thread: `deferred` records it, lets the block finish and raises it as the block ends."""
+    gate = threading.Event()
+    other = threading.Thread(target=gate.wait)  # started before the block: its mask lets stops in
+    other.start()
+    finished = []
+    try:
+        with pytest.raises(interrupts.Terminated), interrupts.sigterm_raises():
+            with interrupts.deferred() as held:
+                signal.pthread_kill(other.ident, signal.SIGTERM)
+                deadline = time.monotonic() + 30
+                while not held:  # the event: the handler ran here and recorded the stop
+                    assert time.monotonic() < deadline, "the stop was not recorded"
+                    time.sleep(0.001)
+                finished.append(held[:])
+    finally:
+        gate.set()
+        other.join()
+    assert finished == [[signal.SIGTERM]]  # the block ran to its end before Terminated
