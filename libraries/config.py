@@ -80,6 +80,14 @@ def _check_numbers(config: Any, non_negative: tuple[str, ...]) -> None:
         raise ConfigError(f"seed: expected an integer below 2**63, got {config.seed!r}")
 
 
+def _check_auto(config: Any, names: tuple[str, ...]) -> None:
+    """Raise `ConfigError` for a field of `names` (true, false or "auto") holding another string."""
+    for name in names:
+        value = getattr(config, name)
+        if isinstance(value, str) and value != AUTO:
+            raise ConfigError(f"{name}: expected true, false or {AUTO!r}, got {value!r}")
+
+
 def with_precision(config: ConfigT, precision: str | None) -> ConfigT:
     """`config` with `precision` (a `--precision` value; None keeps the config's)."""
     return config if precision is None else config.replace(precision=precision)  # type: ignore[attr-defined]
@@ -163,10 +171,7 @@ class DeepSUMConfig:
                               f"freeze at most two")
         check_precision(self.precision)
         _check_numbers(self, ("seed", "n_slide", "max_steps", "validation_images", "border"))
-        for name in ("frame_by_frame", "xla_kernel_gradients", "xla_elementwise", "reduced_precision_kernels"):
-            value = getattr(self, name)
-            if isinstance(value, str) and value != AUTO:
-                raise ConfigError(f"{name}: expected true, false or {AUTO!r}, got {value!r}")
+        _check_auto(self, ("frame_by_frame", "xla_kernel_gradients", "xla_elementwise", "reduced_precision_kernels"))
         for name in ("lr", "sigma", "sigma_rescaled"):
             if not getattr(self, name) > 0:
                 raise ConfigError(f"{name}: expected a positive number, got {getattr(self, name)!r}")
@@ -236,8 +241,7 @@ class PretrainConfig:
         _check_types(self)
         check_precision(self.precision)
         _check_numbers(self, ("seed", "border"))
-        if self.xla_kernel_gradients not in (True, False, AUTO):
-            raise ConfigError(f"xla_kernel_gradients: expected true, false or {AUTO!r}, got {self.xla_kernel_gradients!r}")
+        _check_auto(self, ("xla_kernel_gradients",))
         if self.spectral_band not in ("NIR", "RED"):
             raise ConfigError(f"spectral_band: expected 'NIR' or 'RED', got {self.spectral_band!r}")
         for name in ("lr", "sigma", "sigma_rescaled"):

@@ -149,6 +149,13 @@ class FolderLock:
         self.release()
 
 
+def lock_if_present(folder: str | os.PathLike, what: str, shared: bool = False,
+                    readers: str = "train") -> contextlib.AbstractContextManager:
+    """`FolderLock(folder, ...)` when `folder` is a folder, else a lock of nothing: no other run
+    reads or writes a folder that does not exist yet."""
+    return FolderLock(folder, what, shared, readers) if Path(folder).is_dir() else contextlib.nullcontext()
+
+
 def remove_stale_partials(folder: str | os.PathLike, pattern: str = ".*.partial") -> list[Path]:
     """Remove the temporary folders (`pattern`) that interrupted writers left in `folder`.
 

@@ -20,7 +20,6 @@ the split folders, never inside a scene folder.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import math
 import os
 import time
@@ -355,9 +354,8 @@ def write_dataset(
     baselines: dict[str, float] = {}
     truth: dict[str, Any] = {}
     # not while a run reads the set it replaces (`prepare`, `superresolve` hold it shared), nor beside another synth
-    lock = fileio.FolderLock(out_dir, "synthetic data set folder", readers="prepare or superresolve") \
-        if out_dir.is_dir() else None
-    with lock or contextlib.nullcontext(), fileio.atomic_folder(out_dir) as folder:  # the whole set or none
+    with fileio.lock_if_present(out_dir, "synthetic data set folder", readers="prepare or superresolve"), \
+            fileio.atomic_folder(out_dir) as folder:  # the whole set or none
         for number, (split, band, index) in enumerate(tqdm(plan, desc="synthetic scenes", disable=not progress)):
             rng = np.random.default_rng(seeds[number])
             name = f"imgset{number:04d}"

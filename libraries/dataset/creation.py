@@ -357,8 +357,7 @@ def prepare(data_dir: str | os.PathLike, out_dir: str | os.PathLike, bands: Sequ
     try:
         with worker_pool(processes) as workers:
             # read shared: `synth` cannot replace the folder while its scenes are read
-            with fileio.FolderLock(data_dir, "PROBA-V folder", shared=True) if Path(data_dir).is_dir() else \
-                    contextlib.nullcontext():
+            with fileio.lock_if_present(data_dir, "PROBA-V folder", shared=True):
                 for band in bands:  # read everything first: a bad input stops before any processing
                     store.update_manifest(partial / band, "parameters", parameters)
                     save_scene_arrays(data_dir, partial / band, band, workers, progress)
